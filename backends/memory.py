@@ -1,0 +1,151 @@
+"""The memory backend: a dict of serialized bytes, for tests and development.
+
+It behaves like a remote store: it keeps bytes (callers can't mutate what is stored), honours
+versions and TTL, and lists in key order. Keys are kept as ordered bytes
+(:func:`kvstore.keys.encode_key`) in a sorted list beside the dict, so listings are a bisect
+plus a slice. Every operation runs without awaiting, so each is atomic under concurrent
+tasks of one event loop. Nothing persists; nothing is shared between processes.
+"""
+
+from __future__ import annotations
+
+import bisect
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, ClassVar
+
+from backends.base import DEFAULT_PAGE_SIZE, Backend, Capabilities, Entry, utcnow
+from kvstore.errors import ConflictError
+from kvstore.keys import Key, check_component, decode_key, encode_key, prefix_range
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class MemoryBackend(Backend):
+    """Entries in a dict keyed by ordered key bytes."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(persistent=False, shared=False)
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, Entry] = {}
+        self._order: list[bytes] = []
+        self._namespaces: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(entries={len(self._entries)})"
+
+    async def close(self) -> None:
+        """Nothing to release; the data stays until the object is dropped."""
+
+    async def get(self, key: Key) -> Entry | None:
+        return self._live(encode_key(key))
+
+    async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
+        return [self._live(encode_key(key)) for key in keys]
+
+    async def put(
+        self,
+        key: Key,
+        value: bytes,
+        *,
+        expected_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Entry:
+        encoded = encode_key(key)
+        current = self._live(encoded)
+        current_version = current.version if current else 0
+        if expected_version is not None and expected_version != current_version:
+            raise ConflictError(
+                f"expected version {expected_version}, found {current_version}",
+                expected=expected_version,
+                actual=current_version,
+            )
+        now = utcnow()
+        entry = Entry(
+            value=bytes(value),
+            version=current_version + 1,
+            created_at=current.created_at if current else now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=ttl) if ttl is not None else None,
+        )
+        if encoded not in self._entries:
+            bisect.insort(self._order, encoded)
+            self._namespaces.add(key.namespace)
+        self._entries[encoded] = entry
+        return entry
+
+    async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
+        encoded = encode_key(key)
+        current = self._live(encoded)
+        current_version = current.version if current else 0
+        if expected_version is not None and expected_version != current_version:
+            raise ConflictError(
+                f"expected version {expected_version}, found {current_version}",
+                expected=expected_version,
+                actual=current_version,
+            )
+        if current is None:
+            return False
+        self._remove(encoded)
+        return True
+
+    async def list(
+        self,
+        namespace: str,
+        prefix: tuple[str, ...],
+        *,
+        after: tuple[str, ...] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> list[tuple[Key, Entry]]:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        low, high = prefix_range(namespace, prefix)
+        start = bisect.bisect_left(self._order, low)
+        if after is not None:
+            start = max(start, bisect.bisect_right(self._order, encode_key(Key(namespace, after))))
+        page: list[tuple[Key, Entry]] = []
+        expired: list[bytes] = []
+        now = utcnow()
+        for index in range(start, len(self._order)):
+            encoded = self._order[index]
+            if encoded >= high or len(page) == limit:
+                break
+            entry = self._entries[encoded]
+            if _expired(entry, now):
+                expired.append(encoded)
+            else:
+                page.append((decode_key(encoded), entry))
+        for encoded in expired:
+            self._remove(encoded)
+        return page
+
+    async def delete_owner(self, owner: str) -> int:
+        check_component(owner, "owner")
+        removed = 0
+        for namespace in list(self._namespaces):
+            low, high = prefix_range(namespace, (owner,))
+            start = bisect.bisect_left(self._order, low)
+            end = bisect.bisect_left(self._order, high)
+            now = utcnow()
+            for encoded in self._order[start:end]:
+                removed += not _expired(self._entries.pop(encoded), now)
+            del self._order[start:end]
+        return removed
+
+    def _live(self, encoded: bytes) -> Entry | None:
+        entry = self._entries.get(encoded)
+        if entry is None:
+            return None
+        if _expired(entry, utcnow()):
+            self._remove(encoded)
+            return None
+        return entry
+
+    def _remove(self, encoded: bytes) -> None:
+        del self._entries[encoded]
+        index = bisect.bisect_left(self._order, encoded)
+        del self._order[index]
+
+
+def _expired(entry: Entry, now: datetime) -> bool:
+    return entry.expires_at is not None and entry.expires_at <= now

@@ -1,0 +1,51 @@
+"""kvstore: an async key-value store for typed records.
+
+Records are pydantic models, serialized to JSON and stored through one async
+:class:`Database` interface over a memory, SQL, Redis or tiered (cache + SQL) backend.
+"""
+
+from kvstore.collection import Collection, Page
+from kvstore.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    DatabaseClosedError,
+    InvalidKeyError,
+    InvalidRecordError,
+    KVStoreError,
+    SerializationError,
+)
+from kvstore.factory import DatabaseType, create_database
+from kvstore.interface import Database
+from kvstore.models import (
+    ContextRecord,
+    Id,
+    IdentityRecord,
+    JsonObject,
+    Record,
+    StateRecord,
+    UserRecord,
+)
+
+__all__ = [
+    "BackendUnavailableError",
+    "Collection",
+    "ConfigurationError",
+    "ConflictError",
+    "ContextRecord",
+    "Database",
+    "DatabaseClosedError",
+    "DatabaseType",
+    "Id",
+    "IdentityRecord",
+    "InvalidKeyError",
+    "InvalidRecordError",
+    "JsonObject",
+    "KVStoreError",
+    "Page",
+    "Record",
+    "SerializationError",
+    "StateRecord",
+    "UserRecord",
+    "create_database",
+]

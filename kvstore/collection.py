@@ -1,0 +1,174 @@
+"""Typed records of one model in one namespace: the public generic collection API.
+
+The coach's four record kinds are collections too; anything a caller defines gets the same
+operations and guarantees::
+
+    class Note(Record):
+        KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "note_id")
+        user_id: Id
+        note_id: Id
+        text: str
+
+    notes = db.collection(Note, "notes")
+    saved = await notes.save(Note(user_id="u1", note_id="n1", text="hello"))
+    same = await notes.get("u1", "n1")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from pydantic import ValidationError
+
+from backends.base import DEFAULT_PAGE_SIZE, Entry
+from kvstore.errors import InvalidRecordError, SerializationError
+from kvstore.keys import Key, check_namespace
+from kvstore.models.base import METADATA_FIELDS, Record, stamp
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from kvstore.store import Store
+
+R = TypeVar("R", bound=Record)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[R]):
+    """One page of a listing; pass ``next_after`` as ``after`` to get the next page."""
+
+    records: list[R]
+    next_after: tuple[str, ...] | None
+
+
+class Collection(Generic[R]):
+    """get / get_many / save / delete / list for ``model`` records in ``namespace``."""
+
+    def __init__(
+        self, store: Store, model: type[R], namespace: str, *, ttl: float | None = None
+    ) -> None:
+        if not (isinstance(model, type) and issubclass(model, Record)) or not model.KEY_FIELDS:
+            raise InvalidRecordError(f"{model!r} must be a Record subclass with KEY_FIELDS")
+        if ttl is not None and ttl <= 0:
+            raise InvalidRecordError("ttl must be positive seconds, or None")
+        self._store = store
+        self.model = model
+        self.namespace = check_namespace(namespace)
+        self.ttl = ttl
+
+    def __repr__(self) -> str:
+        return f"Collection({self.model.__name__}, {self.namespace!r})"
+
+    def key(self, *components: str) -> Key:
+        """The key of the record with these components (owner first)."""
+        if len(components) != len(self.model.KEY_FIELDS):
+            raise InvalidRecordError(
+                f"{self.model.__name__} is addressed by {', '.join(self.model.KEY_FIELDS)}"
+            )
+        return Key(self.namespace, components)
+
+    async def get(self, *components: str) -> R | None:
+        """The record with these key components, or ``None``."""
+        key = self.key(*components)
+        entry = await (await self._store.backend_ready()).get(key)
+        return None if entry is None else self.decode(entry)
+
+    async def get_many(self, keys: Sequence[tuple[str, ...]]) -> list[R | None]:
+        """Records for many keys in one backend call, in order, ``None`` where absent."""
+        encoded = [self.key(*components) for components in keys]
+        if not encoded:
+            return []
+        entries = await (await self._store.backend_ready()).get_many(encoded)
+        return [None if entry is None else self.decode(entry) for entry in entries]
+
+    async def save(
+        self,
+        record: R,
+        *,
+        expected_version: int | None = None,
+        ttl: float | None = None,
+    ) -> R:
+        """Store ``record``; return a copy with the stored version and timestamps.
+
+        ``ttl`` (seconds) overrides the collection's default expiry for this save.
+        """
+        if not isinstance(record, self.model):
+            raise InvalidRecordError(
+                f"{self!r} stores {self.model.__name__}, not {type(record).__name__}"
+            )
+        if expected_version is not None and expected_version < 0:
+            raise InvalidRecordError("expected_version must be >= 0")
+        ttl = self.ttl if ttl is None else ttl
+        if ttl is not None and ttl <= 0:
+            raise InvalidRecordError("ttl must be positive seconds")
+        value = self._store.serializer.dumps(record, exclude=METADATA_FIELDS)
+        if len(value) > self._store.max_value_bytes:
+            raise InvalidRecordError(
+                f"{self.model.__name__} is {len(value)} bytes serialized, over the "
+                f"{self._store.max_value_bytes} byte limit"
+            )
+        key = Key(self.namespace, record.key_components())
+        backend = await self._store.backend_ready()
+        entry = await backend.put(key, value, expected_version=expected_version, ttl=ttl)
+        saved = record.model_copy()
+        stamp(saved, entry.version, entry.created_at, entry.updated_at)
+        return saved
+
+    async def delete(self, *components: str, expected_version: int | None = None) -> bool:
+        """Delete the record; ``True`` if it existed."""
+        key = self.key(*components)
+        backend = await self._store.backend_ready()
+        return await backend.delete(key, expected_version=expected_version)
+
+    async def page(
+        self,
+        *prefix: str,
+        after: tuple[str, ...] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> Page[R]:
+        """One page of records whose key starts with ``prefix`` (at least the owner)."""
+        if not prefix:
+            raise InvalidRecordError("a listing needs at least the owner")
+        if limit <= 0:
+            raise InvalidRecordError("limit must be positive")
+        backend = await self._store.backend_ready()
+        rows = await backend.list(self.namespace, tuple(prefix), after=after, limit=limit)
+        records = [self.decode(entry) for _, entry in rows]
+        next_after = rows[-1][0].components if len(rows) == limit else None
+        return Page(records, next_after)
+
+    async def iterate(self, *prefix: str, page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[R]:
+        """Every record under ``prefix``, in key order, fetched a page at a time."""
+        after: tuple[str, ...] | None = None
+        while True:
+            page = await self.page(*prefix, after=after, limit=page_size)
+            for record in page.records:
+                yield record
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    async def list(self, *prefix: str) -> list[R]:
+        """Every record under ``prefix`` (at least the owner), in key order."""
+        return [record async for record in self.iterate(*prefix)]
+
+    def decode(self, entry: Entry) -> R:
+        """Turn a stored entry back into a record, upgrading older schema versions."""
+        data = self._store.serializer.loads(entry.value)
+        schema_version = data.pop("schema_version", 1)
+        model = self.model
+        if not isinstance(schema_version, int) or schema_version > model.SCHEMA_VERSION:
+            raise SerializationError(
+                f"stored {model.__name__} has schema version {schema_version!r}; this code "
+                f"reads up to {model.SCHEMA_VERSION}"
+            )
+        try:
+            if schema_version < model.SCHEMA_VERSION:
+                data = model.upgrade_data(data, schema_version)
+            data["version"] = entry.version
+            data["created_at"] = entry.created_at
+            data["updated_at"] = entry.updated_at
+            return model.model_validate(data)
+        except (ValidationError, LookupError) as exc:
+            raise SerializationError(f"stored {model.__name__} does not validate: {exc}") from exc

@@ -1,0 +1,68 @@
+"""``create_database``: pick a backend by type and URL; synchronous, no I/O."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final
+
+from kvstore.errors import ConfigurationError
+from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
+
+if TYPE_CHECKING:
+    from kvstore.interface import Database
+    from serializers import Serializer
+
+DEFAULT_SQL_URL: Final = "sqlite:///kvstore.db"
+"""The embedded default: a SQLite file in the working directory."""
+
+
+class DatabaseType(StrEnum):
+    """The kinds of store ``create_database`` builds."""
+
+    MEMORY = "memory"
+    SQL = "sql"
+    REDIS = "redis"
+    TIERED = "tiered"
+
+
+def create_database(
+    db_type: DatabaseType | str,
+    connection_string: str | None = None,
+    *,
+    serializer: Serializer | None = None,
+    ttls: dict[str, float] | None = None,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+) -> Database:
+    """Build a :class:`Database`. Does no I/O: the first operation connects.
+
+    ``connection_string`` for SQL defaults to ``$KVSTORE_URL``, then a SQLite file
+    ``./kvstore.db``. ``ttls`` gives default expiry (seconds) per built-in namespace.
+    """
+    try:
+        kind = DatabaseType(db_type)
+    except ValueError:
+        choices = ", ".join(t.value for t in DatabaseType)
+        raise ConfigurationError(
+            f"unknown database type {db_type!r}; use one of {choices}"
+        ) from None
+
+    if kind is DatabaseType.MEMORY:
+        from backends.memory import MemoryBackend
+
+        if connection_string not in (None, "memory://"):
+            raise ConfigurationError("the memory database takes no connection string")
+        backend = MemoryBackend()
+        description = "memory://"
+    elif kind is DatabaseType.SQL:
+        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+        raise ConfigurationError(f"the SQL backend is not available yet (url {url!r})")
+    else:
+        raise ConfigurationError(f"the {kind.value} backend is not available yet")
+    return Store(
+        backend,
+        serializer=serializer,
+        ttls=ttls,
+        max_value_bytes=max_value_bytes,
+        description=description,
+    )

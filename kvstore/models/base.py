@@ -1,0 +1,112 @@
+"""The base of every stored record: store-managed metadata and schema versions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    computed_field,
+)
+
+from kvstore.keys import MAX_COMPONENT_LENGTH, check_component
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+
+def _valid_id(value: str) -> str:
+    return check_component(value)
+
+
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_COMPONENT_LENGTH),
+    AfterValidator(_valid_id),
+]
+"""A record id: 1-255 characters, no control characters or lone surrogates."""
+
+JsonObject = dict[str, JsonValue]
+"""A JSON object: what ``data``, ``context`` and ``preferences`` hold."""
+
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
+
+METADATA_FIELDS = frozenset({"version", "created_at", "updated_at"})
+"""Fields the store sets; they live beside the serialized value, not inside it."""
+
+
+class Record(BaseModel):
+    """A stored record. Subclasses add fields and say which of them form the key.
+
+    ``version``, ``created_at`` and ``updated_at`` are set by the store on every save: the
+    version is 1 on the first save and grows by one on every save. ``SCHEMA_VERSION`` is the
+    shape of the class's data; values stored under an older schema version are upgraded on
+    read by the functions registered with :meth:`upgrade`.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        ser_json_inf_nan="constants",
+        validate_assignment=True,
+    )
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ()
+    _upgrades: ClassVar[dict[int, Upgrade]]
+
+    version: int = Field(default=0, ge=0, description="Set by the store; 0 = never saved.")
+    created_at: AwareDatetime | None = Field(default=None, description="Set by the store.")
+    updated_at: AwareDatetime | None = Field(default=None, description="Set by the store.")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._upgrades = {}
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def schema_version(self) -> int:
+        """The shape of this record's data; stored with it to drive upgrades on read."""
+        return self.SCHEMA_VERSION
+
+    def key_components(self) -> tuple[str, ...]:
+        """The record's key components, owner first, from ``KEY_FIELDS``."""
+        return tuple(getattr(self, name) for name in self.KEY_FIELDS)
+
+    @classmethod
+    def upgrade(cls, from_version: int) -> Callable[[Upgrade], Upgrade]:
+        """Register a function that turns data of ``from_version`` into ``from_version + 1``.
+
+        >>> @StateRecord.upgrade(from_version=1)  # doctest: +SKIP
+        ... def add_locale(data): return {**data, "locale": "en"}
+        """
+
+        def register(function: Upgrade) -> Upgrade:
+            cls._upgrades[from_version] = function
+            return function
+
+        return register
+
+    @classmethod
+    def upgrade_data(cls, data: dict[str, Any], schema_version: int) -> dict[str, Any]:
+        """Run the registered upgrades from ``schema_version`` up to ``SCHEMA_VERSION``."""
+        for version in range(schema_version, cls.SCHEMA_VERSION):
+            try:
+                step = cls._upgrades[version]
+            except KeyError:
+                raise LookupError(
+                    f"{cls.__name__}: no upgrade registered from schema version {version}"
+                ) from None
+            data = step(data)
+        return data
+
+
+def stamp(record: Record, version: int, created_at: datetime, updated_at: datetime) -> None:
+    """Set the store-managed fields in place, without validation (the store's values)."""
+    record.__dict__.update(version=version, created_at=created_at, updated_at=updated_at)

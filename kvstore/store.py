@@ -1,0 +1,149 @@
+"""``Store``: the one implementation of :class:`Database`, over any backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+from kvstore.collection import Collection, R
+from kvstore.errors import DatabaseClosedError, InvalidKeyError
+from kvstore.interface import Database
+from kvstore.keys import check_component
+from kvstore.models import ContextRecord, IdentityRecord, StateRecord, UserRecord
+from serializers import JSONSerializer, Serializer
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from backends.base import Backend
+
+STATE: Final = "state"
+CONTEXT: Final = "context"
+IDENTITY: Final = "identity"
+USER: Final = "user"
+RESERVED_NAMESPACES: Final = frozenset({STATE, CONTEXT, IDENTITY, USER})
+
+DEFAULT_MAX_VALUE_BYTES: Final = 1024 * 1024
+
+
+class Store(Database):
+    """Typed records serialized into a :class:`~backends.base.Backend`.
+
+    ``ttls`` gives default expiry in seconds per built-in namespace (``"state"``,
+    ``"context"``, ``"identity"``, ``"user"``); ``max_value_bytes`` caps one serialized
+    record (1 MiB by default).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        serializer: Serializer | None = None,
+        ttls: Mapping[str, float] | None = None,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        description: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self.max_value_bytes = max_value_bytes
+        self._description = description or type(backend).__name__
+        self._initialized = False
+        self._closed = False
+        self._init_lock = asyncio.Lock()
+        ttls = dict(ttls or {})
+        self.states = Collection(self, StateRecord, STATE, ttl=ttls.pop(STATE, None))
+        self.contexts = Collection(self, ContextRecord, CONTEXT, ttl=ttls.pop(CONTEXT, None))
+        self.identities = Collection(self, IdentityRecord, IDENTITY, ttl=ttls.pop(IDENTITY, None))
+        self.users = Collection(self, UserRecord, USER, ttl=ttls.pop(USER, None))
+        if ttls:
+            raise InvalidKeyError(f"ttls names unknown namespaces: {sorted(ttls)}")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._initialized else "new"
+        return f"<Database {self._description} {state}>"
+
+    async def initialize(self) -> None:
+        if self._closed:
+            raise DatabaseClosedError("the database is closed")
+        if self._initialized:
+            return
+        async with self._init_lock:
+            if not self._initialized:
+                await self.backend.initialize()
+                self._initialized = True
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.backend.close()
+
+    async def backend_ready(self) -> Backend:
+        """The backend, initialized; raises ``DatabaseClosedError`` once closed."""
+        if not self._initialized or self._closed:
+            await self.initialize()
+        return self.backend
+
+    def collection(
+        self, model: type[R], namespace: str, *, ttl: float | None = None
+    ) -> Collection[R]:
+        if namespace in RESERVED_NAMESPACES:
+            raise InvalidKeyError(f"namespace {namespace!r} is reserved for built-in records")
+        return Collection(self, model, namespace, ttl=ttl)
+
+    async def get_state(self, user_id: str, session_id: str) -> StateRecord | None:
+        return await self.states.get(user_id, session_id)
+
+    async def save_state(
+        self, record: StateRecord, *, expected_version: int | None = None
+    ) -> StateRecord:
+        return await self.states.save(record, expected_version=expected_version)
+
+    async def delete_state(
+        self, user_id: str, session_id: str, *, expected_version: int | None = None
+    ) -> bool:
+        return await self.states.delete(user_id, session_id, expected_version=expected_version)
+
+    async def list_sessions(self, user_id: str) -> list[StateRecord]:
+        return await self.states.list(user_id)
+
+    async def get_context(self, user_id: str, session_id: str) -> ContextRecord | None:
+        return await self.contexts.get(user_id, session_id)
+
+    async def save_context(
+        self, record: ContextRecord, *, expected_version: int | None = None
+    ) -> ContextRecord:
+        return await self.contexts.save(record, expected_version=expected_version)
+
+    async def delete_context(
+        self, user_id: str, session_id: str, *, expected_version: int | None = None
+    ) -> bool:
+        return await self.contexts.delete(user_id, session_id, expected_version=expected_version)
+
+    async def get_identity(self, user_id: str, identity_id: str) -> IdentityRecord | None:
+        return await self.identities.get(user_id, identity_id)
+
+    async def get_identities(self, user_id: str) -> list[IdentityRecord]:
+        return await self.identities.list(user_id)
+
+    async def save_identity(
+        self, record: IdentityRecord, *, expected_version: int | None = None
+    ) -> IdentityRecord:
+        return await self.identities.save(record, expected_version=expected_version)
+
+    async def delete_identity(
+        self, user_id: str, identity_id: str, *, expected_version: int | None = None
+    ) -> bool:
+        return await self.identities.delete(user_id, identity_id, expected_version=expected_version)
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        return await self.users.get(user_id)
+
+    async def save_user(
+        self, record: UserRecord, *, expected_version: int | None = None
+    ) -> UserRecord:
+        return await self.users.save(record, expected_version=expected_version)
+
+    async def delete_user(self, user_id: str) -> int:
+        check_component(user_id, "user_id")
+        return await (await self.backend_ready()).delete_owner(user_id)

@@ -1,0 +1,389 @@
+"""The conformance suite: every backend must behave the same. Parametrized by ``db``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, timedelta
+from typing import TYPE_CHECKING, ClassVar
+
+import pytest
+from pydantic import ValidationError
+
+from kvstore import (
+    ConflictError,
+    ContextRecord,
+    Database,
+    DatabaseClosedError,
+    Id,
+    IdentityRecord,
+    InvalidKeyError,
+    InvalidRecordError,
+    Record,
+    SerializationError,
+    StateRecord,
+    UserRecord,
+)
+
+if TYPE_CHECKING:
+    from tests.conftest import MakeDb
+
+WEIRD_IDS = [
+    "a:b",
+    "a%b",
+    "a_b",
+    "*",
+    "?",
+    "[x]",
+    "back\\slash",
+    "{tag}",
+    "}{",
+    "100%_done:*?[]\\{}",
+    "ünïcødé-ユーザー",
+    "emoji-🙂",
+    "with space",
+    "'; DROP TABLE kv_records; --",
+]
+
+
+class Note(Record):
+    """A caller's own record kind, for the generic collection API."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "note_id")
+    user_id: Id
+    note_id: Id
+    text: str
+
+
+def state(user_id: str = "u1", session_id: str = "s1", name: str = "INTRODUCTION") -> StateRecord:
+    return StateRecord(user_id=user_id, session_id=session_id, state=name)
+
+
+def identity(user_id: str, identity_id: str) -> IdentityRecord:
+    return IdentityRecord(
+        user_id=user_id, identity_id=identity_id, category="career", name=f"The {identity_id}"
+    )
+
+
+async def test_seed_example_usage(db: Database) -> None:
+    assert await db.get_state("user-1", "session-1") is None
+    await db.save_state(StateRecord(user_id="user-1", session_id="session-1", state="INTRODUCTION"))
+    stored = await db.get_state("user-1", "session-1")
+    assert stored is not None
+    assert stored.state == "INTRODUCTION"
+    assert await db.get_identities("user-1") == []
+
+
+async def test_versions_and_timestamps_are_set_by_the_store(db: Database) -> None:
+    first = await db.save_state(state())
+    assert first.version == 1
+    assert first.created_at is not None
+    assert first.created_at.tzinfo is not None
+    assert first.created_at.utcoffset() == timedelta(0)
+    assert first.updated_at == first.created_at
+    second = await db.save_state(first.model_copy(update={"state": "GOAL_SETTING"}))
+    assert second.version == 2
+    assert second.created_at == first.created_at
+    assert second.updated_at is not None
+    assert second.updated_at >= first.updated_at
+    assert await db.get_state("u1", "s1") == second
+
+
+async def test_every_record_kind_round_trips(db: Database) -> None:
+    context = ContextRecord(
+        user_id="u1", session_id="s1", context={"messages": [{"role": "user", "text": "hi"}]}
+    )
+    user = UserRecord(
+        user_id="u1", display_name="Ann", email="ann@example.com", preferences={"tone": "warm"}
+    )
+    ident = identity("u1", "i1")
+    saved_context = await db.save_context(context)
+    saved_user = await db.save_user(user)
+    saved_identity = await db.save_identity(ident)
+    assert await db.get_context("u1", "s1") == saved_context
+    assert await db.get_user("u1") == saved_user
+    assert await db.get_identity("u1", "i1") == saved_identity
+    assert saved_context.context == context.context
+    assert saved_user.email == "ann@example.com"
+    assert await db.delete_context("u1", "s1")
+    assert await db.delete_identity("u1", "i1")
+    assert not await db.delete_identity("u1", "i1")
+    assert await db.get_context("u1", "s1") is None
+    assert await db.get_identity("u1", "i1") is None
+
+
+async def test_expected_version_guards_saves(db: Database) -> None:
+    with pytest.raises(ConflictError):
+        await db.save_state(state(), expected_version=1)
+    first = await db.save_state(state(), expected_version=0)
+    with pytest.raises(ConflictError) as conflict:
+        await db.save_state(state(name="X"), expected_version=0)
+    assert conflict.value.actual == 1
+    with pytest.raises(ConflictError):
+        await db.save_state(state(name="X"), expected_version=2)
+    assert await db.get_state("u1", "s1") == first
+    second = await db.save_state(state(name="CHAT"), expected_version=1)
+    assert second.version == 2
+
+
+async def test_expected_version_guards_deletes(db: Database) -> None:
+    saved = await db.save_state(state())
+    with pytest.raises(ConflictError):
+        await db.delete_state("u1", "s1", expected_version=2)
+    assert await db.get_state("u1", "s1") == saved
+    assert await db.delete_state("u1", "s1", expected_version=1)
+    assert not await db.delete_state("u1", "s1", expected_version=0)
+    with pytest.raises(ConflictError):
+        await db.delete_state("u1", "s1", expected_version=1)
+
+
+async def test_recreated_record_starts_again_at_version_one(db: Database) -> None:
+    await db.save_state(state())
+    await db.save_state(state())
+    await db.delete_state("u1", "s1")
+    again = await db.save_state(state())
+    assert again.version == 1
+
+
+async def test_concurrent_conditional_writers_lose_no_update(db: Database) -> None:
+    await db.save_state(StateRecord(user_id="u1", session_id="s1", state="C", data={"n": 0}))
+    writers, increments = 16, 4
+
+    async def writer() -> None:
+        for _ in range(increments):
+            while True:
+                current = await db.get_state("u1", "s1")
+                assert current is not None
+                count = current.data["n"]
+                assert isinstance(count, int)
+                bumped = current.model_copy(update={"data": {"n": count + 1}})
+                try:
+                    await db.save_state(bumped, expected_version=current.version)
+                    break
+                except ConflictError:
+                    await asyncio.sleep(0)
+
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    final = await db.get_state("u1", "s1")
+    assert final is not None
+    assert final.data["n"] == writers * increments
+    assert final.version == writers * increments + 1
+
+
+async def test_last_writer_wins_without_expected_version(db: Database) -> None:
+    results = await asyncio.gather(*(db.save_state(state(name=f"S{i}")) for i in range(20)))
+    assert sorted(r.version for r in results) == list(range(1, 21))
+    final = await db.get_state("u1", "s1")
+    assert final is not None
+    assert final.version == 20
+
+
+@pytest.mark.parametrize("weird", WEIRD_IDS)
+async def test_weird_ids_round_trip_and_list(db: Database, weird: str) -> None:
+    await db.save_state(state(user_id=weird, session_id=weird))
+    await db.save_identity(identity(weird, weird))
+    fetched = await db.get_state(weird, weird)
+    assert fetched is not None
+    assert (fetched.user_id, fetched.session_id) == (weird, weird)
+    assert [s.session_id for s in await db.list_sessions(weird)] == [weird]
+    assert [i.identity_id for i in await db.get_identities(weird)] == [weird]
+
+
+async def test_listings_never_cross_users(db: Database) -> None:
+    for user in ["u1", "u10", "U1", "u", "u1:x", "u1%", "u_"]:
+        await db.save_state(state(user_id=user, session_id=f"{user}-s"))
+        await db.save_identity(identity(user, f"{user}-i"))
+    assert [s.session_id for s in await db.list_sessions("u1")] == ["u1-s"]
+    assert [i.identity_id for i in await db.get_identities("u1")] == ["u1-i"]
+    assert [s.session_id for s in await db.list_sessions("u_")] == ["u_-s"]
+    assert [s.session_id for s in await db.list_sessions("u1%")] == ["u1%-s"]
+    assert await db.list_sessions("nobody") == []
+
+
+async def test_listings_are_ordered_and_paginate(db: Database) -> None:
+    session_ids = [f"s{i:03d}" for i in range(25)] + ["a:b", "a", "ab", "é"]
+    for session_id in reversed(session_ids):
+        await db.save_state(state(session_id=session_id))
+    listed = [s.session_id for s in await db.list_sessions("u1")]
+    assert listed == sorted(session_ids)
+    store_states = getattr(db, "states", None)
+    if store_states is None:
+        pytest.fail("the Database implementation must expose its built-in collections")
+    page = await store_states.page("u1", limit=10)
+    seen = [r.session_id for r in page.records]
+    while page.next_after is not None:
+        page = await store_states.page("u1", after=page.next_after, limit=10)
+        seen += [r.session_id for r in page.records]
+    assert seen == sorted(session_ids)
+
+
+async def test_delete_user_erases_every_record_of_that_user_only(db: Database) -> None:
+    notes = db.collection(Note, "notes")
+    for user in ["u1", "u10"]:
+        await db.save_user(UserRecord(user_id=user))
+        await db.save_state(state(user_id=user))
+        await db.save_context(ContextRecord(user_id=user, session_id="s1"))
+        await db.save_identity(identity(user, "i1"))
+        await db.save_identity(identity(user, "i2"))
+        await notes.save(Note(user_id=user, note_id="n1", text="remember"))
+    assert await db.delete_user("u1") == 6
+    assert await db.get_user("u1") is None
+    assert await db.get_state("u1", "s1") is None
+    assert await db.get_context("u1", "s1") is None
+    assert await db.get_identities("u1") == []
+    assert await notes.get("u1", "n1") is None
+    assert await db.get_user("u10") is not None
+    assert len(await db.get_identities("u10")) == 2
+    assert await notes.get("u10", "n1") is not None
+    assert await db.delete_user("u1") == 0
+
+
+async def test_ttl_expires_records(db: Database) -> None:
+    notes = db.collection(Note, "notes", ttl=0.3)
+    await notes.save(Note(user_id="u1", note_id="short", text="x"))
+    await notes.save(Note(user_id="u1", note_id="long", text="x"), ttl=60)
+    forever = db.collection(Note, "notes")
+    await forever.save(Note(user_id="u1", note_id="kept", text="x"))
+    assert await notes.get("u1", "short") is not None
+    await asyncio.sleep(1.1)
+    assert await notes.get("u1", "short") is None
+    assert await notes.get("u1", "long") is not None
+    assert [n.note_id for n in await notes.list("u1")] == ["kept", "long"]
+    again = await notes.save(Note(user_id="u1", note_id="short", text="y"), expected_version=0)
+    assert again.version == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [float("nan"), float("inf"), float("-inf"), "\ud800", 2**64, -(2**63) - 1, [2**70]],
+    ids=["nan", "inf", "-inf", "lone-surrogate", "2**64", "-2**63-1", "nested-2**70"],
+)
+async def test_values_json_cannot_carry_are_refused_and_nothing_changes(
+    db: Database, bad: object
+) -> None:
+    saved = await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A", data={}))
+    record = saved.model_copy(update={"state": "B"}, deep=True)
+    record.data["bad"] = bad  # type: ignore[assignment]  # bypasses validation on purpose
+    with pytest.raises(SerializationError):
+        await db.save_state(record)
+    assert await db.get_state("u1", "s1") == saved
+
+
+async def test_largest_faithful_integers_round_trip(db: Database) -> None:
+    data = {"max": 2**64 - 1, "min": -(2**63), "digits": "12345678901234567890123", "n": 1.5}
+    saved = await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A", data=data))
+    assert (await db.get_state("u1", "s1")) == saved
+    assert saved.data == data
+
+
+@pytest.mark.parametrize("bad_id", ["", "a\x00b", "tab\tid", "x" * 256, "\ud800"])
+async def test_invalid_ids_are_refused(db: Database, bad_id: str) -> None:
+    with pytest.raises(InvalidKeyError):
+        await db.get_state(bad_id, "s1")
+    with pytest.raises(InvalidKeyError):
+        await db.delete_user(bad_id)
+    with pytest.raises(ValidationError):
+        StateRecord(user_id=bad_id, session_id="s1", state="A")
+
+
+async def test_records_are_validated_and_wrong_kinds_refused(db: Database) -> None:
+    with pytest.raises(ValidationError):
+        StateRecord(user_id="u1", session_id="s1", state="A", data={"x": float("nan")})
+    with pytest.raises(ValidationError):
+        StateRecord(user_id="u1", session_id="s1", state="A", data={"x": {1, 2}})
+    with pytest.raises(InvalidRecordError):
+        await db.save_state(ContextRecord(user_id="u1", session_id="s1"))  # type: ignore[arg-type]
+    assert await db.get_state("u1", "s1") is None
+
+
+async def test_oversized_values_are_refused(db: Database) -> None:
+    big = StateRecord(user_id="u1", session_id="s1", state="A", data={"x": "y" * 2_000_000})
+    with pytest.raises(InvalidRecordError):
+        await db.save_state(big)
+    assert await db.get_state("u1", "s1") is None
+
+
+async def test_stored_values_cannot_be_mutated_through_objects(db: Database) -> None:
+    record = StateRecord(user_id="u1", session_id="s1", state="A", data={"items": [1]})
+    saved = await db.save_state(record)
+    record.data["items"].append(2)  # type: ignore[union-attr]
+    saved.data["items"].append(3)  # type: ignore[union-attr]
+    fetched = await db.get_state("u1", "s1")
+    assert fetched is not None
+    assert fetched.data == {"items": [1]}
+    fetched.data["items"] = []
+    again = await db.get_state("u1", "s1")
+    assert again is not None
+    assert again.data == {"items": [1]}
+
+
+async def test_generic_collection_api(db: Database) -> None:
+    notes = db.collection(Note, "notes")
+    saved = await notes.save(Note(user_id="u1", note_id="n1", text="hello"))
+    assert saved.version == 1
+    assert await notes.get("u1", "n1") == saved
+    with pytest.raises(ConflictError):
+        await notes.save(Note(user_id="u1", note_id="n1", text="again"), expected_version=0)
+    await notes.save(Note(user_id="u1", note_id="n2", text="two"))
+    many = await notes.get_many([("u1", "n2"), ("u1", "missing"), ("u1", "n1")])
+    assert [n.note_id if n else None for n in many] == ["n2", None, "n1"]
+    assert [n.note_id for n in await notes.list("u1")] == ["n1", "n2"]
+    assert await notes.delete("u1", "n1")
+    assert await notes.get("u1", "n1") is None
+    with pytest.raises(InvalidRecordError):
+        await notes.get("u1")
+    with pytest.raises(InvalidKeyError):
+        db.collection(Note, "state")
+    with pytest.raises(InvalidKeyError):
+        db.collection(Note, "Bad Namespace")
+
+
+async def test_namespaces_are_separate(db: Database) -> None:
+    first = db.collection(Note, "notes")
+    second = db.collection(Note, "notes.archive")
+    await first.save(Note(user_id="u1", note_id="n1", text="a"))
+    assert await second.get("u1", "n1") is None
+    assert await second.list("u1") == []
+
+
+async def test_older_schema_versions_are_upgraded_on_read(db: Database) -> None:
+    class NoteV2(Record):
+        SCHEMA_VERSION: ClassVar[int] = 2
+        KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "note_id")
+        user_id: Id
+        note_id: Id
+        body: str
+        words: int
+
+    @NoteV2.upgrade(from_version=1)
+    def rename_text(data: dict[str, object]) -> dict[str, object]:
+        text = str(data.pop("text"))
+        return {**data, "body": text, "words": len(text.split())}
+
+    await db.collection(Note, "notes").save(Note(user_id="u1", note_id="n1", text="two words"))
+    upgraded = await db.collection(NoteV2, "notes").get("u1", "n1")
+    assert upgraded is not None
+    assert (upgraded.body, upgraded.words, upgraded.version) == ("two words", 2, 1)
+    assert upgraded.schema_version == 2
+    await db.collection(NoteV2, "notes").save(NoteV2(user_id="u1", note_id="n9", body="b", words=1))
+    with pytest.raises(SerializationError):  # written by a newer schema than Note reads
+        await db.collection(Note, "notes").get("u1", "n9")
+
+
+async def test_lifecycle_is_idempotent_and_closed_database_refuses(make_db: MakeDb) -> None:
+    database = make_db()
+    assert await database.get_state("u1", "s1") is None  # lazy initialization
+    await database.initialize()
+    await database.initialize()
+    await database.close()
+    await database.close()
+    with pytest.raises(DatabaseClosedError):
+        await database.get_state("u1", "s1")
+    with pytest.raises(DatabaseClosedError):
+        await database.save_state(state())
+
+
+async def test_timestamps_are_utc(db: Database) -> None:
+    saved = await db.save_user(UserRecord(user_id="u1"))
+    assert saved.updated_at is not None
+    assert saved.updated_at.tzinfo is not None
+    assert saved.updated_at.astimezone(UTC) == saved.updated_at
