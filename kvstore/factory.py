@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Unpack
 
 from kvstore.errors import ConfigurationError
 from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
     from kvstore.interface import Database
+    from kvstore.options import DatabaseOptions
     from serializers import Serializer
 
 DEFAULT_SQL_URL: Final = "sqlite:///kvstore.db"
@@ -33,11 +34,13 @@ def create_database(
     serializer: Serializer | None = None,
     ttls: dict[str, float] | None = None,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    **options: Unpack[DatabaseOptions],
 ) -> Database:
     """Build a :class:`Database`. Does no I/O: the first operation connects.
 
     ``connection_string`` for SQL defaults to ``$KVSTORE_URL``, then a SQLite file
     ``./kvstore.db``. ``ttls`` gives default expiry (seconds) per built-in namespace.
+    ``options`` are the backend's own settings (:mod:`kvstore.options`).
     """
     try:
         kind = DatabaseType(db_type)
@@ -52,6 +55,7 @@ def create_database(
 
         if connection_string not in (None, "memory://"):
             raise ConfigurationError("the memory database takes no connection string")
+        _refuse_options(kind, options, allowed=frozenset())
         backend = MemoryBackend()
         description = "memory://"
     elif kind is DatabaseType.SQL:
@@ -66,3 +70,9 @@ def create_database(
         max_value_bytes=max_value_bytes,
         description=description,
     )
+
+
+def _refuse_options(kind: DatabaseType, options: DatabaseOptions, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigurationError(f"{kind.value} database does not take: {', '.join(unknown)}")

@@ -1,0 +1,60 @@
+"""Keyword options of :func:`kvstore.create_database`, typed (PEP 692 ``Unpack``).
+
+Each backend reads the options of its own section; passing an option that the chosen
+database type does not use raises :class:`~kvstore.errors.ConfigurationError`. Defaults are
+documented in the README ("Configuration"). SQL options can also come from URL query
+parameters of the same name (keywords win).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, TypedDict
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+
+class SQLOptions(TypedDict, total=False):
+    """Options of the SQL backend (and of the tiered store's system of record)."""
+
+    pool_size: int
+    max_overflow: int
+    pool_pre_ping: bool
+    pool_recycle: float
+    connect_timeout: float
+    statement_timeout: float
+    echo: bool
+
+
+class RedisOptions(TypedDict, total=False):
+    """Options of the Redis backend (and of a Redis cache tier)."""
+
+    redis_client: Redis | RedisCluster
+    key_prefix: str
+    max_connections: int
+    socket_timeout: float
+    socket_connect_timeout: float
+    health_check_interval: float
+
+
+class TieredOptions(TypedDict, total=False):
+    """Options of the tiered store's cache and circuit breaker."""
+
+    cache_url: str
+    cache_ttl: float
+    cache_timeout: float
+    cache_max_entries: int
+    cache_max_bytes: int
+    lease_ttl: float
+    breaker_threshold: int
+    breaker_reset_after: float
+
+
+class DatabaseOptions(SQLOptions, RedisOptions, TieredOptions, total=False):
+    """Every option ``create_database`` accepts."""
+
+
+SQL_OPTIONS: Final = frozenset(SQLOptions.__annotations__)
+REDIS_OPTIONS: Final = frozenset(RedisOptions.__annotations__)
+TIERED_OPTIONS: Final = frozenset(TieredOptions.__annotations__)
