@@ -1,0 +1,79 @@
+"""The JSON serializer: exact round trips, refusals of what JSON cannot carry."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import JsonValue
+
+from kvstore import SerializationError, StateRecord
+from kvstore.models.base import METADATA_FIELDS
+from serializers import JSONSerializer, Serializer
+
+plain_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]))
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | plain_text,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.text(alphabet=st.characters(exclude_categories=["Cs"])), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+def test_json_serializer_is_a_serializer() -> None:
+    assert isinstance(JSONSerializer(), Serializer)
+    assert JSONSerializer().format == "json"
+
+
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=5))
+def test_round_trip_is_exact(data: dict[str, JsonValue]) -> None:
+    serializer = JSONSerializer()
+    record = StateRecord(user_id="u", session_id="s", state="A", data=data)
+    encoded = serializer.dumps(record, exclude=METADATA_FIELDS)
+    decoded = serializer.loads(encoded)
+    assert decoded.pop("schema_version") == 1
+    assert StateRecord.model_validate(decoded) == record
+
+
+def test_output_is_plain_json_without_store_metadata() -> None:
+    record = StateRecord(user_id="u", session_id="s", state="A", data={"n": 1})
+    parsed = orjson.loads(JSONSerializer().dumps(record, exclude=METADATA_FIELDS))
+    assert parsed == {
+        "user_id": "u",
+        "session_id": "s",
+        "state": "A",
+        "data": {"n": 1},
+        "schema_version": 1,
+    }
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "\udfff", 2**64, -(2**63) - 1])
+def test_unfaithful_values_are_refused(bad: object) -> None:
+    record = StateRecord(user_id="u", session_id="s", state="A")
+    record.data["x"] = {"deep": [bad]}  # type: ignore[list-item]
+    with pytest.raises(SerializationError):
+        JSONSerializer().dumps(record)
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1234567890123456789012"])
+def test_lookalike_strings_are_fine(text: str) -> None:
+    record = StateRecord(user_id="u", session_id="s", state=text, data={text: text})
+    decoded = JSONSerializer().loads(JSONSerializer().dumps(record))
+    assert decoded["data"] == {text: text}
+
+
+@pytest.mark.parametrize("stored", [b"not json", b"[1, 2]", b"\xff"])
+def test_corrupt_stored_values_raise_serialization_error(stored: bytes) -> None:
+    with pytest.raises(SerializationError):
+        JSONSerializer().loads(stored)
