@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Unpack
 
@@ -59,8 +58,7 @@ def create_database(
         backend = MemoryBackend()
         description = "memory://"
     elif kind is DatabaseType.SQL:
-        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
-        raise ConfigurationError(f"the SQL backend is not available yet (url {url!r})")
+        raise ConfigurationError("the SQL backend is not available yet")
     else:
         raise ConfigurationError(f"the {kind.value} backend is not available yet")
     return Store(
