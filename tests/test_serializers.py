@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -10,8 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import JsonValue
 
-from kvstore import SerializationError, StateRecord
+from backends.base import Entry
+from kvstore import DatabaseType, SerializationError, StateRecord, create_database
 from kvstore.models.base import METADATA_FIELDS
+from kvstore.store import Store
 from serializers import JSONSerializer, Serializer
 
 plain_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]))
@@ -77,3 +80,24 @@ def test_lookalike_strings_are_fine(text: str) -> None:
 def test_corrupt_stored_values_raise_serialization_error(stored: bytes) -> None:
     with pytest.raises(SerializationError):
         JSONSerializer().loads(stored)
+
+
+async def test_decoding_survives_reordered_keys_and_nested_schema_versions() -> None:
+    """PostgreSQL's JSONB reorders keys and adds spaces; a nested "schema_version" key must
+    not fool the fast path."""
+    db = create_database(DatabaseType.MEMORY)
+    assert isinstance(db, Store)
+    now = datetime.now(UTC)
+    stored = (
+        b'{"data": {"z": {"schema_version": 7}}, "state": "A", "user_id": "u", '
+        b'"session_id": "s", "schema_version": 1}'
+    )
+    nested_last = (
+        b'{"user_id":"u","session_id":"s","state":"A","schema_version":1,'
+        b'"data":{"schema_version":7}}'
+    )
+    for value in (stored, nested_last):
+        record = db.states.decode(Entry(value, 3, now, now))
+        assert (record.user_id, record.state, record.version) == ("u", "A", 3)
+        assert record.data["z" if value is stored else "schema_version"] is not None
+    await db.close()
