@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, Unpack
+from typing import TYPE_CHECKING, Final, Unpack, cast
 
 from kvstore.errors import ConfigurationError
+from kvstore.options import SQL_OPTIONS
 from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
+    from backends.base import Backend
     from kvstore.interface import Database
-    from kvstore.options import DatabaseOptions
+    from kvstore.options import DatabaseOptions, SQLOptions
     from serializers import Serializer
 
 DEFAULT_SQL_URL: Final = "sqlite:///kvstore.db"
@@ -55,10 +58,15 @@ def create_database(
         if connection_string not in (None, "memory://"):
             raise ConfigurationError("the memory database takes no connection string")
         _refuse_options(kind, options, allowed=frozenset())
-        backend = MemoryBackend()
+        backend: Backend = MemoryBackend()
         description = "memory://"
     elif kind is DatabaseType.SQL:
-        raise ConfigurationError("the SQL backend is not available yet")
+        from backends.sql import build_sql_backend
+
+        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+        _refuse_options(kind, options, allowed=SQL_OPTIONS)
+        sql_backend = build_sql_backend(url, cast("SQLOptions", options))
+        backend, description = sql_backend, sql_backend.config.masked_url
     else:
         raise ConfigurationError(f"the {kind.value} backend is not available yet")
     return Store(

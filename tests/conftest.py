@@ -4,19 +4,23 @@ empty-enough databases (no I/O until first use)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from kvstore import Database, DatabaseType, create_database
+from tests import postgres
 
 MakeDb = Callable[[], Database]
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "sqlite", "postgres"]
+_MARKS = {"postgres": pytest.mark.postgres}
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, ())) for name in BACKENDS])
 def backend_name(request: pytest.FixtureRequest) -> str:
     """The name of the backend under test."""
     name: str = request.param
@@ -40,6 +44,37 @@ async def db(make_db: MakeDb) -> AsyncIterator[Database]:
 @pytest.fixture
 def make_db_memory() -> MakeDb:
     return lambda: create_database(DatabaseType.MEMORY)
+
+
+@pytest.fixture
+def make_db_sqlite(tmp_path: Path) -> MakeDb:
+    """Databases on one fresh SQLite file of this test."""
+    url = f"sqlite:///{tmp_path / 'kvstore.db'}"
+    return lambda: create_database(DatabaseType.SQL, url)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of this test session on the local PostgreSQL, migrated to the current
+    schema; dropped at the end. Skips (failing CI) when the server is not there."""
+    if not asyncio.run(postgres.server_available()):
+        pytest.skip(f"no PostgreSQL at {postgres.ADMIN_URL}")
+    from backends.sql_migrate import upgrade
+
+    name = postgres.unique_name("test")
+    url = asyncio.run(postgres.create_database(name))
+    try:
+        asyncio.run(upgrade(url))
+        yield url
+    finally:
+        asyncio.run(postgres.drop_database(name))
+
+
+@pytest.fixture
+async def make_db_postgres(postgres_url: str) -> MakeDb:
+    """Databases on the session's PostgreSQL database, emptied for each test."""
+    await postgres.execute(postgres_url, "DELETE FROM kv_records")
+    return lambda: create_database(DatabaseType.SQL, postgres_url)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
