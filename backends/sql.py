@@ -190,7 +190,7 @@ class SQLBackend(Backend):
     async def _run(self, action: str, name: str, args: tuple[Any, ...], *, idempotent: bool) -> Any:
         """Run hot statement ``name``; return its rows. Retries what is safe to retry."""
         sql = self._sql[name]
-        attempt = 1
+        attempt, stale = 1, 0
         while True:
             fairy = await self._checkout()
             try:
@@ -207,6 +207,9 @@ class SQLBackend(Backend):
                     fairy.invalidate()  # lost, timed out or cancelled mid-statement
                 if failure is None:
                     raise
+                if failure is Failure.STALE and stale < self._checkout_tries:
+                    stale += 1  # nothing was sent: try the next pooled connection
+                    continue
                 retry = failure is Failure.TRANSIENT or (failure is Failure.LOST and idempotent)
                 if not retry or attempt >= MAX_ATTEMPTS:
                     raise translate(exc, action, self._where) from exc
@@ -321,7 +324,9 @@ class SQLBackend(Backend):
                     return rows
             except DRIVER_ERRORS as exc:
                 failure = classify(exc)
-                retry = failure is Failure.TRANSIENT or (failure is Failure.LOST and not write)
+                retry = failure in (Failure.TRANSIENT, Failure.STALE) or (
+                    failure is Failure.LOST and not write
+                )
                 if not retry or attempt >= MAX_ATTEMPTS:
                     raise translate(exc, action, self._where) from exc
                 await asyncio.sleep(_backoff(attempt))

@@ -7,7 +7,7 @@ the same name (keywords win); other query parameters go to the driver unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import sqlalchemy as sa
@@ -61,6 +61,9 @@ class SQLConfig:
         return self.url.render_as_string(hide_password=True)
 
 
+_DEFAULTS: Final = {field.name: field.default for field in fields(SQLConfig)}
+
+
 def parse_sql_url(url: str, options: SQLOptions | None = None) -> SQLConfig:
     """Normalize ``url`` and merge URL query options with keyword ``options``."""
     try:
@@ -95,7 +98,7 @@ def parse_sql_url(url: str, options: SQLOptions | None = None) -> SQLConfig:
 
 
 def _coerce(name: str, raw: str) -> object:
-    default = getattr(SQLConfig, name, None)
+    default = _DEFAULTS[name]
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
@@ -170,9 +173,9 @@ def create_engine(config: SQLConfig) -> AsyncEngine:
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
-    """WAL and synchronous=NORMAL: readers never block the writer, commits stay cheap."""
+    """synchronous=NORMAL: in WAL mode (set once per file by initialization) a commit does
+    not wait for fsync; a power loss can lose the last commits, never corrupt the file."""
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 

@@ -1,6 +1,7 @@
 """Driver and SQLAlchemy exceptions, classified and mapped to kvstore errors.
 
-Every failure is one of: ``LOST`` (the connection broke; a read may be retried on a fresh
+Every failure is one of: ``STALE`` (a broken connection refused to send the statement; any
+operation may be retried), ``LOST`` (the connection broke; a read may be retried on a fresh
 one), ``TRANSIENT`` (serialization failure or deadlock: the statement was rolled back, so
 any operation may be retried), ``TIMEOUT``, ``DATA`` (the server refused a value, e.g. a
 ``\\u0000`` that ``jsonb`` cannot hold) or ``FAILED``. Messages carry the masked URL only.
@@ -21,7 +22,8 @@ from kvstore.errors import BackendUnavailableError, KVStoreError, SerializationE
 class Failure(Enum):
     """What kind of failure a driver exception reports."""
 
-    LOST = "connection lost"
+    STALE = "connection was broken before the statement was sent"
+    LOST = "connection failed or lost"
     TRANSIENT = "transient conflict"
     TIMEOUT = "timed out"
     DATA = "value refused"
@@ -32,6 +34,7 @@ DRIVER_ERRORS: Final[tuple[type[BaseException], ...]] = (
     sa.exc.SQLAlchemyError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     sqlite3.Error,
     OSError,
     TimeoutError,
@@ -56,6 +59,10 @@ def classify(exc: BaseException) -> Failure:
             if state.startswith("22"):
                 return Failure.DATA
             return Failure.FAILED
+        if isinstance(error, asyncpg.exceptions.InternalClientError):
+            # the protocol refused to start the statement (e.g. the server's termination
+            # notice arrived while the connection sat idle): nothing was sent
+            return Failure.STALE
         if isinstance(error, asyncpg.InterfaceError | ConnectionError | EOFError):
             return Failure.LOST
         if isinstance(error, TimeoutError | sa.exc.TimeoutError):

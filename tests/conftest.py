@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -15,6 +17,7 @@ from kvstore import Database, DatabaseType, create_database
 from tests import postgres
 
 MakeDb = Callable[[], Database]
+T = TypeVar("T")
 
 BACKENDS = ["memory", "sqlite", "postgres"]
 _MARKS = {"postgres": pytest.mark.postgres}
@@ -57,17 +60,23 @@ def make_db_sqlite(tmp_path: Path) -> MakeDb:
 def postgres_url() -> Iterator[str]:
     """A database of this test session on the local PostgreSQL, migrated to the current
     schema; dropped at the end. Skips (failing CI) when the server is not there."""
-    if not asyncio.run(postgres.server_available()):
+    if not _blocking(postgres.server_available()):
         pytest.skip(f"no PostgreSQL at {postgres.ADMIN_URL}")
     from backends.sql_migrate import upgrade
 
     name = postgres.unique_name("test")
-    url = asyncio.run(postgres.create_database(name))
+    url = _blocking(postgres.create_database(name))
     try:
-        asyncio.run(upgrade(url))
+        _blocking(upgrade(url))
         yield url
     finally:
-        asyncio.run(postgres.drop_database(name))
+        _blocking(postgres.drop_database(name))
+
+
+def _blocking(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to completion on a loop of its own (callers may be inside a loop)."""
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, work).result()
 
 
 @pytest.fixture
