@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import sqlalchemy as sa
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from backends.base import DEFAULT_PAGE_SIZE, Backend, Capabilities, Entry, utcnow
@@ -134,6 +135,7 @@ class SQLBackend(Backend):
             _same if self._postgres else _from_sqlite_time
         )
         self._checkout_tries = config.pool_size + config.max_overflow + 1
+        self._shared: PoolProxiedConnection | None = None
 
     def __repr__(self) -> str:
         return f"SQLBackend({self._where!r})"
@@ -167,6 +169,9 @@ class SQLBackend(Backend):
             return
         self._closed = True
         engine, self._engine = self._engine, None
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await greenlet_spawn(shared.close)
         if engine is not None and self._owns_engine:
             await engine.dispose()
 
@@ -175,17 +180,65 @@ class SQLBackend(Backend):
     async def _checkout(self) -> PoolProxiedConnection:
         if not self._ready:
             await self.initialize()
+        if not self._postgres:
+            return self._shared or await self._checkout_shared()
         engine = self.engine
         try:
             for _ in range(self._checkout_tries):
-                fairy = await engine.raw_connection()
+                fairy = self._checkout_now(engine) or await engine.raw_connection()
                 driver: Any = fairy.driver_connection
-                if not (self._postgres and driver.is_closed()):
+                if not driver.is_closed():
                     return fairy
                 fairy.invalidate()  # the server dropped it while idle; nothing was sent
             return await engine.raw_connection()
         except DRIVER_ERRORS as exc:
             raise translate(exc, "connect", self._where) from exc
+
+    async def _checkout_shared(self) -> PoolProxiedConnection:
+        """SQLite: the one pooled connection every hot statement of this backend shares.
+
+        SQLite runs one writer at a time anyway, and one aiosqlite thread pipelining the
+        statements of many tasks beats many threads fighting for the GIL and sleeping in
+        SQLite's busy handler (measured: ``benchmarks/sql_backend.py``). Each statement is
+        one autocommit call, so tasks can't see each other's half-done work.
+        """
+        async with self._init_lock:
+            if self._shared is None:
+                try:
+                    self._shared = await self.engine.raw_connection()
+                except DRIVER_ERRORS as exc:
+                    raise translate(exc, "connect", self._where) from exc
+            return self._shared
+
+    def _checkout_now(self, engine: AsyncEngine) -> PoolProxiedConnection | None:
+        """Check out an idle pooled connection without a greenlet switch (the common case,
+        and the largest cost SQLAlchemy adds per call), or ``None`` if that needs I/O."""
+        pool = engine.pool
+        if self.config.pool_pre_ping or not isinstance(pool, QueuePool) or not pool.checkedin():
+            return None
+        try:
+            return engine.sync_engine.raw_connection()
+        except sa.exc.MissingGreenlet:
+            # the idle connection was due for recycling: SQLAlchemy discarded it and undid
+            # the checkout; the caller takes the awaiting path
+            return None
+
+    async def _release(self, fairy: PoolProxiedConnection) -> None:
+        """Check a connection back in; without a greenlet switch when the pool has room
+        for it (otherwise the check-in closes it, which awaits the driver)."""
+        if fairy is self._shared:
+            return
+        pool = self._engine.pool if self._engine is not None else None
+        if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
+            fairy.close()
+        else:
+            await greenlet_spawn(fairy.close)
+
+    def _discard(self, fairy: PoolProxiedConnection) -> None:
+        """Close a broken connection and drop it from the pool."""
+        if fairy is self._shared:
+            self._shared = None
+        fairy.invalidate()
 
     async def _run(self, action: str, name: str, args: tuple[Any, ...], *, idempotent: bool) -> Any:
         """Run hot statement ``name``; return its rows. Retries what is safe to retry."""
@@ -201,10 +254,14 @@ class SQLBackend(Backend):
                     rows = await driver.execute_fetchall(sql, args)
             except BaseException as exc:
                 failure = classify(exc) if isinstance(exc, DRIVER_ERRORS) else None
-                if failure in (Failure.DATA, Failure.TRANSIENT, Failure.FAILED):
-                    await _release(fairy)  # the server answered: the connection is fine
+                if failure in (Failure.LOST, Failure.STALE, Failure.TIMEOUT) or (
+                    failure is None and self._postgres
+                ):
+                    # broken, or cancelled mid-statement (asyncpg can't resume the protocol;
+                    # an aiosqlite statement finishes in its thread, so that one is kept)
+                    self._discard(fairy)
                 else:
-                    fairy.invalidate()  # lost, timed out or cancelled mid-statement
+                    await self._release(fairy)  # the server answered: the connection is fine
                 if failure is None:
                     raise
                 if failure is Failure.STALE and stale < self._checkout_tries:
@@ -216,7 +273,7 @@ class SQLBackend(Backend):
                 await asyncio.sleep(_backoff(attempt))
                 attempt += 1
             else:
-                await _release(fairy)
+                await self._release(fairy)
                 return rows
 
     def _entry(self, row: Sequence[Any]) -> Entry:
@@ -474,12 +531,6 @@ class SQLBackend(Backend):
             if len(rows) < batch_size:
                 return
             last = (rows[-1].namespace, rows[-1].owner, rows[-1].key)
-
-
-async def _release(fairy: PoolProxiedConnection) -> None:
-    """Check a connection back in. Inside a greenlet: when the pool is full the check-in
-    closes the connection, which awaits the driver."""
-    await greenlet_spawn(fairy.close)
 
 
 def _entry_columns() -> tuple[sa.ColumnElement[Any], ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -20,6 +21,8 @@ from kvstore.options import SQL_OPTIONS
 from kvstore.urls import mask_url
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Generator
+
     from sqlalchemy.engine import URL
 
     from kvstore.options import SQLOptions
@@ -134,6 +137,27 @@ def _identity(value: str) -> str:
     return value
 
 
+class _DeferredConnect:
+    """``asyncpg.connect(...)``, started only when awaited."""
+
+    __slots__ = ("_args", "_kwargs")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._args, self._kwargs = args, kwargs
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        connecting: Awaitable[Any] = asyncpg.connect(*self._args, **self._kwargs)
+        return connecting.__await__()
+
+
+def _deferred_connect(*args: Any, **kwargs: Any) -> _DeferredConnect:
+    """SQLAlchemy's asyncpg dialect builds the connect coroutine before it knows whether
+    it may await it. The backend's greenlet-free checkout (``SQLBackend._checkout_now``)
+    backs off when a pooled connection needs reconnecting, and an unstarted
+    ``asyncpg.connect`` coroutine would then warn "never awaited"; this one never starts."""
+    return _DeferredConnect(args, kwargs)
+
+
 def create_engine(config: SQLConfig) -> AsyncEngine:
     """The async engine for ``config``. Does no I/O.
 
@@ -156,6 +180,7 @@ def create_engine(config: SQLConfig) -> AsyncEngine:
             config.url,
             json_deserializer=_identity,
             connect_args={
+                "async_creator_fn": _deferred_connect,
                 "timeout": config.connect_timeout,
                 "command_timeout": config.statement_timeout,
                 "server_settings": {"statement_timeout": millis},

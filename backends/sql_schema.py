@@ -42,7 +42,9 @@ def key_parts(text: str) -> tuple[str, ...]:
 
 def sqlite_time(value: datetime) -> str:
     """An aware datetime as SQLite's stored UTC text."""
-    return value.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # == strftime(SQLITE_TIME_FORMAT)
 
 
 def parse_sqlite_time(value: str) -> datetime:

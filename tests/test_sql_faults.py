@@ -132,3 +132,15 @@ async def test_statement_timeout_is_backend_unavailable(own_database: tuple[str,
             assert (await db.save_state(state("C"))).version == 2
     finally:
         await admin.close()
+
+
+async def test_recycled_connections_are_replaced_transparently(
+    own_database: tuple[str, str],
+) -> None:
+    _, url = own_database
+    async with create_database(DatabaseType.SQL, url, pool_recycle=0.05, pool_size=2) as db:
+        await asyncio.gather(*(db.save_state(state(f"S{i}")) for i in range(4)))
+        await asyncio.sleep(0.1)  # every pooled connection is now due for recycling
+        fetched = await asyncio.gather(*(db.get_state("u1", "s1") for _ in range(4)))
+        assert {f.version for f in fetched if f is not None} == {4}
+        assert (await db.save_state(state("T"))).version == 5
