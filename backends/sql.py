@@ -389,14 +389,10 @@ class SQLBackend(Backend):
                 await asyncio.sleep(_backoff(attempt))
                 attempt += 1
 
-    def _sa_entry(self, row: sa.Row[Any]) -> Entry:
-        return Entry(
-            value=row.value.encode(),
-            version=row.version,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            expires_at=row.expires_at,
-        )
+    @staticmethod
+    def _sa_entry(row: Sequence[Any]) -> Entry:
+        """The entry of a row ending in the :func:`_entry_columns` (by position: faster)."""
+        return Entry(row[-5].encode(), row[-4], row[-3], row[-2], row[-1])
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
@@ -451,7 +447,10 @@ class SQLBackend(Backend):
             sa.select(t.c.key, *_entry_columns()).where(*conditions).order_by(t.c.key).limit(limit)
         )
         rows = await self._query("list", statement)
-        return [(Key(namespace, (owner, *key_parts(row.key))), self._sa_entry(row)) for row in rows]
+        return [
+            (_stored_key(namespace, (owner, *key_parts(row[0]))), self._sa_entry(row))
+            for row in rows
+        ]
 
     async def delete_owner(self, owner: str) -> int:
         check_component(owner, "owner")
@@ -527,7 +526,8 @@ class SQLBackend(Backend):
             )
             rows = await self._query("stream", statement)
             for row in rows:
-                yield Key(row.namespace, (row.owner, *key_parts(row.key))), self._sa_entry(row)
+                key = _stored_key(row[0], (row[1], *key_parts(row[2])))
+                yield key, self._sa_entry(row)
             if len(rows) < batch_size:
                 return
             last = (rows[-1].namespace, rows[-1].owner, rows[-1].key)
@@ -543,6 +543,16 @@ def _entry_columns() -> tuple[sa.ColumnElement[Any], ...]:
 def _live(now: datetime) -> sa.ColumnElement[bool]:
     expires_at = kv_records.c.expires_at
     return sa.or_(expires_at.is_(None), expires_at > now)
+
+
+def _stored_key(namespace: str, components: tuple[str, ...]) -> Key:
+    """A :class:`Key` for a row of our table, skipping re-validation: every row was
+    written from a validated ``Key``, and checking each component of a million-row stream
+    costs more than reading it."""
+    key = object.__new__(Key)
+    object.__setattr__(key, "namespace", namespace)
+    object.__setattr__(key, "components", components)
+    return key
 
 
 def _live_at(expires_at: datetime | None, now: datetime) -> bool:

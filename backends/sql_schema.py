@@ -63,6 +63,11 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return dialect.type_descriptor(sa.String(26))
         return dialect.type_descriptor(sa.DateTime(timezone=True))
 
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name == "postgresql":
+            return None  # asyncpg already returns aware UTC datetimes: skip a call per value
+        return super().result_processor(dialect, coltype)
+
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> object:
         if value is None or dialect.name != "sqlite":
             return value
