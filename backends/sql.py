@@ -513,11 +513,17 @@ class SQLBackend(Backend):
         if updated_before is not None:
             conditions.append(t.c.updated_at < _aware(updated_before))
         primary = (t.c.namespace, t.c.owner, t.c.key)
-        last: tuple[str, str, str] | None = None
+        # the keyset compares only the key columns not fixed by the filters: SQLite can
+        # seek on "namespace = ? AND (owner, key) > (?, ?)" but not on the full row value
+        fixed = 0 if namespace is None else 1 if owner is None else 2
+        moving = primary[fixed:]
+        last: tuple[str, ...] | None = None
         while True:
             where = [*conditions, _live(utcnow())]
             if last is not None:
-                where.append(sa.tuple_(*primary) > sa.tuple_(*last))
+                where.append(
+                    sa.tuple_(*moving) > sa.tuple_(*last) if len(last) > 1 else moving[0] > last[0]
+                )
             statement = (
                 sa.select(*primary, *_entry_columns())
                 .where(*where)
@@ -530,7 +536,7 @@ class SQLBackend(Backend):
                 yield key, self._sa_entry(row)
             if len(rows) < batch_size:
                 return
-            last = (rows[-1].namespace, rows[-1].owner, rows[-1].key)
+            last = tuple(rows[-1][fixed:3])
 
 
 def _entry_columns() -> tuple[sa.ColumnElement[Any], ...]:
