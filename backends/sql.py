@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
 
     from kvstore.options import SQLOptions
 
+HOLD_SECONDS: Final = 5.0
+"""How long the hot path may keep a pooled connection between statements before it goes
+back through the pool (where recycling and pre-ping apply)."""
+_LEASED_AT: Final = "kvstore_leased_at"
 MAX_ATTEMPTS: Final = 3
 """Tries of a retryable operation (the first included)."""
 GET_MANY_CHUNK: Final = 500
@@ -136,6 +141,8 @@ class SQLBackend(Backend):
         )
         self._checkout_tries = config.pool_size + config.max_overflow + 1
         self._shared: PoolProxiedConnection | None = None
+        self._held: list[PoolProxiedConnection] = []
+        self._hold_max = 0 if config.pool_pre_ping else config.pool_size // 2
 
     def __repr__(self) -> str:
         return f"SQLBackend({self._where!r})"
@@ -170,6 +177,8 @@ class SQLBackend(Backend):
         self._closed = True
         engine, self._engine = self._engine, None
         shared, self._shared = self._shared, None
+        self._hold_max = 0
+        await self._return_held()
         if shared is not None:
             await greenlet_spawn(shared.close)
         if engine is not None and self._owns_engine:
@@ -182,12 +191,18 @@ class SQLBackend(Backend):
             await self.initialize()
         if not self._postgres:
             return self._shared or await self._checkout_shared()
+        while self._held:
+            fairy = self._held.pop()
+            if not fairy.driver_connection.is_closed():  # type: ignore[union-attr]
+                return fairy
+            fairy.invalidate()  # the server dropped it while idle; nothing was sent
         engine = self.engine
         try:
             for _ in range(self._checkout_tries):
                 fairy = self._checkout_now(engine) or await engine.raw_connection()
                 driver: Any = fairy.driver_connection
                 if not driver.is_closed():
+                    fairy.info[_LEASED_AT] = time.monotonic()
                     return fairy
                 fairy.invalidate()  # the server dropped it while idle; nothing was sent
             return await engine.raw_connection()
@@ -228,11 +243,24 @@ class SQLBackend(Backend):
         for it (otherwise the check-in closes it, which awaits the driver)."""
         if fairy is self._shared:
             return
+        if (
+            len(self._held) < self._hold_max
+            and time.monotonic() - fairy.info.get(_LEASED_AT, 0.0) < HOLD_SECONDS
+        ):
+            self._held.append(fairy)
+            return
         pool = self._engine.pool if self._engine is not None else None
         if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
             fairy.close()
         else:
             await greenlet_spawn(fairy.close)
+
+    async def _return_held(self) -> None:
+        """Give the connections the hot path holds back to the pool."""
+        held, self._held = self._held, []
+        for fairy in held:
+            fairy.info.pop(_LEASED_AT, None)
+            await self._release(fairy)
 
     def _discard(self, fairy: PoolProxiedConnection) -> None:
         """Close a broken connection and drop it from the pool."""
@@ -363,6 +391,7 @@ class SQLBackend(Backend):
         connection is lost; writes commit, and are retried on serialization failures."""
         if not self._ready:
             await self.initialize()
+        await self._return_held()
         attempt = 1
         while True:
             try:
