@@ -77,10 +77,16 @@ class ConnectionSettings:
 
 def check_url(url: str) -> str:
     """Validate the scheme of ``url``; return it unchanged."""
+    scheme = url.partition("://")[0] if isinstance(url, str) else ""
+    if scheme.endswith("+sentinel"):
+        parse_sentinel_url(url)
+        return url
     parts = split_url(url)
     if parts.scheme not in SCHEMES:
         choices = ", ".join(sorted(SCHEMES))
         raise ConfigurationError(f"unsupported Redis URL scheme in {mask_url(url)}; use {choices}")
+    if not parts.scheme.startswith("unix") and not parts.hostname:
+        raise ConfigurationError(f"Redis URL {mask_url(url)} names no host")
     return url
 
 
@@ -90,7 +96,7 @@ def connect(url: str, settings: ConnectionSettings) -> Redis | RedisCluster:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    scheme = split_url(url).scheme
+    scheme = check_url(url).partition("://")[0]
     common: dict[str, object] = {
         "socket_timeout": None,
         "socket_connect_timeout": settings.socket_connect_timeout,
@@ -123,16 +129,29 @@ def _cluster(url: str, settings: ConnectionSettings, common: dict[str, object]) 
         raise ConfigurationError(f"bad Redis Cluster URL {mask_url(url)}: {exc}") from None
 
 
-def _sentinel(url: str, settings: ConnectionSettings, common: dict[str, object]) -> Redis:
-    from redis.asyncio.sentinel import Sentinel
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """What a ``redis+sentinel://`` URL names."""
 
+    hosts: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_password: str | None
+    ssl: bool
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """``redis+sentinel://[user:password@]host:port[,host:port]/service[/db]
+    [?sentinel_password=...]``; raises :class:`ConfigurationError` (password masked)."""
     scheme, _, rest = url.partition("://")
     netloc, _, path = rest.partition("/")
     path, _, query = path.partition("?")
     userinfo, _, hostlist = netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
     service, _, db = path.partition("/")
-    if not service or not hostlist:
+    if not service or not hostlist or (db and not db.isdigit()):
         raise ConfigurationError(
             f"Sentinel URL {mask_url(url)} must look like "
             "redis+sentinel://host:26379[,host:port]/service[/db]"
@@ -140,27 +159,39 @@ def _sentinel(url: str, settings: ConnectionSettings, common: dict[str, object])
     hosts: list[tuple[str, int]] = []
     for item in hostlist.split(","):
         host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
-        if not port.isdigit():
+        if not host or not port.isdigit():
             raise ConfigurationError(f"bad Sentinel address in {mask_url(url)}")
         hosts.append((host.strip("[]"), int(port)))
-    if db and not db.isdigit():
-        raise ConfigurationError(f"bad database number in {mask_url(url)}")
-    extra = dict(parse_qsl(query))
+    return SentinelTarget(
+        hosts=hosts,
+        service=unquote(service),
+        db=int(db or 0),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        sentinel_password=dict(parse_qsl(query)).get("sentinel_password"),
+        ssl=scheme.startswith("rediss"),
+    )
+
+
+def _sentinel(url: str, settings: ConnectionSettings, common: dict[str, object]) -> Redis:
+    from redis.asyncio.sentinel import Sentinel
+
+    target = parse_sentinel_url(url)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        hosts,
+        target.hosts,
         sentinel_kwargs={
             "socket_timeout": settings.socket_timeout,
             "socket_connect_timeout": settings.socket_connect_timeout,
-            "password": extra.get("sentinel_password"),
+            "password": target.sentinel_password,
         },
-        ssl=scheme.startswith("rediss"),
+        ssl=target.ssl,
         **common,
     )
     client: Redis = sentinel.master_for(
-        service,
-        db=int(db or 0),
+        target.service,
+        db=target.db,
         max_connections=settings.max_connections,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
+        username=target.username,
+        password=target.password,
     )
     return client

@@ -13,12 +13,17 @@ def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***``; safe for logs, reprs and errors."""
     try:
         parts = urlsplit(url)
-        password = parts.password
+        if parts.password is None:
+            return url
+        if parts.port is None or parts.port >= 0:  # validates the port
+            return urlunsplit(_with_netloc(parts, parts.username, MASK))
     except ValueError:
-        return "<unparsable url>"
-    if password is None:
-        return url
-    return urlunsplit(_with_netloc(parts, parts.username, MASK))
+        pass
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.partition("@")
+    if sep and at and ":" in userinfo and "/" not in userinfo:  # e.g. several host:port
+        return f"{scheme}://{userinfo.partition(':')[0]}:{MASK}@{hosts}"
+    return "<unparsable url>"
 
 
 def split_url(url: str) -> SplitResult:
