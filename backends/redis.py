@@ -245,15 +245,13 @@ class RedisBackend(Backend, VersionedCache):
             px = max(1, round(ttl * 1000))
         name = self._layout.record(key)
         keys = (name, self._layout.index(key.owner, key.namespace), self._ns_set(key))
-        args: tuple[EncodableT, ...] = (
-            bytes(value),
+        meta = b"%d:%d:%d:%d" % (
             to_us(now),
             -1 if expected_version is None else expected_version,
             px,
             to_us(expires_at) if expires_at is not None else 0,
-            member(key.rest),
-            key.namespace,
         )
+        args = (meta, value, member(key.rest), key.namespace)
         pipe = self._ready()
         ok, version, created = await self._once("put", lambda: pipe.script(lua.PUT, keys, args))
         if not ok:

@@ -14,8 +14,10 @@ call than redis-py's per-read timeout, and retries only idempotent operations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, unquote
+
+from redis.asyncio import BlockingConnectionPool
 
 from kvstore.errors import ConfigurationError
 from kvstore.urls import mask_url, split_url
@@ -75,6 +77,37 @@ class ConnectionSettings:
         return settings
 
 
+class WaitingPool(BlockingConnectionPool):
+    """redis-py's :class:`BlockingConnectionPool` (callers wait for a free connection, up to
+    ``pool_wait_timeout``) with a fast path: while a connection is idle and nobody waits,
+    take and return it without the pool's condition variable, timeout and event dispatch,
+    which cost about a fifth of a GET here. Everything else goes the regular way."""
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        if self._available_connections and not self._in_maintenance:
+            connection = self._available_connections.pop()
+            self._in_use_connections.add(connection)
+            try:
+                await self.ensure_connection(connection)
+            except BaseException:
+                await self.release(connection)
+                raise
+            return connection
+        return await super().get_connection()  # type: ignore[no-untyped-call]
+
+    async def release(self, connection: Any) -> None:
+        if (
+            self._condition._waiters
+            or self._in_maintenance
+            or connection.should_reconnect()
+            or self.connection_kwargs.get("credential_provider") is not None
+        ):
+            await super().release(connection)
+            return
+        self._in_use_connections.remove(connection)
+        self._available_connections.append(connection)
+
+
 def check_url(url: str) -> str:
     """Validate the scheme of ``url``; return it unchanged."""
     scheme = url.partition("://")[0] if isinstance(url, str) else ""
@@ -92,7 +125,7 @@ def check_url(url: str) -> str:
 
 def connect(url: str, settings: ConnectionSettings) -> Redis | RedisCluster:
     """A client for ``url``; no I/O happens until its first command."""
-    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
@@ -108,7 +141,7 @@ def connect(url: str, settings: ConnectionSettings) -> Redis | RedisCluster:
     if scheme.endswith("+sentinel"):
         return _sentinel(url, settings, common)
     try:
-        pool = BlockingConnectionPool.from_url(
+        pool = WaitingPool.from_url(
             url,
             max_connections=settings.max_connections,
             timeout=settings.pool_wait_timeout,

@@ -24,14 +24,16 @@ local function newer(cur, c, v, or_equal)
   if or_equal then return v >= hv end
   return v > hv
 end
-local function store(k, value, px, idx, member, nsset, ns)
+local function store(k, value, px, idx, member, nsset, ns, indexed)
   if px ~= '0' then
     redis.call('SET', k, value, 'PX', px)
   else
     redis.call('SET', k, value)
   end
-  redis.call('ZADD', idx, 0, member)
-  redis.call('SADD', nsset, ns)
+  if not indexed then
+    redis.call('ZADD', idx, 0, member)
+    redis.call('SADD', nsset, ns)
+  end
 end
 """
 
@@ -51,17 +53,20 @@ class Script:
 PUT = Script(
     _STAMP
     + """
--- KEYS: record, index, namespaces; ARGV: value, now_us, expected (-1: none),
--- px (0: none), expires_us, member, namespace. Returns {ok, version, created_us}.
-local tag, created, version = held(redis.call('GET', KEYS[1]))
+-- KEYS: record, index, namespaces; ARGV: 'now_us:expected:px:expires_us' (expected -1:
+-- none; px 0: no expiry; expires_us 0: never), value, member, namespace.
+-- Returns {ok, version, created_us}.
+local now, expected, px, expires = string.match(ARGV[1], '^(%d+):(-?%d+):(%d+):(%d+)$')
+local cur = redis.call('GET', KEYS[1])
+local tag, created, version = held(cur)
 if tag ~= 'e' then version = 0; created = nil end
-local expected = tonumber(ARGV[3])
+expected = tonumber(expected)
 if expected >= 0 and expected ~= version then return {0, version, ''} end
 version = version + 1
-local created_s = created and string.format('%d', created) or ARGV[2]
-local value = 'e1:' .. string.format('%d', version) .. ':' .. created_s .. ':' .. ARGV[2]
-  .. ':' .. ARGV[5] .. ':' .. ARGV[1]
-store(KEYS[1], value, ARGV[4], KEYS[2], ARGV[6], KEYS[3], ARGV[7])
+local created_s = created and string.format('%d', created) or now
+local value = 'e1:' .. string.format('%d', version) .. ':' .. created_s .. ':' .. now
+  .. ':' .. expires .. ':' .. ARGV[2]
+store(KEYS[1], value, px, KEYS[2], ARGV[3], KEYS[3], ARGV[4], cur)
 return {1, version, created_s}
 """
 )
@@ -104,10 +109,11 @@ FILL = Script(
 -- member, namespace. Stores only with the valid lease (consumed) and a newer stamp.
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
-if not newer(redis.call('GET', KEYS[1]), tonumber(ARGV[4]), tonumber(ARGV[5]), false) then
+local cur = redis.call('GET', KEYS[1])
+if not newer(cur, tonumber(ARGV[4]), tonumber(ARGV[5]), false) then
   return 0
 end
-store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7])
+store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7], cur)
 return 1
 """
 )
@@ -118,10 +124,11 @@ WRITE = Script(
 -- KEYS and ARGV as FILL minus the token (ARGV[1] unused). Revokes the lease; stores
 -- if newer by stamp.
 redis.call('DEL', KEYS[2])
-if not newer(redis.call('GET', KEYS[1]), tonumber(ARGV[4]), tonumber(ARGV[5]), false) then
+local cur = redis.call('GET', KEYS[1])
+if not newer(cur, tonumber(ARGV[4]), tonumber(ARGV[5]), false) then
   return 0
 end
-store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7])
+store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7], cur)
 return 1
 """
 )
@@ -132,10 +139,11 @@ TOMBSTONE = Script(
 -- KEYS and ARGV as WRITE; ARGV[2] is a packed tombstone. Replaces an entry of the same
 -- stamp (the one deleted), keeps anything newer.
 redis.call('DEL', KEYS[2])
-if not newer(redis.call('GET', KEYS[1]), tonumber(ARGV[4]), tonumber(ARGV[5]), true) then
+local cur = redis.call('GET', KEYS[1])
+if not newer(cur, tonumber(ARGV[4]), tonumber(ARGV[5]), true) then
   return 0
 end
-store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7])
+store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7], cur)
 return 1
 """
 )
