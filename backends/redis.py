@@ -244,7 +244,7 @@ class RedisBackend(Backend, VersionedCache):
             expires_at = now + timedelta(seconds=ttl)
             px = max(1, round(ttl * 1000))
         name = self._layout.record(key)
-        keys = (name, self._layout.index(key.owner, key.namespace), self._ns_set(key))
+        keys = (name, *self._layout.owner_keys(key.owner, key.namespace))
         meta = b"%d:%d:%d:%d" % (
             to_us(now),
             -1 if expected_version is None else expected_version,
@@ -266,7 +266,7 @@ class RedisBackend(Backend, VersionedCache):
     async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
         if expected_version is not None and expected_version < 0:
             raise InvalidRecordError("expected_version must be >= 0")
-        keys = (self._layout.record(key), self._layout.index(key.owner, key.namespace))
+        keys = (self._layout.record(key), self._layout.owner_keys(key.owner, key.namespace)[0])
         args = (-1 if expected_version is None else expected_version, member(key.rest))
         pipe = self._ready()
         ok, version = await self._once("delete", lambda: pipe.script(lua.DELETE, keys, args))
@@ -379,17 +379,9 @@ class RedisBackend(Backend, VersionedCache):
         results = self._checked(op, await self._idempotent(op, lambda: pipe.batch(commands)))
         return sum(int(n) for n in results[:counted])
 
-    def _ns_set(self, key: Key) -> str:
-        return self._layout.namespaces(key.owner)
-
     def _cache_keys(self, key: Key) -> tuple[str, str, str, str]:
         name = self._layout.record(key)
-        return (
-            name,
-            self._layout.lease(name),
-            self._layout.index(key.owner, key.namespace),
-            self._ns_set(key),
-        )
+        return (name, self._layout.lease(name), *self._layout.owner_keys(key.owner, key.namespace))
 
     # -- VersionedCache ------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ DEFAULT_KEY_PREFIX: Final = "kv:"
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
+_NAME_CACHE_SIZE: Final = 8192
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]{0,64}")
 
 
@@ -57,16 +58,34 @@ def from_us(micros: int) -> datetime:
 
 
 class Layout:
-    """Key names for one key prefix."""
+    """Key names for one key prefix. Record key names of recently used keys are kept in
+    a bounded dict: escaping is pure, and hot keys are asked for again and again."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("_indexes", "_names", "prefix")
 
     def __init__(self, prefix: str = DEFAULT_KEY_PREFIX) -> None:
         self.prefix = check_prefix(prefix)
+        self._names: dict[Key, str] = {}
+        self._indexes: dict[tuple[str, str], tuple[str, str]] = {}
 
     def record(self, key: Key) -> str:
         """The record key of ``key``."""
-        return redis_key(key, self.prefix)
+        name = self._names.get(key)
+        if name is None:
+            if len(self._names) >= _NAME_CACHE_SIZE:
+                self._names.clear()
+            name = self._names[key] = redis_key(key, self.prefix)
+        return name
+
+    def owner_keys(self, owner: str, namespace: str) -> tuple[str, str]:
+        """``(index, namespaces)`` of ``owner`` and ``namespace``, as kept beside records."""
+        names = self._indexes.get((owner, namespace))
+        if names is None:
+            if len(self._indexes) >= _NAME_CACHE_SIZE:
+                self._indexes.clear()
+            names = (self.index(owner, namespace), self.namespaces(owner))
+            self._indexes[owner, namespace] = names
+        return names
 
     def lease(self, record: str) -> str:
         """The lease key beside a record key."""
@@ -124,13 +143,13 @@ def unpack(data: bytes) -> Entry | None:
     try:
         tag, version, created, updated, expires, value = data.split(b":", 5)
         if tag == ENTRY_TAG:
-            expires_us = int(expires)
+            created_at = from_us(int(created))
             return Entry(
-                value=value,
-                version=int(version),
-                created_at=from_us(int(created)),
-                updated_at=from_us(int(updated)),
-                expires_at=from_us(expires_us) if expires_us else None,
+                value,
+                int(version),
+                created_at,
+                created_at if updated == created else from_us(int(updated)),
+                None if expires == b"0" else from_us(int(expires)),
             )
     except ValueError:
         pass

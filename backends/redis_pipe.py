@@ -8,6 +8,13 @@ bottleneck on a small machine, and one pipeline of N commands costs far less tha
 
 Scripts are sent as EVALSHA; a NOSCRIPT answer (server restarted, ``SCRIPT FLUSH``) is
 retried once as EVAL, which caches the script again.
+
+On a plain ``redis.asyncio.Redis`` client (standalone or Sentinel; not Cluster, not a
+subclass such as fakeredis) commands skip redis-py's per-call machinery: they are packed by
+hiredis in C, written on a connection taken from the client's own pool, and their raw
+replies read back (no response callbacks: the backend only sends commands whose raw reply
+it expects). Connection errors and cancellations disconnect that connection, as redis-py
+does; error replies are raised (single command) or returned in place (batches).
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
+from hiredis import pack_command
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.connection import AbstractConnection, ConnectionPool
     from redis.typing import EncodableT
 
     from backends.redis_lua import Script
@@ -38,6 +47,9 @@ class AutoPipeline:
         self.client = client
         self.enabled = enabled
         self.timeout = timeout
+        self._pool: ConnectionPool | None = (
+            client.connection_pool if type(client) is Redis and not client.connection else None
+        )
         self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -47,6 +59,8 @@ class AutoPipeline:
         if not self.enabled or (not self._queue and self._in_flight == 0):
             self._in_flight += 1
             try:
+                if self._pool is not None:
+                    return (await self._wire([command], raise_on_error=True))[0]
                 return await self.client.execute_command(*command)
             finally:
                 self._in_flight -= 1
@@ -68,6 +82,12 @@ class AutoPipeline:
         """Run ``commands`` in one pipeline; results (or exception objects) in order."""
         if not commands:
             return []
+        if self._pool is not None:
+            self._in_flight += 1
+            try:
+                return await self._wire(commands, raise_on_error=False)
+            finally:
+                self._in_flight -= 1
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
@@ -126,11 +146,40 @@ class AutoPipeline:
             else:
                 future.set_result(result)
 
+    async def _wire(self, commands: Sequence[Command], *, raise_on_error: bool) -> list[Any]:
+        """Send ``commands`` in one write on one pooled connection; raw replies in order."""
+        assert self._pool is not None
+        connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            if len(commands) == 1:
+                packed = pack_command(commands[0])  # type: ignore[arg-type]
+            else:
+                packed = b"".join(pack_command(c) for c in commands)  # type: ignore[arg-type]
+            await connection.send_packed_command(packed, check_health=True)
+            results: list[Any] = []
+            for _ in commands:
+                try:
+                    results.append(await connection.read_response())
+                except ResponseError as exc:
+                    if raise_on_error:
+                        raise
+                    results.append(exc)
+            return results
+        except ResponseError:
+            raise
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await self._pool.release(connection)
+
     async def _send_live(self, commands: list[Command]) -> list[Any]:
         if len(commands) > 1:
             return await self.batch(commands)
         self._in_flight += 1
         try:
+            if self._pool is not None:
+                return await self._wire(commands, raise_on_error=False)
             return [await self.client.execute_command(*commands[0])]
         except Exception as exc:  # noqa: BLE001 - handed to the caller as its result
             return [exc]
