@@ -55,6 +55,10 @@ async def test_scripts_survive_script_flush(server: RedisServer) -> None:
         await admin.script_flush()
         assert await backend.fill([(Key("state", ("u2", "s")), stored, miss.lease)]) == 1
         assert await backend.delete(key, expected_version=2)
+        await admin.script_flush()
+        many = [Key("state", ("u3", f"s{i}")) for i in range(20)]
+        stored = await asyncio.gather(*(backend.put(k, b"x") for k in many))  # one pipeline
+        assert [entry.version for entry in stored] == [1] * 20
     finally:
         await backend.close()
         await admin.aclose()
