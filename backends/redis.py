@@ -74,7 +74,7 @@ DEFAULT_TOMBSTONE_TTL: Final = 3600.0
 """Seconds a tombstone lives when neither the call nor the backend gives a cache TTL."""
 
 _DRIVER_ERRORS: Final = (RedisError, OSError)  # OSError covers asyncio's TimeoutError
-_UNLINK_CHUNK: Final = 512
+_ERASE_ATTEMPTS: Final = 8
 
 
 async def _ignore(_error: Exception) -> None:
@@ -352,32 +352,43 @@ class RedisBackend(Backend, VersionedCache):
         return await self._erase(owner, "delete_owner")
 
     async def _erase(self, owner: str, op: str) -> int:
-        """UNLINK every key of ``owner`` found through its index; count live records."""
+        """Erase every key of ``owner`` found through its index, in one script that first
+        checks the index is unchanged (else read again); count the live records removed."""
         ns_set = self._layout.namespaces(owner)
         pipe = self._ready()
-        namespaces: set[bytes] = await self._idempotent(op, lambda: pipe.call("SMEMBERS", ns_set))
-        if not namespaces:
-            return 0
-        indexes = [self._layout.index(owner, ns.decode()) for ns in sorted(namespaces)]
-        ranges = [("ZRANGE", index, 0, -1) for index in indexes]
-        listed = self._checked(op, await self._idempotent(op, lambda: pipe.batch(ranges)))
-        records = [
-            self._layout.record(member_key(owner, ns.decode(), item))
-            for ns, items in zip(sorted(namespaces), listed, strict=True)
-            for item in items
-        ]
-        leases = [self._layout.lease(name) for name in records]
-        commands: Commands = [
-            ("UNLINK", *records[i : i + _UNLINK_CHUNK])
-            for i in range(0, len(records), _UNLINK_CHUNK)
-        ]
-        counted = len(commands)
-        commands += [
-            ("UNLINK", *leases[i : i + _UNLINK_CHUNK]) for i in range(0, len(leases), _UNLINK_CHUNK)
-        ]
-        commands.append(("UNLINK", *indexes, ns_set))
-        results = self._checked(op, await self._idempotent(op, lambda: pipe.batch(commands)))
-        return sum(int(n) for n in results[:counted])
+        for _ in range(_ERASE_ATTEMPTS):
+            found: list[bytes] = await self._idempotent(op, lambda: pipe.call("SMEMBERS", ns_set))
+            if not found:
+                return 0
+            namespaces = sorted(ns.decode() for ns in found)
+            indexes = [self._layout.index(owner, ns) for ns in namespaces]
+            ranges = [("ZRANGE", index, 0, -1) for index in indexes]
+            listed = self._checked(
+                op,
+                await self._idempotent(
+                    op,
+                    lambda ranges=ranges: pipe.batch(ranges),  # type: ignore[misc]
+                ),
+            )
+            records = [
+                self._layout.record(member_key(owner, ns, item))
+                for ns, items in zip(namespaces, listed, strict=True)
+                for item in items
+            ]
+            keys = [ns_set, *indexes, *records, *(self._layout.lease(name) for name in records)]
+            args: list[EncodableT] = [len(indexes), len(records)]
+            args += [len(items) for items in listed]
+            args += [item for items in listed for item in items]
+            removed = await self._idempotent(
+                op,
+                lambda keys=keys, args=args: pipe.script(lua.ERASE, keys, args),  # type: ignore[misc]
+            )
+            if removed >= 0:
+                return int(removed)
+        raise BackendUnavailableError(
+            f"Redis {op} gave up: the keys of one owner kept changing during {_ERASE_ATTEMPTS} "
+            "attempts"
+        )
 
     def _cache_keys(self, key: Key) -> tuple[str, str, str, str]:
         name = self._layout.record(key)

@@ -159,4 +159,33 @@ return 0
 """
 )
 
-ALL_SCRIPTS = (PUT, DELETE, LEASE, FILL, WRITE, TOMBSTONE, FORGET)
+ERASE = Script(
+    """
+-- Erase one owner, if its keys are still exactly what the caller read.
+-- KEYS: namespaces set, n indexes, m records, m leases. ARGV: n, m, then per index its
+-- member count, then every member in ZRANGE order. Returns the number of live records
+-- removed, or -1 when the owner's keys changed since (the caller reads again).
+local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('SCARD', KEYS[1]) ~= n then return -1 end
+local at = 2 + n
+for i = 1, n do
+  local got = redis.call('ZRANGE', KEYS[1 + i], 0, -1)
+  local want = tonumber(ARGV[2 + i])
+  if #got ~= want then return -1 end
+  for j = 1, want do
+    if got[j] ~= ARGV[at + j] then return -1 end
+  end
+  at = at + want
+end
+local removed = 0
+for offset = 0, m - 1, 1000 do
+  local first, last = 2 + n + offset, 1 + n + math.min(offset + 1000, m)
+  removed = removed + redis.call('UNLINK', unpack(KEYS, first, last))
+  redis.call('UNLINK', unpack(KEYS, first + m, last + m))
+end
+redis.call('UNLINK', unpack(KEYS, 1, 1 + n))
+return removed
+"""
+)
+
+ALL_SCRIPTS = (PUT, DELETE, LEASE, FILL, WRITE, TOMBSTONE, FORGET, ERASE)

@@ -10,7 +10,9 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
+from backends import redis_lua as lua
 from backends.redis_connect import ConnectionSettings, connect
+from backends.redis_format import member_key
 from kvstore import BackendUnavailableError, ConfigurationError, DatabaseType, create_database
 from kvstore.factory import build_redis_backend
 from kvstore.keys import Key
@@ -57,8 +59,8 @@ async def test_scripts_survive_script_flush(server: RedisServer) -> None:
         assert await backend.delete(key, expected_version=2)
         await admin.script_flush()
         many = [Key("state", ("u3", f"s{i}")) for i in range(20)]
-        stored = await asyncio.gather(*(backend.put(k, b"x") for k in many))  # one pipeline
-        assert [entry.version for entry in stored] == [1] * 20
+        entries = await asyncio.gather(*(backend.put(k, b"x") for k in many))  # one pipeline
+        assert [entry.version for entry in entries] == [1] * 20
     finally:
         await backend.close()
         await admin.aclose()
@@ -177,6 +179,38 @@ async def test_expired_index_members_are_cleaned_lazily(server: RedisServer) -> 
     finally:
         await backend.close()
         await admin.aclose()
+
+
+async def test_erasing_a_large_user_and_refusing_a_stale_view() -> None:
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    backend = build_redis_backend(None, {"redis_client": client})
+    keys = [Key("notes", ("u1", f"n{i:04d}")) for i in range(1203)]
+    try:
+        await asyncio.gather(*(backend.put(key, b"x") for key in keys))
+        await backend.put(Key("user", ("u1",)), b"me")
+        layout = backend._layout
+        ns_set = layout.namespaces("u1")
+        indexes = [layout.index("u1", ns) for ns in ("notes", "user")]
+        listed: list[list[bytes]] = [await client.zrange(i, 0, -1) for i in indexes]  # type: ignore[misc]
+        records = [
+            layout.record(member_key("u1", ns, item))
+            for ns, items in zip(("notes", "user"), listed, strict=True)
+            for item in items
+        ]
+        view = [ns_set, *indexes, *records, *(layout.lease(name) for name in records)]
+        args: list[int | bytes] = [2, len(records), *(len(items) for items in listed)]
+        args += [item for items in listed for item in items]
+        await backend.put(Key("notes", ("u1", "late")), b"x")  # lands after the view was read
+        assert await backend._ready().script(lua.ERASE, view, args) == -1
+        await backend.delete(Key("notes", ("u1", "late")))
+        assert await backend._ready().script(lua.ERASE, view, args) == 1204
+        await backend.put(Key("notes", ("u1", "again")), b"x")
+        assert await backend.get(keys[0]) is None
+        assert await backend.delete_owner("u1") == 1
+        assert await client.dbsize() == 0
+    finally:
+        await backend.close()
+        await client.aclose()
 
 
 async def test_callers_wait_for_a_connection_instead_of_failing(server: RedisServer) -> None:
