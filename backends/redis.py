@@ -34,7 +34,7 @@ from backends.base import (
     VersionedCache,
     utcnow,
 )
-from backends.redis_connect import ConnectionSettings, connect
+from backends.redis_connect import Closer, ConnectionSettings, connect
 from backends.redis_format import (
     DEFAULT_KEY_PREFIX,
     Layout,
@@ -114,6 +114,7 @@ class RedisBackend(Backend, VersionedCache):
             supported_errors=(RedisConnectionError,),
         )
         self._pipe: AutoPipeline | None = None
+        self._closers: list[Closer] = []
         self._closed = False
         self.description = mask_url(url) if url is not None else "injected client"
 
@@ -140,6 +141,8 @@ class RedisBackend(Backend, VersionedCache):
                     await client.aclose()
                 else:
                     await client.aclose(close_connection_pool=True)
+                for closer in self._closers:
+                    await closer()
             except _DRIVER_ERRORS as exc:
                 raise self._unavailable("close", exc) from exc
 
@@ -151,7 +154,7 @@ class RedisBackend(Backend, VersionedCache):
             raise DatabaseClosedError("the Redis backend is closed")
         if self._client is None:
             assert self._url is not None
-            self._client = connect(self._url, self._settings)
+            self._client, self._closers = connect(self._url, self._settings)
         self._pipe = AutoPipeline(self._client, timeout=self._timeout, enabled=self._autopipeline)
         return self._pipe
 

@@ -13,6 +13,7 @@ call than redis-py's per-read timeout, and retries only idempotent operations.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, unquote
@@ -123,8 +124,12 @@ def check_url(url: str) -> str:
     return url
 
 
-def connect(url: str, settings: ConnectionSettings) -> Redis | RedisCluster:
-    """A client for ``url``; no I/O happens until its first command."""
+Closer = Callable[[], Awaitable[None]]
+
+
+def connect(url: str, settings: ConnectionSettings) -> tuple[Redis | RedisCluster, list[Closer]]:
+    """A client for ``url`` and what else to close with it (Sentinel clients); no I/O
+    happens until its first command."""
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -137,7 +142,7 @@ def connect(url: str, settings: ConnectionSettings) -> Redis | RedisCluster:
         "retry": Retry(NoBackoff(), 0),
     }
     if scheme.endswith("+cluster"):
-        return _cluster(url, settings, common)
+        return _cluster(url, settings, common), []
     if scheme.endswith("+sentinel"):
         return _sentinel(url, settings, common)
     try:
@@ -149,7 +154,7 @@ def connect(url: str, settings: ConnectionSettings) -> Redis | RedisCluster:
         )
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {mask_url(url)}: {exc}") from None
-    return Redis(connection_pool=pool)
+    return Redis(connection_pool=pool), []
 
 
 def _cluster(url: str, settings: ConnectionSettings, common: dict[str, object]) -> RedisCluster:
@@ -206,7 +211,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     )
 
 
-def _sentinel(url: str, settings: ConnectionSettings, common: dict[str, object]) -> Redis:
+def _sentinel(
+    url: str, settings: ConnectionSettings, common: dict[str, object]
+) -> tuple[Redis, list[Closer]]:
     from redis.asyncio.sentinel import Sentinel
 
     target = parse_sentinel_url(url)
@@ -227,4 +234,4 @@ def _sentinel(url: str, settings: ConnectionSettings, common: dict[str, object])
         username=target.username,
         password=target.password,
     )
-    return client
+    return client, [server.aclose for server in sentinel.sentinels]

@@ -18,7 +18,7 @@ from kvstore.factory import build_redis_backend
 from kvstore.keys import Key
 from kvstore.models import StateRecord
 from tests.conftest import REDIS_TEST_URL, flushed_redis
-from tests.redis_servers import RedisServer, free_port
+from tests.redis_servers import RedisSentinel, RedisServer, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -238,6 +238,22 @@ async def test_unix_socket_urls_work(tmp_path: Path) -> None:
         private.stop()
 
 
+async def test_sentinel_urls_find_the_master(tmp_path: Path) -> None:
+    master = RedisServer(tmp_path / "master").start()
+    sentinel = RedisSentinel(tmp_path / "sentinel", master.port).start()
+    try:
+        url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/3"
+        async with create_database(DatabaseType.REDIS, url) as db:
+            saved = await db.save_state(StateRecord(user_id="u", session_id="s", state="A"))
+            assert await db.get_state("u", "s") == saved
+        admin = Redis(port=master.port, db=3)
+        assert await admin.exists("kv:{u}:state:s") == 1
+        await admin.aclose()
+    finally:
+        sentinel.stop()
+        master.stop()
+
+
 async def test_passwords_never_show(tmp_path: Path) -> None:
     private = RedisServer(tmp_path / "auth", extra=("--requirepass", "rightpass")).start()
     url = f"redis://:wrongpass-s3cret@127.0.0.1:{private.port}/0"
@@ -294,8 +310,10 @@ async def test_every_url_scheme_builds_a_client_without_io() -> None:
         "redis+sentinel://:pw@h1:26379,h2:26380/mymaster/3",
         "redis+cluster://localhost:7000",
     ):
-        client = connect(url, settings)
+        client, closers = connect(url, settings)
         await client.aclose()
+        for close in closers:
+            await close()
 
 
 @pytest.mark.redis
