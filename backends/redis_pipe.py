@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hiredis import pack_command
 from redis.asyncio import Redis
+from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, ResponseError
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from backends.redis_lua import Script
 
 Command = tuple["EncodableT", ...]
+_RAW: dict[str, Any] = {NEVER_DECODE: True}
+"""Replies stay bytes even on a client made with ``decode_responses=True``."""
 
 
 class AutoPipeline:
@@ -61,7 +64,7 @@ class AutoPipeline:
             try:
                 if self._pool is not None:
                     return (await self._wire([command], raise_on_error=True))[0]
-                return await self.client.execute_command(*command)
+                return await self.client.execute_command(*command, **_RAW)
             finally:
                 self._in_flight -= 1
         loop = asyncio.get_running_loop()
@@ -90,7 +93,7 @@ class AutoPipeline:
                 self._in_flight -= 1
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
-            pipe.execute_command(*command)
+            pipe.execute_command(*command, **_RAW)
         self._in_flight += 1
         try:
             results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -159,7 +162,7 @@ class AutoPipeline:
             results: list[Any] = []
             for _ in commands:
                 try:
-                    results.append(await connection.read_response())
+                    results.append(await connection.read_response(disable_decoding=True))
                 except ResponseError as exc:
                     if raise_on_error:
                         raise
@@ -180,7 +183,7 @@ class AutoPipeline:
         try:
             if self._pool is not None:
                 return await self._wire(commands, raise_on_error=False)
-            return [await self.client.execute_command(*commands[0])]
+            return [await self.client.execute_command(*commands[0], **_RAW)]
         except Exception as exc:  # noqa: BLE001 - handed to the caller as its result
             return [exc]
         finally:

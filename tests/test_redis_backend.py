@@ -285,6 +285,18 @@ async def test_an_injected_client_is_used_and_left_open() -> None:
     await client.aclose()
 
 
+async def test_clients_that_decode_responses_still_work(server: RedisServer) -> None:
+    fake = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    real = Redis(port=server.port, decode_responses=True)
+    for client in (fake, real):
+        async with create_database(DatabaseType.REDIS, redis_client=client) as db:
+            saved = await db.save_state(StateRecord(user_id="u1", session_id="é", state="A"))
+            assert await db.get_state("u1", "é") == saved
+            assert [s.session_id for s in await db.list_sessions("u1")] == ["é"]
+            assert await db.delete_user("u1") == 1
+        await client.aclose()
+
+
 def test_configuration_errors_are_typed() -> None:
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     with pytest.raises(ConfigurationError):
