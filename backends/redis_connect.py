@@ -85,7 +85,7 @@ class WaitingPool(BlockingConnectionPool):
     which cost about a fifth of a GET here. Everything else goes the regular way."""
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
-        if self._available_connections and not self._in_maintenance:
+        if self._available_connections and not getattr(self, "_in_maintenance", False):
             connection = self._available_connections.pop()
             self._in_use_connections.add(connection)
             try:
@@ -99,7 +99,7 @@ class WaitingPool(BlockingConnectionPool):
     async def release(self, connection: Any) -> None:
         if (
             self._condition._waiters
-            or self._in_maintenance
+            or getattr(self, "_in_maintenance", False)
             or connection.should_reconnect()
             or self.connection_kwargs.get("credential_provider") is not None
         ):
