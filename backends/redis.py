@@ -49,6 +49,7 @@ from backends.redis_format import (
 from backends.redis_pipe import AutoPipeline
 from kvstore.errors import (
     BackendUnavailableError,
+    ConfigurationError,
     ConflictError,
     DatabaseClosedError,
     InvalidKeyError,
@@ -99,7 +100,9 @@ class RedisBackend(Backend, VersionedCache):
         cache_ttl: float | None = None,
     ) -> None:
         if (url is None) == (client is None):
-            raise ValueError("give exactly one of url and client")
+            raise ConfigurationError("give exactly one of url and client")
+        if cache_ttl is not None and not cache_ttl > 0:
+            raise ConfigurationError("cache_ttl must be positive seconds, or None")
         self._url = url
         self._client = client
         self._owns_client = client is None
