@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from rich.table import Table
 from kvstore.cli.app import fail, main, open_database, run, url_options
 from kvstore.errors import ConfigurationError, InvalidRecordError
 from kvstore.keys import Key, check_namespace
+from kvstore.migrate import migrate_collection
 from kvstore.store import Store
 from kvstore.transfer import export_lines, import_lines, open_text
 
@@ -328,3 +330,85 @@ def import_command(
 
 def _lines(source: Any) -> Iterator[bytes]:
     yield from source
+
+
+@main.group()
+def records() -> None:
+    """Operations over every stored record."""
+
+
+@records.command()
+@url_options
+@click.option(
+    "--namespace",
+    type=click.Choice(["state", "context", "identity", "user"]),
+    multiple=True,
+    help="Only these namespaces (default: all built-in ones).",
+)
+@click.option("--batch-size", default=500, show_default=True)
+def migrate(
+    url: str | None, cache_url: str | None, namespace: tuple[str, ...], batch_size: int
+) -> None:
+    """Rewrite records stored under an older schema version through the registered
+    upgrade functions. Resumable: run it again after an interruption.
+
+    \b
+    Example:
+      kvstore records migrate --namespace state
+    """
+    console = Console(stderr=True)
+
+    async def work() -> None:
+        async with _store(open_database(url, cache_url)) as store:
+            with _progress(console) as progress:
+                for name in namespace or tuple(store.built_in):
+                    task = progress.add_task(f"migrating {name}", total=None)
+                    report = await migrate_collection(
+                        store.built_in[name],
+                        batch_size=batch_size,
+                        progress=partial(progress.advance, task),
+                    )
+                    progress.update(task, total=report.scanned)
+                    console.print(
+                        f"{name}: scanned {report.scanned}, migrated {report.migrated}, "
+                        f"skipped after a concurrent save {report.conflicts}"
+                    )
+
+    run(console, work)
+
+
+@main.command()
+@url_options
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
+    """Record counts per namespace; cache counters and breaker state for a tiered store.
+
+    \b
+    Example:
+      kvstore stats --json
+    """
+    console = Console()
+
+    async def work() -> None:
+        async with _store(open_database(url, cache_url)) as store:
+            backend = await store.backend_ready()
+            counts: dict[str, int] = {}
+            if backend.capabilities.bulk:
+                async for key, _ in backend.scan():
+                    counts[key.namespace] = counts.get(key.namespace, 0) + 1
+            cache = backend.stats() if hasattr(backend, "stats") else None
+            cache_stats = cache if isinstance(cache, dict) else getattr(cache, "__dict__", None)
+            if as_json:
+                click.echo(orjson.dumps({"records": counts, "cache": cache_stats}).decode())
+                return
+            table = Table("namespace", "records")
+            for name, count in sorted(counts.items()):
+                table.add_row(name, f"{count:,}")
+            console.print(table)
+            if cache_stats:
+                cache_table = Table("cache counter", "value")
+                for name, value in cache_stats.items():
+                    cache_table.add_row(name, str(value))
+                console.print(cache_table)
+
+    run(console, work)
