@@ -10,15 +10,18 @@ migration resumes by running it again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from backends.base import utcnow
 from kvstore.errors import ConfigurationError, ConflictError
+from kvstore.models import Record
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from kvstore.collection import Collection
+
+R = TypeVar("R", bound=Record)
 
 
 @dataclass
