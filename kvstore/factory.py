@@ -64,8 +64,7 @@ def create_database(
         backend: Backend = MemoryBackend()
         description = "memory://"
     elif kind is DatabaseType.SQL:
-        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
-        raise ConfigurationError(f"the SQL backend is not available yet (url {url!r})")
+        raise ConfigurationError("the SQL backend is not available yet")
     elif kind is DatabaseType.REDIS:
         _refuse_options(kind, options, allowed=REDIS_OPTIONS)
         redis_backend = build_redis_backend(connection_string, options)

@@ -1,0 +1,71 @@
+"""The ``kvstore`` command group and what its commands share: URL options, opening the
+database, running a coroutine with clean errors and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, NoReturn, TypeVar
+
+import click
+
+from kvstore.errors import KVStoreError
+from kvstore.factory import DatabaseType, create_database
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from rich.console import Console
+
+    from kvstore.interface import Database
+
+T = TypeVar("T")
+
+URL_HELP = "Store URL: memory://, sqlite:///file.db, postgresql://..., redis://... ($KVSTORE_URL)."
+CACHE_HELP = "Cache URL for a tiered store: redis://... or memory:// ($KVSTORE_CACHE_URL)."
+
+
+def url_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--url`` and ``--cache-url`` (or ``$KVSTORE_URL``, ``$KVSTORE_CACHE_URL``)."""
+    command = click.option("--cache-url", envvar="KVSTORE_CACHE_URL", help=CACHE_HELP)(command)
+    return click.option("--url", envvar="KVSTORE_URL", help=URL_HELP)(command)
+
+
+def open_database(url: str | None, cache_url: str | None = None) -> Database:
+    """The database a URL names (and a tiered one when a cache URL is given)."""
+    if cache_url:
+        return create_database(DatabaseType.TIERED, url, cache_url=cache_url)
+    if url is None or url == "memory://":
+        return create_database(DatabaseType.MEMORY)
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+")):
+        return create_database(DatabaseType.REDIS, url)
+    return create_database(DatabaseType.SQL, url)
+
+
+def run(console: Console, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` on a fresh event loop; a kvstore error becomes a clean exit code 1."""
+    try:
+        return asyncio.run(_call(work))
+    except KVStoreError as error:
+        fail(console, error)
+
+
+def fail(console: Console, error: KVStoreError) -> NoReturn:
+    """Print a kvstore error (never a traceback or a password) and exit with code 1."""
+    console.print(f"[red]error:[/] {type(error).__name__}: {error}")
+    raise SystemExit(1) from None
+
+
+async def _call(work: Callable[[], Awaitable[T]]) -> T:
+    return await work()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kvstore")
+def main() -> None:
+    """kvstore: typed records in SQL, Redis, or Redis in front of SQL.
+
+    \b
+    Examples:
+      kvstore demo                          play (and resume) a coaching conversation
+      KVSTORE_URL=postgresql://localhost/coach kvstore demo
+    """
