@@ -1,5 +1,6 @@
 """Stateful property test: the Redis backend (on fakeredis) and the memory backend, driven
-by the same random operations, always agree (versions, conflicts, listings, erasure)."""
+by the same random operations, always agree (versions, conflicts, listings, erasure, bulk
+scans in key order)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from kvstore.errors import ConflictError
 from kvstore.factory import build_redis_backend
 from kvstore.keys import Key
 
-OWNERS = st.sampled_from(["u1", "u10", "u:1", "u*"])
+OWNERS = st.sampled_from(["u1", "u10", "u:1", "u*", "}{", "{t}"])
 IDS = st.sampled_from(["a", "a:b", "b", "[x]", "é", "a\\"])
 NAMESPACES = st.sampled_from(["state", "notes"])
 VERSIONS = st.none() | st.integers(min_value=0, max_value=3)
@@ -75,6 +76,15 @@ class RedisAgreesWithMemory(RuleBasedStateMachine):
         got, want = self.run(pages)
         assert got == want
 
+    @rule(ns=st.none() | NAMESPACES, owner=st.none() | OWNERS, size=st.integers(1, 3))
+    def scan(self, ns: str | None, owner: str | None, size: int) -> None:
+        async def scanned(backend: Backend) -> list[tuple[Key, Any]]:
+            items = backend.scan(namespace=ns, owner=owner, batch_size=size)
+            return [(key, _comparable(entry)) async for key, entry in items]
+
+        got, want = self.run(scanned)
+        assert got == want
+
     @invariant()
     def same_entries(self) -> None:
         keys = [Key(ns, (o, i)) for ns in ("state", "notes") for o in OWNERS_ALL for i in IDS_ALL]
@@ -87,7 +97,7 @@ class RedisAgreesWithMemory(RuleBasedStateMachine):
         self.loop.close()
 
 
-OWNERS_ALL = ["u1", "u10", "u:1", "u*"]
+OWNERS_ALL = ["u1", "u10", "u:1", "u*", "}{", "{t}"]
 IDS_ALL = ["a", "a:b", "b", "[x]", "é", "a\\"]
 
 
