@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
@@ -121,7 +122,7 @@ def _from_sqlite_time(value: str | None) -> datetime | None:
 class SQLBackend(Backend):
     """Records in one SQL table; see the module docstring for the hot path."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True, shared=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True, shared=True, bulk=True)
 
     def __init__(self, config: SQLConfig, *, engine: AsyncEngine | None = None) -> None:
         self.config = config
@@ -512,6 +513,49 @@ class SQLBackend(Backend):
             total += deleted
             if deleted < batch_size:
                 return total
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = DEFAULT_STREAM_BATCH,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        return self.stream(namespace, owner, batch_size=batch_size)
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        """One multi-row upsert per chunk that only replaces older or expired rows."""
+        t = kv_records
+        insert = postgresql.insert if self._postgres else sqlite.insert
+        value_type = postgresql.JSONB() if self._postgres else sa.Text()
+        written = 0
+        for start in range(0, len(items), GET_MANY_CHUNK):
+            rows = [
+                {
+                    "namespace": key.namespace,
+                    "owner": key.owner,
+                    "key": key_text(key.rest),
+                    # JSON text cast on the server: bound as-is, never re-encoded
+                    "value": sa.cast(sa.literal(entry.value.decode(), sa.Text()), value_type),
+                    "version": entry.version,
+                    "created_at": entry.created_at,
+                    "updated_at": entry.updated_at,
+                    "expires_at": entry.expires_at,
+                }
+                for key, entry in items[start : start + GET_MANY_CHUNK]
+            ]
+            upsert = insert(t).values(rows)
+            excluded = upsert.excluded
+            statement = upsert.on_conflict_do_update(
+                index_elements=[t.c.namespace, t.c.owner, t.c.key],
+                set_={
+                    name: excluded[name]
+                    for name in ("value", "version", "created_at", "updated_at", "expires_at")
+                },
+                where=(t.c.version < excluded.version) | (t.c.expires_at <= utcnow()),
+            ).returning(t.c.version)
+            written += len(await self._query("restore", statement, write=True))
+        return written
 
     async def stream(
         self,

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-URL_HELP = "Store URL: memory://, sqlite:///file.db, postgresql://..., redis://... ($KVSTORE_URL)."
+URL_HELP = (
+    "Store URL: sqlite:///file.db (default: sqlite:///kvstore.db), postgresql://..., "
+    "redis://..., memory:// ($KVSTORE_URL)."
+)
 CACHE_HELP = "Cache URL for a tiered store: redis://... or memory:// ($KVSTORE_CACHE_URL)."
 
 
@@ -34,8 +37,10 @@ def open_database(url: str | None, cache_url: str | None = None) -> Database:
     """The database a URL names (and a tiered one when a cache URL is given)."""
     if cache_url:
         return create_database(DatabaseType.TIERED, url, cache_url=cache_url)
-    if url is None or url == "memory://":
+    if url == "memory://":
         return create_database(DatabaseType.MEMORY)
+    if url is None:
+        return create_database(DatabaseType.SQL)  # the embedded default: ./kvstore.db
     if url.startswith(("redis://", "rediss://", "unix://", "redis+")):
         return create_database(DatabaseType.REDIS, url)
     return create_database(DatabaseType.SQL, url)
