@@ -10,7 +10,8 @@ than ``orjson.loads`` + ``model_validate`` for ``JsonValue`` fields); older sche
 * NaN and infinities (pydantic would write ``null``; our models write the ``NaN`` literal,
   which the check below then catches),
 * integers outside ``[-2**63, 2**64)`` (``orjson.loads`` would turn them into floats),
-* lone surrogates (not encodable as UTF-8).
+* lone surrogates (not encodable as UTF-8),
+* NUL characters in strings (PostgreSQL's jsonb cannot store them, so no backend does).
 
 The check costs three substring searches of the output (~3 µs for a 1.3 KB record); only a
 suspicious output is parsed again.
@@ -55,7 +56,12 @@ class JSONSerializer:
             data = type(record).__pydantic_serializer__.to_json(record, exclude=set(exclude))
         except PydanticSerializationError as exc:
             raise SerializationError(f"cannot encode {type(record).__name__}: {exc}") from exc
-        if b"NaN" in data or b"Infinity" in data or _LONG_NUMBER in data.translate(_DIGITS_ONLY):
+        if (
+            b"NaN" in data
+            or b"Infinity" in data
+            or b"\\u0000" in data
+            or _LONG_NUMBER in data.translate(_DIGITS_ONLY)
+        ):
             _check_faithful(data, type(record).__name__)
         return data
 
@@ -90,7 +96,8 @@ class JSONSerializer:
 
 
 def _check_faithful(data: bytes, what: str) -> None:
-    """Parse ``data`` strictly; raise if it holds NaN, infinities or out-of-range integers."""
+    """Parse ``data`` strictly; raise if it holds NaN, infinities, out-of-range integers or
+    NUL characters (which PostgreSQL's jsonb cannot store, so no backend takes them)."""
 
     def refuse_constant(name: str) -> Any:
         raise SerializationError(f"cannot encode {what}: {name} is not valid JSON")
@@ -103,4 +110,16 @@ def _check_faithful(data: bytes, what: str) -> None:
             )
         return number
 
-    json.loads(data, parse_constant=refuse_constant, parse_int=check_int)
+    parsed = json.loads(data, parse_constant=refuse_constant, parse_int=check_int)
+    if _holds_nul(parsed):
+        raise SerializationError(f"cannot encode {what}: strings must not contain NUL")
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False

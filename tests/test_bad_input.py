@@ -73,6 +73,9 @@ CASES = [
     Case(
         "lone surrogate in data", lambda db: db.save_state(tampered(x="\ud800")), SerializationError
     ),
+    Case(
+        "NUL character in data", lambda db: db.save_state(tampered(x=["a\x00"])), SerializationError
+    ),
     Case("integer 2**64 in data", lambda db: db.save_state(tampered(x=2**64)), SerializationError),
     Case(
         "an object JSON cannot represent",
