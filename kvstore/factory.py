@@ -10,6 +10,7 @@ from kvstore.errors import ConfigurationError
 from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
+    from backends.base import Backend
     from kvstore.interface import Database
     from kvstore.options import DatabaseOptions
     from serializers import Serializer
@@ -56,11 +57,16 @@ def create_database(
         if connection_string not in (None, "memory://"):
             raise ConfigurationError("the memory database takes no connection string")
         _refuse_options(kind, options, allowed=frozenset())
-        backend = MemoryBackend()
+        backend: Backend = MemoryBackend()
         description = "memory://"
     elif kind is DatabaseType.SQL:
         url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
         raise ConfigurationError(f"the SQL backend is not available yet (url {url!r})")
+    elif kind is DatabaseType.TIERED:
+        from backends.tiered import build_tiered_backend
+
+        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+        backend, description = build_tiered_backend(url, options)
     else:
         raise ConfigurationError(f"the {kind.value} backend is not available yet")
     return Store(

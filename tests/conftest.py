@@ -13,7 +13,7 @@ from kvstore import Database, DatabaseType, create_database
 
 MakeDb = Callable[[], Database]
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "tiered_memory"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,6 +40,12 @@ async def db(make_db: MakeDb) -> AsyncIterator[Database]:
 @pytest.fixture
 def make_db_memory() -> MakeDb:
     return lambda: create_database(DatabaseType.MEMORY)
+
+
+@pytest.fixture
+def make_db_tiered_memory() -> MakeDb:
+    """Tiered: a memory system of record behind the per-process dict cache."""
+    return lambda: create_database(DatabaseType.TIERED, "memory://", cache_url="memory://")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
