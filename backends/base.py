@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from kvstore.keys import Key
 
@@ -62,6 +62,8 @@ class Capabilities:
     """Other processes see the same data."""
     versioned_cache: bool = False
     """Implements :class:`VersionedCache`, so it can be the tiered store's cache tier."""
+    bulk: bool = False
+    """Implements :meth:`Backend.scan` and :meth:`Backend.restore` (export, import, migrate)."""
 
 
 class Backend(ABC):
@@ -132,6 +134,23 @@ class Backend(ABC):
     @abstractmethod
     async def delete_owner(self, owner: str) -> int:
         """Remove every entry of ``owner`` in every namespace; return how many were live."""
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        """Every live entry, optionally of one namespace and/or owner, in key order, fetched
+        ``batch_size`` at a time so memory stays flat. Only if ``capabilities.bulk``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot scan")
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        """Write entries exactly as given (version, timestamps, expiry) where the key is
+        absent or holds an older version; return how many were written. Idempotent: restoring
+        the same entries again writes nothing. Only if ``capabilities.bulk``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,13 +18,14 @@ from kvstore.errors import ConflictError
 from kvstore.keys import Key, check_component, decode_key, encode_key, prefix_range
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    import builtins
+    from collections.abc import AsyncIterator, Sequence
 
 
 class MemoryBackend(Backend):
     """Entries in a dict keyed by ordered key bytes."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(persistent=False, shared=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(persistent=False, shared=False, bulk=True)
 
     def __init__(self) -> None:
         self._entries: dict[bytes, Entry] = {}
@@ -131,6 +132,59 @@ class MemoryBackend(Backend):
                 removed += not _expired(self._entries.pop(encoded), now)
             del self._order[start:end]
         return removed
+
+    async def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        namespaces = sorted(self._namespaces) if namespace is None else [namespace]
+        for name in namespaces:
+            after: tuple[str, ...] | None = None
+            while True:
+                if owner is not None:
+                    page = await self.list(name, (owner,), after=after, limit=batch_size)
+                else:
+                    page = self._list_namespace(name, after, batch_size)
+                for item in page:
+                    yield item
+                if len(page) < batch_size:
+                    break
+                after = page[-1][0].components
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        written = 0
+        for key, entry in items:
+            encoded = encode_key(key)
+            current = self._live(encoded)
+            if current is not None and current.version >= entry.version:
+                continue
+            if encoded not in self._entries:
+                bisect.insort(self._order, encoded)
+                self._namespaces.add(key.namespace)
+            self._entries[encoded] = entry
+            written += 1
+        return written
+
+    def _list_namespace(
+        self, namespace: str, after: tuple[str, ...] | None, limit: int
+    ) -> builtins.list[tuple[Key, Entry]]:
+        low = namespace.encode() + b"\x00"
+        start = bisect.bisect_left(self._order, low)
+        if after is not None:
+            start = max(start, bisect.bisect_right(self._order, encode_key(Key(namespace, after))))
+        now = utcnow()
+        page: builtins.list[tuple[Key, Entry]] = []
+        for index in range(start, len(self._order)):
+            encoded = self._order[index]
+            if not encoded.startswith(low) or len(page) == limit:
+                break
+            entry = self._entries[encoded]
+            if not _expired(entry, now):
+                page.append((decode_key(encoded), entry))
+        return page
 
     def _live(self, encoded: bytes) -> Entry | None:
         entry = self._entries.get(encoded)

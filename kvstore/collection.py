@@ -155,6 +155,18 @@ class Collection(Generic[R]):
 
     def decode(self, entry: Entry) -> R:
         """Turn a stored entry back into a record, upgrading older schema versions."""
+        serializer, model = self._store.serializer, self.model
+        if serializer.schema_version(entry.value) in (model.SCHEMA_VERSION, None):
+            try:
+                record = serializer.load_model(entry.value, model)
+            except ValidationError:
+                record = self._decode_upgrading(entry)  # an older shape, or a fooled fast path
+        else:
+            record = self._decode_upgrading(entry)
+        stamp(record, entry.version, entry.created_at, entry.updated_at)
+        return record
+
+    def _decode_upgrading(self, entry: Entry) -> R:
         data = self._store.serializer.loads(entry.value)
         schema_version = data.pop("schema_version", 1)
         model = self.model
@@ -163,12 +175,11 @@ class Collection(Generic[R]):
                 f"stored {model.__name__} has schema version {schema_version!r}; this code "
                 f"reads up to {model.SCHEMA_VERSION}"
             )
+        for name in METADATA_FIELDS:
+            data.pop(name, None)
         try:
             if schema_version < model.SCHEMA_VERSION:
                 data = model.upgrade_data(data, schema_version)
-            data["version"] = entry.version
-            data["created_at"] = entry.created_at
-            data["updated_at"] = entry.updated_at
             return model.model_validate(data)
         except (ValidationError, LookupError) as exc:
             raise SerializationError(f"stored {model.__name__} does not validate: {exc}") from exc

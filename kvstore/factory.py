@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Unpack
 
@@ -60,13 +59,11 @@ def create_database(
         backend: Backend = MemoryBackend()
         description = "memory://"
     elif kind is DatabaseType.SQL:
-        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
-        raise ConfigurationError(f"the SQL backend is not available yet (url {url!r})")
+        raise ConfigurationError("the SQL backend is not available yet")
     elif kind is DatabaseType.TIERED:
         from backends.tiered import build_tiered_backend
 
-        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
-        backend, description = build_tiered_backend(url, options)
+        backend, description = build_tiered_backend(connection_string, options)
     else:
         raise ConfigurationError(f"the {kind.value} backend is not available yet")
     return Store(

@@ -13,12 +13,13 @@ def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***``; safe for logs, reprs and errors."""
     try:
         parts = urlsplit(url)
-        password = parts.password
     except ValueError:
         return "<unparsable url>"
-    if password is None:
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    return urlunsplit(_with_netloc(parts, parts.username, MASK))
+    username = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{username}:{MASK}@{hostinfo}"))
 
 
 def split_url(url: str) -> SplitResult:
@@ -31,15 +32,3 @@ def split_url(url: str) -> SplitResult:
     except ValueError as exc:
         raise ConfigurationError(f"malformed connection URL {mask_url(url)}: {exc}") from None
     return parts
-
-
-def _with_netloc(parts: SplitResult, username: str | None, password: str | None) -> SplitResult:
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    userinfo = ""
-    if username is not None:
-        userinfo = username + (f":{password}" if password is not None else "") + "@"
-    return parts._replace(netloc=userinfo + host)

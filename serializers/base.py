@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from collections.abc import Set
 
-    from pydantic import BaseModel
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @runtime_checkable
@@ -17,8 +20,9 @@ class Serializer(Protocol):
     ``format`` is a short tag stored with (or implied by) every value so that the format can
     change while old data still reads. ``dumps`` raises
     :class:`kvstore.SerializationError` for anything it cannot carry faithfully, before
-    anything is written; ``loads`` returns a dict for the record layer to upgrade and
-    validate.
+    anything is written. Reading has a fast path and a general one: ``load_model`` validates
+    bytes of the model's current schema straight into the model, ``loads`` returns plain data
+    for the record layer to upgrade from an older schema and then validate.
     """
 
     format: str
@@ -29,4 +33,14 @@ class Serializer(Protocol):
 
     def loads(self, data: bytes) -> dict[str, Any]:
         """Decode bytes written by :meth:`dumps` into plain data."""
+        ...
+
+    def schema_version(self, data: bytes) -> int | None:
+        """The ``schema_version`` that :meth:`dumps` stored in ``data`` (cheaply, without a
+        full parse), or ``None`` if it cannot tell."""
+        ...
+
+    def load_model(self, data: bytes, model: type[M]) -> M:
+        """Validate ``data`` into ``model``, ignoring ``schema_version``; raises pydantic's
+        ``ValidationError`` if the data does not fit the model."""
         ...

@@ -1,8 +1,10 @@
 """The JSON serializer: pydantic-core writes, orjson reads, nothing lossy gets through.
 
 Writing goes through the model's own compiled serializer (``__pydantic_serializer__``), the
-fastest exact JSON encoder for a pydantic model. Reading uses ``orjson.loads``, which is
-faster than pydantic's JSON validation. What JSON cannot carry faithfully is refused with
+fastest exact JSON encoder for a pydantic model. Reading a record of the current schema
+validates the bytes straight into the model with pydantic-core's JSON parser (2x faster here
+than ``orjson.loads`` + ``model_validate`` for ``JsonValue`` fields); older schemas go through
+``orjson.loads`` and the upgrade functions. What JSON cannot carry faithfully is refused with
 :class:`~kvstore.errors.SerializationError`:
 
 * NaN and infinities (pydantic would write ``null``; our models write the ``NaN`` literal,
@@ -10,7 +12,8 @@ faster than pydantic's JSON validation. What JSON cannot carry faithfully is ref
 * integers outside ``[-2**63, 2**64)`` (``orjson.loads`` would turn them into floats),
 * lone surrogates (not encodable as UTF-8).
 
-The check costs one regex scan of the output; only a suspicious output is parsed again.
+The check costs three substring searches of the output (~3 µs for a 1.3 KB record); only a
+suspicious output is parsed again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ if TYPE_CHECKING:
 
     from pydantic import BaseModel
 
-_SUSPECT = re.compile(rb"NaN|Infinity|\d{19}")
+    from serializers.base import M
+
+
+# Digits become b"0" and everything else b"x", so a run of 19+ digits (a number that may be
+# outside 64 bits) is a plain substring search: ~1 µs where a regex scan costs ~20 µs.
+_DIGITS_ONLY: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x78 for byte in range(256))
+_LONG_NUMBER: Final = b"0" * 19
+_NUMBER: Final = re.compile(rb"\s*(\d{1,9})")
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 
@@ -45,9 +55,28 @@ class JSONSerializer:
             data = type(record).__pydantic_serializer__.to_json(record, exclude=set(exclude))
         except PydanticSerializationError as exc:
             raise SerializationError(f"cannot encode {type(record).__name__}: {exc}") from exc
-        if _SUSPECT.search(data):
+        if b"NaN" in data or b"Infinity" in data or _LONG_NUMBER in data.translate(_DIGITS_ONLY):
             _check_faithful(data, type(record).__name__)
         return data
+
+    def schema_version(self, data: bytes) -> int | None:
+        """Read the top-level ``"schema_version": N`` without parsing the document.
+
+        The record's computed field is written last, and PostgreSQL's JSONB also puts it
+        after the shorter top-level keys, so the last occurrence is the top-level one in
+        practice; if a nested key fools it, ``load_model`` fails validation and the caller
+        falls back to the full parse.
+        """
+        start = data.rfind(b'"schema_version":')
+        if start < 0:
+            return None
+        match = _NUMBER.match(data, start + len(b'"schema_version":'))
+        return int(match.group(1)) if match else None
+
+    def load_model(self, data: bytes, model: type[M]) -> M:
+        """Validate JSON bytes straight into ``model`` (pydantic-core's JSON parser: faster
+        than ``orjson.loads`` + ``model_validate`` for models with ``JsonValue`` fields)."""
+        return model.model_validate_json(data, extra="ignore")
 
     def loads(self, data: bytes) -> dict[str, Any]:
         """Decode a JSON object."""

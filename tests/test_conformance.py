@@ -387,3 +387,45 @@ async def test_timestamps_are_utc(db: Database) -> None:
     assert saved.updated_at is not None
     assert saved.updated_at.tzinfo is not None
     assert saved.updated_at.astimezone(UTC) == saved.updated_at
+
+
+async def test_scan_and_restore_copy_a_store_exactly(db: Database, make_db: MakeDb) -> None:
+    """Bulk export/import primitives: scan streams entries in key order, restore writes them
+    as they were (versions, timestamps), idempotently and never over a newer version."""
+    backend = getattr(db, "backend", None)
+    assert backend is not None
+    if not backend.capabilities.bulk:
+        with pytest.raises(NotImplementedError):
+            await backend.restore([])
+        return
+    notes = db.collection(Note, "notes")
+    for user in ["u1", "u10", "u2"]:
+        await db.save_state(state(user_id=user))
+        await db.save_state(state(user_id=user, name="CHAT"))
+        await notes.save(Note(user_id=user, note_id="n", text=user))
+    everything = [item async for item in backend.scan(batch_size=2)]
+    assert len(everything) == 6
+    assert [k.components for k, _ in everything if k.namespace == "state"] == [
+        ("u1", "s1"),
+        ("u10", "s1"),
+        ("u2", "s1"),
+    ]
+    only_u1 = [k async for k, _ in backend.scan(owner="u1", batch_size=1)]
+    assert {k.namespace for k in only_u1} == {"state", "notes"}
+    assert all(k.owner == "u1" for k in only_u1)
+    only_notes = [k async for k, _ in backend.scan(namespace="notes")]
+    assert [k.owner for k in only_notes] == ["u1", "u10", "u2"]
+
+    async with make_db() as copy:
+        target = getattr(copy, "backend", None)
+        assert target is not None
+        await copy.delete_user("u1")
+        await copy.delete_user("u10")
+        await copy.delete_user("u2")
+        assert await target.restore(everything) == 6
+        assert await target.restore(everything) == 0  # idempotent
+        assert await copy.get_state("u10", "s1") == await db.get_state("u10", "s1")
+        assert await copy.collection(Note, "notes").list("u2") == await notes.list("u2")
+        newer = await copy.save_state(state(user_id="u1", name="NEWER"))
+        assert await target.restore(everything) == 0  # never over a newer version
+        assert await copy.get_state("u1", "s1") == newer
