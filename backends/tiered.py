@@ -21,6 +21,8 @@ the cache does (fails, times out, freezes, restarts, evicts).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from kvstore.errors import BackendUnavailableError, ConfigurationError, KVStoreE
 from kvstore.urls import mask_url
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
     from datetime import datetime
 
     from backends.base import VersionedCache
@@ -182,7 +184,9 @@ class TieredBackend(Backend):
         self.breaker_reset_after = breaker_reset_after
         self.invalidate_before_write = invalidate_before_write
         self.capabilities = Capabilities(  # type: ignore[misc]  # per instance: from the record
-            persistent=record.capabilities.persistent, shared=record.capabilities.shared
+            persistent=record.capabilities.persistent,
+            shared=record.capabilities.shared,
+            bulk=record.capabilities.bulk,
         )
         self._state = BreakerState.CLOSED
         self._failures = 0
@@ -300,6 +304,35 @@ class TieredBackend(Backend):
     ) -> list[tuple[Key, Entry]]:
         """Listings come from the system of record; they are not cached."""
         return await self.record.list(namespace, prefix, after=after, limit=limit)
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        """The system of record's entries (the cache holds only a subset)."""
+        return self.record.scan(namespace=namespace, owner=owner, batch_size=batch_size)
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        """Restore into the system of record, then drop the keys from the cache (a restored
+        entry may be older by stamp than a cached one, so it is not written through)."""
+        keys = [key for key, _ in items]
+        try:
+            written = await self.record.restore(items)
+        except BaseException:
+            for key in keys:
+                self._mark_dirty(key)
+            raise
+        for start in range(0, len(keys), REPAIR_CHUNK):
+            chunk = keys[start : start + REPAIR_CHUNK]
+            if not await self._usable() or (
+                await self._call(self.cache.invalidate(chunk)) is FAILED
+            ):
+                for key in chunk:
+                    self._mark_dirty(key)
+        return written
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -565,12 +598,19 @@ class TieredBackend(Backend):
             raise ConfigurationError("limit must be positive")
         if isinstance(self.record, RecentSource):
             return await self.record.recent(namespace, owner=owner, limit=limit)
-        if owner is None:
+        if not self.record.capabilities.bulk:
             raise ConfigurationError(
-                f"{type(self.record).__name__} cannot list a namespace by recency; pass owner"
+                f"{type(self.record).__name__} can neither list by recency nor scan"
             )
-        rows = await self.record.list(namespace, (owner,), limit=limit)
-        return sorted(rows, key=lambda row: row[1].updated_at, reverse=True)
+        newest: list[tuple[datetime, int, Key, Entry]] = []
+        tiebreak = itertools.count()
+        async for key, entry in self.record.scan(namespace=namespace, owner=owner):
+            item = (entry.updated_at, next(tiebreak), key, entry)
+            if len(newest) < limit:
+                heapq.heappush(newest, item)
+            elif item[0] > newest[0][0]:
+                heapq.heapreplace(newest, item)
+        return [(key, entry) for _, _, key, entry in sorted(newest, reverse=True)]
 
     # -- cache calls and the circuit breaker -------------------------------------------------
 
