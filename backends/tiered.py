@@ -146,6 +146,17 @@ class Closable(Protocol):
 
 
 @dataclass(slots=True)
+class _KeyWrites:
+    """Writes of one key in flight. Their cache updates run one at a time, and an update
+    older than one already applied is skipped: otherwise a slow writer's older entry could
+    land after the newer one was evicted or flushed."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    count: int = 0
+    applied: tuple[datetime, int] | None = None
+
+
+@dataclass(slots=True)
 class _OwnerWrites:
     """Writes of one owner in flight, and whether a ``delete_owner`` overlapped them."""
 
@@ -197,6 +208,7 @@ class TieredBackend(Backend):
         self._dirty_owners: dict[str, int] = {}
         self._repairing = False
         self._writes: dict[str, _OwnerWrites] = {}
+        self._key_writes: dict[Key, _KeyWrites] = {}
         self._wiping: dict[str, int] = {}
         self._hits = self._misses = self._fills = self._fill_dropped = 0
         self._cache_errors = self._bypassed = 0
@@ -344,7 +356,7 @@ class TieredBackend(Backend):
         expected_version: int | None = None,
         ttl: float | None = None,
     ) -> Entry:
-        writes = self._begin_write(key.owner)
+        writes = self._begin_write(key)
         try:
             if self.invalidate_before_write and await self._usable():
                 await self._call(self.cache.invalidate([key]))
@@ -352,21 +364,28 @@ class TieredBackend(Backend):
                 key, self.record.put(key, value, expected_version=expected_version, ttl=ttl)
             )
             await self._update_cache(
-                key, lambda: self.cache.write(key, entry, ttl=self._ttl_for(entry))
+                key,
+                writes,
+                entry.stamp,
+                lambda: self.cache.write(key, entry, ttl=self._ttl_for(entry)),
             )
         finally:
             self._end_write(key, writes)
         return entry
 
     async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
-        writes = self._begin_write(key.owner)
+        writes = self._begin_write(key)
         try:
             removed = await self._committed(
                 key, self.record.delete(key, expected_version=expected_version)
             )
             stamp = (utcnow(), 0)
             await self._update_cache(
-                key, lambda: self.cache.tombstone(key, stamp, ttl=self.cache_ttl), stamp
+                key,
+                writes,
+                stamp,
+                lambda: self.cache.tombstone(key, stamp, ttl=self.cache_ttl),
+                tombstone=True,
             )
         finally:
             self._end_write(key, writes)
@@ -406,20 +425,28 @@ class TieredBackend(Backend):
     async def _update_cache(
         self,
         key: Key,
+        writes: _KeyWrites,
+        stamp: tuple[datetime, int],
         update: Callable[[], Awaitable[object]],
-        tombstone: tuple[datetime, int] | None = None,
+        *,
+        tombstone: bool = False,
     ) -> None:
-        """Apply a committed write to the cache. Any failure (error, timeout, cancellation)
-        marks the key dirty before the write is acknowledged."""
+        """Apply a committed write (its entry or tombstone has ``stamp``) to the cache. Any
+        failure (error, timeout, cancellation) marks the key dirty before the write is
+        acknowledged."""
+        guard = stamp if tombstone else None
         try:
             if not await self._usable():
                 self._bypassed += 1
-                self._mark_dirty(key, tombstone)
+                self._mark_dirty(key, guard)
                 return
-            async with asyncio.timeout(self.cache_timeout):
+            async with asyncio.timeout(self.cache_timeout), writes.lock:
+                if writes.applied is not None and stamp <= writes.applied:
+                    return  # a newer write of this key is in the cache already
                 await update()
+                writes.applied = stamp
         except BaseException as exc:
-            self._mark_dirty(key, tombstone)
+            self._mark_dirty(key, guard)
             if not isinstance(exc, Exception):
                 raise
             self._failure(exc)
@@ -432,25 +459,33 @@ class TieredBackend(Backend):
         remaining = (entry.expires_at - utcnow()).total_seconds()
         return max(0.001, min(self.cache_ttl, remaining))
 
-    # -- in-flight writes against delete_owner ----------------------------------------------
+    # -- writes in flight: ordering per key, overlap with delete_owner --------------
 
-    def _begin_write(self, owner: str) -> _OwnerWrites:
-        writes = self._writes.get(owner)
+    def _begin_write(self, key: Key) -> _KeyWrites:
+        owner = self._writes.get(key.owner)
+        if owner is None:
+            owner = self._writes[key.owner] = _OwnerWrites()
+        owner.count += 1
+        if key.owner in self._wiping:
+            owner.wiped = True
+        writes = self._key_writes.get(key)
         if writes is None:
-            writes = self._writes[owner] = _OwnerWrites()
+            writes = self._key_writes[key] = _KeyWrites()
         writes.count += 1
-        if owner in self._wiping:
-            writes.wiped = True
         return writes
 
-    def _end_write(self, key: Key, writes: _OwnerWrites) -> None:
+    def _end_write(self, key: Key, writes: _KeyWrites) -> None:
         """A write whose cache update may have landed after an overlapping
         ``delete_owner`` invalidated the owner is repaired from the system of record."""
-        if writes.wiped:
+        owner = self._writes[key.owner]
+        if owner.wiped:
             self._mark_dirty(key)
+        owner.count -= 1
+        if not owner.count:
+            del self._writes[key.owner]
         writes.count -= 1
         if not writes.count:
-            del self._writes[key.owner]
+            del self._key_writes[key]
 
     # -- dirty keys and their repair ---------------------------------------------------------
 
@@ -495,6 +530,11 @@ class TieredBackend(Backend):
     async def _repair_keys(
         self, marks: Sequence[tuple[Key, tuple[int, tuple[datetime, int] | None]]]
     ) -> bool:
+        # A key with writes in flight stays dirty: their cache updates are ordered among
+        # themselves, and an unordered repair could be overtaken by an older one after a flush.
+        marks = [mark for mark in marks if mark[0] not in self._key_writes]
+        if not marks:
+            return True
         read_at = utcnow()
         try:
             entries = await self.record.get_many([key for key, _ in marks])
