@@ -27,7 +27,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, cast, runtime_checkable
 
 import orjson
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from backends.base import VersionedCache
     from kvstore.keys import Key
-    from kvstore.options import DatabaseOptions
+    from kvstore.options import DatabaseOptions, SQLOptions
 
 logger = logging.getLogger("kvstore.tiered")
 
@@ -776,12 +776,10 @@ def _build_record(url: str, sql_options: dict[str, object]) -> tuple[Backend, st
         from backends.memory import MemoryBackend
 
         return MemoryBackend(), "memory://"
-    try:
-        from backends.sql import build_sql_backend  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        raise ConfigurationError(f"the SQL backend is not available for {mask_url(url)}") from exc
-    backend: Backend = build_sql_backend(url, sql_options)
-    return backend, mask_url(url)
+    from backends.sql import build_sql_backend
+
+    backend = build_sql_backend(url, cast("SQLOptions", sql_options))
+    return backend, backend.config.masked_url
 
 
 def _build_cache(

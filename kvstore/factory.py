@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, Unpack
+from typing import TYPE_CHECKING, Final, Unpack, cast
 
 from kvstore.errors import ConfigurationError
+from kvstore.options import SQL_OPTIONS
 from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
     from backends.base import Backend
     from kvstore.interface import Database
-    from kvstore.options import DatabaseOptions
+    from kvstore.options import DatabaseOptions, SQLOptions
     from serializers import Serializer
 
 DEFAULT_SQL_URL: Final = "sqlite:///kvstore.db"
@@ -59,7 +61,12 @@ def create_database(
         backend: Backend = MemoryBackend()
         description = "memory://"
     elif kind is DatabaseType.SQL:
-        raise ConfigurationError("the SQL backend is not available yet")
+        from backends.sql import build_sql_backend
+
+        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+        _refuse_options(kind, options, allowed=SQL_OPTIONS)
+        sql_backend = build_sql_backend(url, cast("SQLOptions", options))
+        backend, description = sql_backend, sql_backend.config.masked_url
     elif kind is DatabaseType.TIERED:
         from backends.tiered import build_tiered_backend
 

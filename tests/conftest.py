@@ -4,19 +4,26 @@ empty-enough databases (no I/O until first use)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from kvstore import Database, DatabaseType, create_database
+from tests import postgres
 
 MakeDb = Callable[[], Database]
+T = TypeVar("T")
 
-BACKENDS = ["memory", "tiered_memory"]
+BACKENDS = ["memory", "sqlite", "postgres", "tiered_memory", "tiered_sqlite_dict"]
+_MARKS = {"postgres": pytest.mark.postgres}
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, ())) for name in BACKENDS])
 def backend_name(request: pytest.FixtureRequest) -> str:
     """The name of the backend under test."""
     name: str = request.param
@@ -43,9 +50,53 @@ def make_db_memory() -> MakeDb:
 
 
 @pytest.fixture
+def make_db_sqlite(tmp_path: Path) -> MakeDb:
+    """Databases on one fresh SQLite file of this test."""
+    url = f"sqlite:///{tmp_path / 'kvstore.db'}"
+    return lambda: create_database(DatabaseType.SQL, url)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of this test session on the local PostgreSQL, migrated to the current
+    schema; dropped at the end. Skips (failing CI) when the server is not there."""
+    if not _blocking(postgres.server_available()):
+        pytest.skip(f"no PostgreSQL at {postgres.ADMIN_URL}")
+    from backends.sql_migrate import upgrade
+
+    name = postgres.unique_name("test")
+    url = _blocking(postgres.create_database(name))
+    try:
+        _blocking(upgrade(url))
+        yield url
+    finally:
+        _blocking(postgres.drop_database(name))
+
+
+def _blocking(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to completion on a loop of its own (callers may be inside a loop)."""
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, work).result()
+
+
+@pytest.fixture
+async def make_db_postgres(postgres_url: str) -> MakeDb:
+    """Databases on the session's PostgreSQL database, emptied for each test."""
+    await postgres.execute(postgres_url, "DELETE FROM kv_records")
+    return lambda: create_database(DatabaseType.SQL, postgres_url)
+
+
+@pytest.fixture
 def make_db_tiered_memory() -> MakeDb:
     """Tiered: a memory system of record behind the per-process dict cache."""
     return lambda: create_database(DatabaseType.TIERED, "memory://", cache_url="memory://")
+
+
+@pytest.fixture
+def make_db_tiered_sqlite_dict(tmp_path: Path) -> MakeDb:
+    """Tiered: SQLite behind the per-process dict cache."""
+    url = f"sqlite:///{tmp_path / 'kvstore.db'}"
+    return lambda: create_database(DatabaseType.TIERED, url, cache_url="memory://")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

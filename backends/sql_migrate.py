@@ -1,0 +1,138 @@
+"""Schema migrations: bring a database to the current schema with Alembic.
+
+:func:`ensure_schema` is what ``initialize()`` runs: a cheap version check, and only when
+the database is behind, the upgrade under a lock, so two processes starting at once
+migrate once (PostgreSQL: an advisory lock; SQLite: a lock file beside the database, and
+the write lock of ``BEGIN IMMEDIATE`` around Alembic's transaction). :func:`upgrade` and
+:func:`current_revision` are the command-line entry points (``kvstore db upgrade`` /
+``kvstore db current``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import asynccontextmanager
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from backends.sql_config import create_engine, parse_sql_url
+from backends.sql_schema import VERSION_TABLE
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+MIGRATIONS: Final = Path(__file__).with_name("sql_migrations")
+_LOCK_ID: Final = 0x6B7673746F7265  # "kvstore": the advisory lock serializing migrations
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration for the packaged migrations (no ini file needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+@cache
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _current(connection: sa.Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _upgrade(connection: sa.Connection, target: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, target)
+
+
+async def _revision(connection: AsyncConnection) -> str | None:
+    revision = await connection.run_sync(_current)
+    await connection.rollback()
+    return revision
+
+
+async def ensure_schema(engine: AsyncEngine, target: str = "head") -> str | None:
+    """Upgrade the database behind ``engine`` to ``target`` unless it is there already;
+    return the revision it is at afterwards. Idempotent and safe to run concurrently."""
+    if engine.dialect.name == "sqlite":
+        async with _file_lock(engine.url.database or ""):
+            return await _ensure(engine, target)
+    return await _ensure(engine, target)
+
+
+@asynccontextmanager
+async def _file_lock(database: str) -> AsyncIterator[None]:
+    """Serialize SQLite initialization across processes with a lock file beside the
+    database (``<file>-kvstore.lock``). SQLite's own locks can't cover it: switching a
+    new file to WAL while another process migrates it can deadlock past the busy timeout.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: SQLite's own locking only
+        yield
+        return
+    descriptor = os.open(f"{database}-kvstore.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        await asyncio.to_thread(fcntl.flock, descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+async def _ensure(engine: AsyncEngine, target: str) -> str | None:
+    wanted = head_revision() if target == "head" else target
+    async with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # WAL persists in the file: readers never block the writer (outside a transaction)
+            raw = await connection.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.execute("PRAGMA journal_mode=WAL")
+        if await _revision(connection) == wanted:
+            return wanted
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:
+            await connection.execute(sa.select(sa.func.pg_advisory_lock(_LOCK_ID)))
+            await connection.commit()
+        try:
+            await connection.run_sync(_upgrade, target)
+            await connection.commit()
+            return await _revision(connection)
+        finally:
+            if postgres:
+                await connection.execute(sa.select(sa.func.pg_advisory_unlock(_LOCK_ID)))
+                await connection.commit()
+
+
+async def upgrade(url: str, target: str = "head") -> str | None:
+    """Upgrade the database at ``url`` to ``target``; return its revision afterwards."""
+    engine = create_engine(parse_sql_url(url))
+    try:
+        return await ensure_schema(engine, target)
+    finally:
+        await engine.dispose()
+
+
+async def current_revision(url: str) -> str | None:
+    """The revision the database at ``url`` is at (``None``: never migrated)."""
+    engine = create_engine(parse_sql_url(url))
+    try:
+        async with engine.connect() as connection:
+            return await _revision(connection)
+    finally:
+        await engine.dispose()

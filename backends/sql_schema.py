@@ -1,0 +1,112 @@
+"""The SQL schema, defined once: the ``kv_records`` table every namespace shares.
+
+Alembic migrations (:mod:`backends.sql_migrations`) create it; the backend's statements and
+batch jobs read it. Key components are real columns so plain SQL filters with ``=``:
+``owner`` is the first component, ``key`` the rest joined by :data:`KEY_SEPARATOR` (``''``
+for a record addressed by its owner alone). Text key columns use the ``"C"`` collation on
+PostgreSQL, so order is code point order and ``'U1'`` never equals ``'u1'``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Dialect
+
+TABLE_NAME: Final = "kv_records"
+VERSION_TABLE: Final = "kvstore_alembic_version"
+"""Alembic's bookkeeping table; named apart from an application's own ``alembic_version``."""
+
+KEY_SEPARATOR: Final = "\x1f"
+"""Joins the components after the owner. Ids never hold control characters, and it sorts
+below every character an id can hold, so string order equals component tuple order."""
+
+SQLITE_TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S.%f"
+"""How SQLite stores times: UTC text, fixed width, so text order is time order."""
+
+
+def key_text(rest: tuple[str, ...]) -> str:
+    """The ``key`` column value for the components after the owner."""
+    return KEY_SEPARATOR.join(rest)
+
+
+def key_parts(text: str) -> tuple[str, ...]:
+    """Inverse of :func:`key_text`."""
+    return tuple(text.split(KEY_SEPARATOR)) if text else ()
+
+
+def sqlite_time(value: datetime) -> str:
+    """An aware datetime as SQLite's stored UTC text."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat(" ", "microseconds")[:26]  # == strftime(SQLITE_TIME_FORMAT)
+
+
+def parse_sqlite_time(value: str) -> datetime:
+    """Inverse of :func:`sqlite_time`."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """``timestamptz`` on PostgreSQL; fixed-width UTC text on SQLite. Always aware UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(26))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name == "postgresql":
+            return None  # asyncpg already returns aware UTC datetimes: skip a call per value
+        return super().result_processor(dialect, coltype)
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> object:
+        if value is None or dialect.name != "sqlite":
+            return value
+        return sqlite_time(value)
+
+    def process_result_value(self, value: object, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return parse_sqlite_time(value)
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+
+
+def _key_text() -> sa.types.TypeEngine[str]:
+    return sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
+
+
+metadata = sa.MetaData()
+
+kv_records = sa.Table(
+    TABLE_NAME,
+    metadata,
+    sa.Column("namespace", _key_text(), nullable=False),
+    sa.Column("owner", _key_text(), nullable=False),
+    sa.Column("key", _key_text(), nullable=False, server_default=""),
+    sa.Column("value", sa.Text().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
+    sa.Column("version", sa.BigInteger(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.PrimaryKeyConstraint("namespace", "owner", "key", name="pk_kv_records"),
+    sa.Index("ix_kv_records_owner", "owner"),
+    sa.Index("ix_kv_records_namespace_updated_at", "namespace", "updated_at"),
+    sa.Index(
+        "ix_kv_records_expires_at",
+        "expires_at",
+        postgresql_where=sa.text("expires_at IS NOT NULL"),
+        sqlite_where=sa.text("expires_at IS NOT NULL"),
+    ),
+)
+"""Every record of every namespace: ``(namespace, owner, key)`` is the primary key."""

@@ -1,0 +1,248 @@
+"""SQL backend specifics on real PostgreSQL and SQLite: schema for batch jobs, streaming,
+expiry purges, concurrency and persistence across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+import sqlalchemy as sa
+
+from backends.base import utcnow
+from backends.sql import SQLBackend, build_sql_backend
+from kvstore import (
+    DatabaseType,
+    IdentityRecord,
+    SerializationError,
+    StateRecord,
+    UserRecord,
+    create_database,
+)
+from kvstore.keys import Key
+from kvstore.store import Store
+from tests import postgres
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty SQL database: a fresh SQLite file, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'kv.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    await postgres.execute(url, "DELETE FROM kv_records")
+    return url
+
+
+@pytest.fixture
+async def backend(sql_url: str) -> AsyncIterator[SQLBackend]:
+    """An initialized SQL backend, closed afterwards."""
+    sql = build_sql_backend(sql_url)
+    await sql.initialize()
+    yield sql
+    await sql.close()
+
+
+async def rows(backend: SQLBackend, sql: str) -> list[tuple[object, ...]]:
+    """Run plain SQL the way a batch job would."""
+    async with backend.engine.connect() as connection:
+        result = await connection.execute(sa.text(sql))
+        return [tuple(row) for row in result.all()]
+
+
+async def test_tables_answer_plain_sql_for_batch_jobs(sql_url: str, backend: SQLBackend) -> None:
+    async with Store(backend) as db:
+        for session, state in [("s1", "CHAT"), ("s2", "CHAT"), ("s3", "INTRODUCTION")]:
+            await db.save_state(StateRecord(user_id="u1", session_id=session, state=state))
+        await db.save_identity(
+            IdentityRecord(user_id="u1", identity_id="i1", category="career", name="Coach")
+        )
+        await db.save_user(UserRecord(user_id="u1", display_name="Ann"))
+        per_state = await rows(
+            backend,
+            "SELECT value->>'state' AS state, count(*) FROM kv_records"
+            " WHERE namespace = 'state' GROUP BY 1 ORDER BY 1",
+        )
+        assert per_state == [("CHAT", 2), ("INTRODUCTION", 1)]
+        identities = await rows(
+            backend,
+            "SELECT key, value->>'name' FROM kv_records"
+            " WHERE namespace = 'identity' AND owner = 'u1'",
+        )
+        assert identities == [("i1", "Coach")]
+        user = await rows(backend, "SELECT key, version FROM kv_records WHERE namespace = 'user'")
+        assert user == [("", 1)]
+        recent = await rows(
+            backend,
+            "SELECT count(*) FROM kv_records WHERE namespace = 'state' AND updated_at >= "
+            + (
+                "now() - interval '1 day'"
+                if "postgresql" in sql_url
+                else "strftime('%Y-%m-%d %H:%M:%f', 'now', '-1 day')"
+            ),
+        )
+        assert recent == [(3,)]
+
+
+async def test_multi_component_keys_are_separate_columns_and_list_by_prefix(
+    backend: SQLBackend,
+) -> None:
+    for rest in [("a", "b"), ("a", "b", "c"), ("a:b",), ("a",), ("ab", "c")]:
+        await backend.put(Key("notes", ("u1", *rest)), b'{"n": 1}')
+    listed = await backend.list("notes", ("u1", "a"))
+    assert [key.components for key, _ in listed] == [
+        ("u1", "a"),
+        ("u1", "a", "b"),
+        ("u1", "a", "b", "c"),
+    ]
+    everything = await backend.list("notes", ("u1",))
+    assert [key.rest for key, _ in everything] == sorted(
+        [("a", "b"), ("a", "b", "c"), ("a:b",), ("a",), ("ab", "c")]
+    )
+    after = await backend.list("notes", ("u1",), after=("u1", "a", "b"), limit=2)
+    assert [key.rest for key, _ in after] == [("a", "b", "c"), ("a:b",)]
+
+
+async def test_get_many_keeps_order_and_duplicates(backend: SQLBackend) -> None:
+    keys = [Key("notes", ("u1", f"n{i}")) for i in range(3)]
+    for key in keys[:2]:
+        await backend.put(key, b"{}")
+    entries = await backend.get_many([keys[1], keys[2], keys[0], keys[1]])
+    assert [entry.version if entry else None for entry in entries] == [1, None, 1, 1]
+
+
+async def test_stored_value_reads_back_as_the_same_json(backend: SQLBackend) -> None:
+    key = Key("notes", ("u1", "n1"))
+    value = b'{"z":1,"a":[1.5,"\\u00e9",null,true],"big":18446744073709551615}'
+    await backend.put(key, value)
+    entry = await backend.get(key)
+    assert entry is not None
+    import orjson
+
+    assert orjson.loads(entry.value) == orjson.loads(value)
+
+
+@pytest.mark.postgres
+async def test_a_nul_character_jsonb_cannot_hold_is_a_serialization_error(
+    postgres_url: str,
+) -> None:
+    await postgres.execute(postgres_url, "DELETE FROM kv_records")
+    async with create_database(DatabaseType.SQL, postgres_url) as db:
+        saved = await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
+        with pytest.raises(SerializationError):
+            await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A\x00B"))
+        assert await db.get_state("u1", "s1") == saved
+
+
+async def test_stream_reads_every_live_entry_in_key_order(backend: SQLBackend) -> None:
+    for owner in ["u1", "u2", "u10"]:
+        for session in range(5):
+            await backend.put(Key("state", (owner, f"s{session}")), b"{}")
+        await backend.put(Key("user", (owner,)), b"{}")
+    await backend.put(Key("state", ("u1", "gone")), b"{}", ttl=0.05)
+    await asyncio.sleep(0.1)
+    streamed = [key async for key, _ in backend.stream("state", batch_size=4)]
+    expected = sorted(
+        (Key("state", (owner, f"s{s}")) for owner in ["u1", "u2", "u10"] for s in range(5)),
+        key=lambda k: k.components,
+    )
+    assert streamed == expected
+    assert [key async for key, _ in backend.stream("state", "u2", batch_size=2)] == [
+        Key("state", ("u2", f"s{s}")) for s in range(5)
+    ]
+    everything = [key async for key, _ in backend.stream(batch_size=3)]
+    assert len(everything) == 18
+    assert everything == sorted(everything, key=lambda k: (k.namespace, k.components))
+
+
+async def test_stream_filters_by_a_time_window(backend: SQLBackend) -> None:
+    await backend.put(Key("state", ("u1", "old")), b"{}")
+    await asyncio.sleep(0.02)
+    middle = utcnow()
+    await asyncio.sleep(0.02)
+    await backend.put(Key("state", ("u1", "new")), b"{}")
+    newer = [k.rest async for k, _ in backend.stream("state", updated_since=middle)]
+    older = [k.rest async for k, _ in backend.stream("state", updated_before=middle)]
+    assert (newer, older) == ([("new",)], [("old",)])
+    window = backend.stream(
+        "state", updated_since=middle - timedelta(days=1), updated_before=middle
+    )
+    assert [k.rest async for k, _ in window] == [("old",)]
+
+
+async def test_purge_expired_deletes_only_expired_rows_in_batches(backend: SQLBackend) -> None:
+    for i in range(7):
+        await backend.put(Key("notes", ("u1", f"short{i}")), b"{}", ttl=0.05)
+    await backend.put(Key("notes", ("u1", "long")), b"{}", ttl=60)
+    await backend.put(Key("notes", ("u1", "forever")), b"{}")
+    await asyncio.sleep(0.1)
+    assert await backend.purge_expired(batch_size=3) == 7
+    assert await backend.purge_expired() == 0
+    remaining = await rows(backend, "SELECT key FROM kv_records ORDER BY key")
+    assert remaining == [("forever",), ("long",)]
+
+
+async def test_expired_rows_count_as_absent_for_deletes(backend: SQLBackend) -> None:
+    key = Key("notes", ("u1", "n1"))
+    await backend.put(key, b"{}", ttl=0.05)
+    await asyncio.sleep(0.1)
+    assert await backend.delete(key, expected_version=0) is False
+    assert await backend.delete(key) is False
+    assert await backend.delete_owner("u1") == 0
+
+
+async def test_many_concurrent_writers_on_one_file_never_see_a_lock_error(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    async with create_database(DatabaseType.SQL, url) as db:
+        saves = [
+            db.save_state(StateRecord(user_id=f"u{i % 8}", session_id=f"s{i}", state="A"))
+            for i in range(64)
+        ] + [
+            db.save_state(StateRecord(user_id="hot", session_id="s", state="B")) for _ in range(64)
+        ]
+        results = await asyncio.gather(*saves)
+        assert sorted(r.version for r in results if r.user_id == "hot") == list(range(1, 65))
+        deletes = [db.delete_user(f"u{i}") for i in range(8)]
+        assert sum(await asyncio.gather(*deletes)) == 64
+
+
+WRITE = """
+import asyncio, sys
+from kvstore import DatabaseType, StateRecord, create_database
+async def main():
+    async with create_database(DatabaseType.SQL, sys.argv[1]) as db:
+        saved = await db.save_state(StateRecord(user_id="u1", session_id="s1", state="GOALS"))
+        print(saved.version)
+asyncio.run(main())
+"""
+READ = """
+import asyncio, sys
+from kvstore import DatabaseType, create_database
+async def main():
+    async with create_database(DatabaseType.SQL, sys.argv[1]) as db:
+        state = await db.get_state("u1", "s1")
+        print(state.state, state.version)
+asyncio.run(main())
+"""
+
+
+def python(code: str, url: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code, url], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout.strip()
+
+
+async def test_a_session_survives_a_process_restart(sql_url: str) -> None:
+    assert await asyncio.to_thread(python, WRITE, sql_url) == "1"
+    assert await asyncio.to_thread(python, WRITE, sql_url) == "2"
+    assert await asyncio.to_thread(python, READ, sql_url) == "GOALS 2"
