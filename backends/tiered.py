@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from backends.base import VersionedCache
     from kvstore.keys import Key
-    from kvstore.options import DatabaseOptions, SQLOptions
+    from kvstore.options import DatabaseOptions, RedisOptions, SQLOptions
 
 logger = logging.getLogger("kvstore.tiered")
 
@@ -811,9 +811,9 @@ def _build_cache(
     for name in ("cache_max_entries", "cache_max_bytes"):
         if name in options:
             raise ConfigurationError(f"{name} bounds the memory:// cache; Redis has maxmemory")
-    try:
-        from backends.redis import build_redis_backend  # type: ignore[import-not-found, unused-ignore]
-    except ImportError as exc:
-        raise ConfigurationError("the Redis backend is not available") from exc
-    cache: VersionedCache = build_redis_backend(url, redis_options)
-    return cache, mask_url(url) if url is not None else "redis (client given)"
+    from kvstore.factory import build_redis_backend
+
+    cache = build_redis_backend(
+        url, cast("RedisOptions", redis_options), cache_ttl=options.get("cache_ttl")
+    )
+    return cache, cache.description

@@ -36,6 +36,9 @@ class RedisOptions(TypedDict, total=False):
     socket_timeout: float
     socket_connect_timeout: float
     health_check_interval: float
+    pool_wait_timeout: float
+    max_retries: int
+    autopipeline: bool
 
 
 class TieredOptions(TypedDict, total=False):

@@ -11,16 +11,39 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import fakeredis
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from kvstore import Database, DatabaseType, create_database
 from tests import postgres
+from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisServer
 
 MakeDb = Callable[[], Database]
 T = TypeVar("T")
 
-BACKENDS = ["memory", "sqlite", "postgres", "tiered_memory", "tiered_sqlite_dict"]
-_MARKS = {"postgres": pytest.mark.postgres}
+BACKENDS = [
+    "memory",
+    "sqlite",
+    "postgres",
+    "fakeredis",
+    "redis",
+    "redis_cluster",
+    "tiered_memory",
+    "tiered_sqlite_dict",
+    "tiered_sqlite_fakeredis",
+    "tiered_postgres_redis",
+]
+_MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
+    "postgres": (pytest.mark.postgres,),
+    "redis": (pytest.mark.redis,),
+    "redis_cluster": (pytest.mark.redis_cluster,),
+    "tiered_postgres_redis": (pytest.mark.postgres, pytest.mark.redis),
+}
+
+REDIS_TEST_URL = os.environ.get("KVSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+"""The shared Redis of this machine, on a database number of the tests' own (flushed)."""
 
 
 @pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, ())) for name in BACKENDS])
@@ -87,6 +110,66 @@ async def make_db_postgres(postgres_url: str) -> MakeDb:
 
 
 @pytest.fixture
+async def make_db_fakeredis() -> AsyncIterator[MakeDb]:
+    """Databases on one fresh in-process fake server (injected clients, closed here)."""
+    server = fakeredis.FakeServer()
+    clients: list[fakeredis.FakeAsyncRedis] = []
+
+    def make() -> Database:
+        client = fakeredis.FakeAsyncRedis(server=server)
+        clients.append(client)
+        return create_database(DatabaseType.REDIS, redis_client=client)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def flushed_redis(url: str) -> None:
+    """FLUSHDB the test database of the shared server (only that number), or skip."""
+    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5)
+    try:
+        await client.flushdb()
+    except (RedisError, OSError) as exc:
+        pytest.skip(f"no Redis server for the tests: {type(exc).__name__}")
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def make_db_redis() -> MakeDb:
+    """Databases on the real Redis, database 13 (``$KVSTORE_TEST_REDIS_URL``), flushed."""
+    await flushed_redis(REDIS_TEST_URL)
+    return lambda: create_database(DatabaseType.REDIS, REDIS_TEST_URL)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A private three-master Redis Cluster on free loopback ports, for the whole session."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server and redis-cli are needed for the cluster tests")
+    directory: Path = tmp_path_factory.mktemp("redis-cluster")
+    servers = RedisClusterServers(directory)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+async def make_db_redis_cluster(redis_cluster: RedisClusterServers) -> MakeDb:
+    """Databases on the private cluster, FLUSHALLed on every node first."""
+    for node in redis_cluster.nodes:
+        client = Redis(port=node.port)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+    return lambda: create_database(DatabaseType.REDIS, redis_cluster.url)
+
+
+@pytest.fixture
 def make_db_tiered_memory() -> MakeDb:
     """Tiered: a memory system of record behind the per-process dict cache."""
     return lambda: create_database(DatabaseType.TIERED, "memory://", cache_url="memory://")
@@ -97,6 +180,48 @@ def make_db_tiered_sqlite_dict(tmp_path: Path) -> MakeDb:
     """Tiered: SQLite behind the per-process dict cache."""
     url = f"sqlite:///{tmp_path / 'kvstore.db'}"
     return lambda: create_database(DatabaseType.TIERED, url, cache_url="memory://")
+
+
+@pytest.fixture
+async def make_db_tiered_sqlite_fakeredis(tmp_path: Path) -> AsyncIterator[MakeDb]:
+    """Tiered: SQLite behind a fake Redis cache (injected clients, closed here)."""
+    url = f"sqlite:///{tmp_path / 'kvstore.db'}"
+    server = fakeredis.FakeServer()
+    clients: list[fakeredis.FakeAsyncRedis] = []
+
+    def make() -> Database:
+        client = fakeredis.FakeAsyncRedis(server=server)
+        clients.append(client)
+        return create_database(DatabaseType.TIERED, url, redis_client=client)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test session on a free loopback port (flushed freely)."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is needed for the tiered tests on real Redis")
+    server = RedisServer(tmp_path_factory.mktemp("redis-tiered"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def make_db_tiered_postgres_redis(postgres_url: str, private_redis: RedisServer) -> MakeDb:
+    """Tiered: the session's PostgreSQL database behind the private Redis, both emptied."""
+    await postgres.execute(postgres_url, "DELETE FROM kv_records")
+    client = Redis.from_url(private_redis.url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+    return lambda: create_database(DatabaseType.TIERED, postgres_url, cache_url=private_redis.url)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,0 +1,506 @@
+"""The Redis backend on ``redis.asyncio``: a store of its own, and the tiered store's cache.
+
+Layout of keys and values: :mod:`backends.redis_format`; Lua scripts: :mod:`backends.redis_lua`;
+URLs and options: :mod:`backends.redis_connect`; concurrent callers share pipelines:
+:mod:`backends.redis_pipe`. Reads are a plain GET / MGET of a packed string; every write is
+one Lua script, atomic per key. A per-(owner, namespace) sorted set indexes the owner's keys
+for ordered listings and erasure, so no operation ever scans the keyspace (no KEYS, no SCAN).
+
+Every operation runs under one deadline (``socket_timeout``); idempotent ones are retried
+with exponential backoff on connection errors. Any driver error (timeouts included) becomes
+:class:`~kvstore.errors.BackendUnavailableError` with the driver exception chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from backends import redis_lua as lua
+from backends.base import (
+    DEFAULT_PAGE_SIZE,
+    Backend,
+    CacheLookup,
+    Capabilities,
+    Entry,
+    VersionedCache,
+    utcnow,
+)
+from backends.redis_connect import Closer, ConnectionSettings, connect
+from backends.redis_format import (
+    DEFAULT_KEY_PREFIX,
+    Layout,
+    from_us,
+    member,
+    member_key,
+    pack,
+    pack_tombstone,
+    to_us,
+    unpack,
+)
+from backends.redis_pipe import AutoPipeline
+from kvstore.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    DatabaseClosedError,
+    InvalidKeyError,
+    InvalidRecordError,
+)
+from kvstore.keys import Key, check_component, check_namespace
+from kvstore.urls import mask_url
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+    from datetime import datetime
+
+    from redis.asyncio import Redis
+    from redis.typing import EncodableT
+
+T = TypeVar("T")
+Stale = list[tuple[bytes, str]]
+Commands = list[tuple["EncodableT", ...]]
+Lookups = list[CacheLookup]
+Positions = list[int]
+
+DEFAULT_TOMBSTONE_TTL: Final = 3600.0
+"""Seconds a tombstone lives when neither the call nor the backend gives a cache TTL."""
+
+_DRIVER_ERRORS: Final = (RedisError, OSError)  # OSError covers asyncio's TimeoutError
+_ERASE_ATTEMPTS: Final = 8
+
+
+async def _ignore(_error: Exception) -> None:
+    """Failure hook for :meth:`Retry.call_with_retry`: nothing to clean up."""
+
+
+class RedisBackend(Backend, VersionedCache):
+    """Entries as packed strings in Redis, indexed per owner and namespace."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        persistent=True, shared=True, versioned_cache=True
+    )
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | RedisCluster | None = None,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        settings: ConnectionSettings | None = None,
+        autopipeline: bool = True,
+        cache_ttl: float | None = None,
+    ) -> None:
+        if (url is None) == (client is None):
+            raise ValueError("give exactly one of url and client")
+        self._url = url
+        self._client = client
+        self._owns_client = client is None
+        self._layout = Layout(key_prefix)
+        self._settings = settings or ConnectionSettings()
+        self._autopipeline = autopipeline
+        self._cache_ttl = cache_ttl
+        self._timeout = self._settings.socket_timeout
+        self._retry = Retry(
+            ExponentialBackoff(cap=0.5, base=0.01),
+            self._settings.max_retries,
+            supported_errors=(RedisConnectionError,),
+        )
+        self._pipe: AutoPipeline | None = None
+        self._closers: list[Closer] = []
+        self._closed = False
+        self.description = mask_url(url) if url is not None else "injected client"
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.description})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Build the client if needed and check the server answers."""
+        await self.ping()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.aclose()
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            try:
+                if isinstance(client, RedisCluster):
+                    await client.aclose()
+                else:
+                    await client.aclose(close_connection_pool=True)
+                for closer in self._closers:
+                    await closer()
+            except _DRIVER_ERRORS as exc:
+                raise self._unavailable("close", exc) from exc
+
+    def _ready(self) -> AutoPipeline:
+        pipe = self._pipe
+        if pipe is not None:
+            return pipe
+        if self._closed:
+            raise DatabaseClosedError("the Redis backend is closed")
+        if self._client is None:
+            assert self._url is not None
+            self._client, self._closers = connect(self._url, self._settings)
+        self._pipe = AutoPipeline(self._client, timeout=self._timeout, enabled=self._autopipeline)
+        return self._pipe
+
+    @property
+    def _cluster(self) -> bool:
+        return isinstance(self._client, RedisCluster)
+
+    # -- error mapping and retries -------------------------------------------------------
+
+    def _unavailable(self, op: str, exc: BaseException) -> BackendUnavailableError:
+        detail = str(exc) or "no answer in time"
+        return BackendUnavailableError(
+            f"Redis {op} failed on {self.description}: {type(exc).__name__}: {detail}"
+        )
+
+    async def _idempotent(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+        """Run ``make()`` under the deadline, retried with backoff on connection errors."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._retry.call_with_retry(make, _ignore)
+        except _DRIVER_ERRORS as exc:
+            raise self._unavailable(op, exc) from exc
+
+    async def _once(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
+        """Run ``make()`` under the deadline, never retried (not idempotent)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await make()
+        except _DRIVER_ERRORS as exc:
+            raise self._unavailable(op, exc) from exc
+
+    def _checked(self, op: str, results: list[Any]) -> list[Any]:
+        for result in results:
+            if isinstance(result, Exception):
+                raise self._unavailable(op, result) from result
+        return results
+
+    # -- Backend -------------------------------------------------------------------------
+
+    async def get(self, key: Key) -> Entry | None:
+        name = self._layout.record(key)
+        pipe = self._ready()
+        data = await self._idempotent("get", lambda: pipe.call("GET", name))
+        return None if data is None else unpack(data)
+
+    async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
+        if not keys:
+            return []
+        values = await self._read_values(keys)
+        return [None if data is None else unpack(data) for data in values]
+
+    async def _read_values(self, keys: Sequence[Key]) -> list[bytes | None]:
+        names = [self._layout.record(key) for key in keys]
+        pipe = self._ready()
+        if not self._cluster:
+            values: list[bytes | None] = await self._idempotent(
+                "get_many", lambda: pipe.call("MGET", *names)
+            )
+            return values
+        slots: dict[str, list[int]] = {}  # one MGET per owner: one hash slot each
+        for position, key in enumerate(keys):
+            slots.setdefault(key.owner, []).append(position)
+        groups = list(slots.values())
+        commands = [("MGET", *(names[i] for i in group)) for group in groups]
+        results = self._checked(
+            "get_many", await self._idempotent("get_many", lambda: pipe.batch(commands))
+        )
+        out: list[bytes | None] = [None] * len(keys)
+        for group, found in zip(groups, results, strict=True):
+            for position, data in zip(group, found, strict=True):
+                out[position] = data
+        return out
+
+    async def put(
+        self,
+        key: Key,
+        value: bytes,
+        *,
+        expected_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Entry:
+        if expected_version is not None and expected_version < 0:
+            raise InvalidRecordError("expected_version must be >= 0")
+        now = utcnow()
+        expires_at = None
+        px = 0
+        if ttl is not None:
+            if not ttl > 0:
+                raise InvalidRecordError("ttl must be positive seconds")
+            expires_at = now + timedelta(seconds=ttl)
+            px = max(1, round(ttl * 1000))
+        name = self._layout.record(key)
+        keys = (name, *self._layout.owner_keys(key.owner, key.namespace))
+        meta = b"%d:%d:%d:%d" % (
+            to_us(now),
+            -1 if expected_version is None else expected_version,
+            px,
+            to_us(expires_at) if expires_at is not None else 0,
+        )
+        args = (meta, value, member(key.rest), key.namespace)
+        pipe = self._ready()
+        ok, version, created = await self._once("put", lambda: pipe.script(lua.PUT, keys, args))
+        if not ok:
+            assert expected_version is not None
+            raise ConflictError(
+                f"expected version {expected_version}, found {version}",
+                expected=expected_version,
+                actual=version,
+            )
+        return Entry(bytes(value), version, from_us(int(created)), now, expires_at)
+
+    async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
+        if expected_version is not None and expected_version < 0:
+            raise InvalidRecordError("expected_version must be >= 0")
+        keys = (self._layout.record(key), self._layout.owner_keys(key.owner, key.namespace)[0])
+        args = (-1 if expected_version is None else expected_version, member(key.rest))
+        pipe = self._ready()
+        ok, version = await self._once("delete", lambda: pipe.script(lua.DELETE, keys, args))
+        if not ok:
+            assert expected_version is not None
+            raise ConflictError(
+                f"expected version {expected_version}, found {version}",
+                expected=expected_version,
+                actual=version,
+            )
+        return bool(version)
+
+    async def list(
+        self,
+        namespace: str,
+        prefix: tuple[str, ...],
+        *,
+        after: tuple[str, ...] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> list[tuple[Key, Entry]]:
+        if limit <= 0:
+            raise InvalidRecordError("limit must be positive")
+        check_namespace(namespace)
+        if not prefix:
+            raise InvalidKeyError("a listing needs at least the owner")
+        for component in (*prefix, *(after or ())):
+            check_component(component)
+        owner = prefix[0]
+        low = member(prefix[1:])
+        start = b"[" + low
+        if after is not None:
+            mine = member(prefix[:1])
+            encoded_after = member(after)
+            if encoded_after.startswith(mine):
+                if encoded_after[len(mine) :] >= low:
+                    start = b"(" + encoded_after[len(mine) :]
+            elif encoded_after > mine:
+                return []
+        stop = b"(" + low + b"\xff"
+        index = self._layout.index(owner, namespace)
+        pipe = self._ready()
+        page: list[tuple[Key, Entry]] = []
+        while len(page) < limit:
+            want = limit - len(page)
+            command = ("ZRANGEBYLEX", index, start, stop, "LIMIT", 0, want)
+            members: list[bytes] = await self._idempotent(
+                "list",
+                lambda command=command: pipe.call(*command),  # type: ignore[misc]
+            )
+            if not members:
+                break
+            keys = [member_key(owner, namespace, item) for item in members]
+            names = [self._layout.record(key) for key in keys]
+            values = await self._idempotent(
+                "list",
+                lambda names=names: pipe.call("MGET", *names),  # type: ignore[misc]
+            )
+            stale: Stale = []
+            for item, key, name, data in zip(members, keys, names, values, strict=True):
+                if data is None:
+                    stale.append((item, name))
+                    continue
+                entry = unpack(data)
+                if entry is not None:
+                    page.append((key, entry))
+            if stale:
+                await self._forget(index, stale)
+            if len(members) < want:
+                break
+            start = b"(" + members[-1]
+        return page
+
+    async def _forget(self, index: str, stale: Sequence[tuple[bytes, str]]) -> None:
+        """Drop index members whose record and lease are gone (expired)."""
+        calls = [
+            (lua.FORGET, (index, name, self._layout.lease(name)), (item,)) for item, name in stale
+        ]
+        pipe = self._ready()
+        self._checked("list", await self._once("list", lambda: pipe.scripts(calls)))
+
+    async def delete_owner(self, owner: str) -> int:
+        check_component(owner, "owner")
+        return await self._erase(owner, "delete_owner")
+
+    async def _erase(self, owner: str, op: str) -> int:
+        """Erase every key of ``owner`` found through its index, in one script that first
+        checks the index is unchanged (else read again); count the live records removed."""
+        ns_set = self._layout.namespaces(owner)
+        pipe = self._ready()
+        for _ in range(_ERASE_ATTEMPTS):
+            found: list[bytes] = await self._idempotent(op, lambda: pipe.call("SMEMBERS", ns_set))
+            if not found:
+                return 0
+            namespaces = sorted(ns.decode() for ns in found)
+            indexes = [self._layout.index(owner, ns) for ns in namespaces]
+            ranges = [("ZRANGE", index, 0, -1) for index in indexes]
+            listed = self._checked(
+                op,
+                await self._idempotent(
+                    op,
+                    lambda ranges=ranges: pipe.batch(ranges),  # type: ignore[misc]
+                ),
+            )
+            records = [
+                self._layout.record(member_key(owner, ns, item))
+                for ns, items in zip(namespaces, listed, strict=True)
+                for item in items
+            ]
+            keys = [ns_set, *indexes, *records, *(self._layout.lease(name) for name in records)]
+            args: list[EncodableT] = [len(indexes), len(records)]
+            args += [len(items) for items in listed]
+            args += [item for items in listed for item in items]
+            removed = await self._idempotent(
+                op,
+                lambda keys=keys, args=args: pipe.script(lua.ERASE, keys, args),  # type: ignore[misc]
+            )
+            if removed >= 0:
+                return int(removed)
+        raise BackendUnavailableError(
+            f"Redis {op} gave up: the keys of one owner kept changing during {_ERASE_ATTEMPTS} "
+            "attempts"
+        )
+
+    def _cache_keys(self, key: Key) -> tuple[str, str, str, str]:
+        name = self._layout.record(key)
+        return (name, self._layout.lease(name), *self._layout.owner_keys(key.owner, key.namespace))
+
+    # -- VersionedCache ------------------------------------------------------------------
+
+    async def lookup(self, keys: Sequence[Key], *, lease_ttl: float) -> Lookups:
+        if not keys:
+            return []
+        if not lease_ttl > 0:
+            raise InvalidRecordError("lease_ttl must be positive seconds")
+        values = await self._read_values(keys)
+        answers: Lookups = []
+        misses: Positions = []
+        for position, data in enumerate(values):
+            entry = None if data is None else unpack(data)
+            answers.append(CacheLookup(entry))
+            if entry is None:
+                misses.append(position)
+        if not misses:
+            return answers
+        lease_ms = max(1, round(lease_ttl * 1000))
+        tokens = [secrets.token_hex(16) for _ in misses]
+        calls = [
+            (
+                lua.LEASE,
+                self._cache_keys(keys[i]),
+                (token, lease_ms, member(keys[i].rest), keys[i].namespace),
+            )
+            for i, token in zip(misses, tokens, strict=True)
+        ]
+        pipe = self._ready()
+        results = self._checked("lookup", await self._once("lookup", lambda: pipe.scripts(calls)))
+        for position, token, result in zip(misses, tokens, results, strict=True):
+            if isinstance(result, bytes):
+                answers[position] = CacheLookup(unpack(result))
+            elif result == 1:
+                answers[position] = CacheLookup(None, token)
+        return answers
+
+    def _px(self, ttl: float | None, expires_at: datetime | None, fallback: float | None) -> int:
+        """Milliseconds a cache entry may live (0: forever): the cache TTL, capped by the
+        record's own expiry (an expired record gets 1 ms, so it still displaces older ones)."""
+        seconds = ttl if ttl is not None else self._cache_ttl
+        if seconds is None:
+            seconds = fallback
+        if seconds is not None and not seconds > 0:
+            raise InvalidRecordError("ttl must be positive seconds")
+        if expires_at is not None:
+            left = (expires_at - utcnow()).total_seconds()
+            seconds = left if seconds is None else min(seconds, left)
+        return 0 if seconds is None else max(1, round(seconds * 1000))
+
+    def _entry_args(
+        self, key: Key, token: str, packed: bytes, px: int, stamp: tuple[datetime, int]
+    ) -> tuple[EncodableT, ...]:
+        created, version = stamp
+        return (token, packed, px, to_us(created), version, member(key.rest), key.namespace)
+
+    async def fill(
+        self, items: Sequence[tuple[Key, Entry, str]], *, ttl: float | None = None
+    ) -> int:
+        if not items:
+            return 0
+        calls = [
+            (
+                lua.FILL,
+                self._cache_keys(key),
+                self._entry_args(
+                    key, token, pack(entry), self._px(ttl, entry.expires_at, None), entry.stamp
+                ),
+            )
+            for key, entry, token in items
+        ]
+        pipe = self._ready()
+        results = self._checked("fill", await self._idempotent("fill", lambda: pipe.scripts(calls)))
+        return sum(1 for result in results if result == 1)
+
+    async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
+        px = self._px(ttl, entry.expires_at, None)
+        keys = self._cache_keys(key)
+        args = self._entry_args(key, "", pack(entry), px, entry.stamp)
+        pipe = self._ready()
+        return bool(await self._idempotent("write", lambda: pipe.script(lua.WRITE, keys, args)))
+
+    async def tombstone(
+        self, key: Key, stamp: tuple[datetime, int], *, ttl: float | None = None
+    ) -> None:
+        px = self._px(ttl, None, DEFAULT_TOMBSTONE_TTL)
+        keys = self._cache_keys(key)
+        args = self._entry_args(key, "", pack_tombstone(stamp), px, stamp)
+        pipe = self._ready()
+        await self._idempotent("tombstone", lambda: pipe.script(lua.TOMBSTONE, keys, args))
+
+    async def invalidate(self, keys: Sequence[Key]) -> None:
+        if not keys:
+            return
+        names = [self._layout.record(key) for key in keys]
+        commands = [("UNLINK", name, self._layout.lease(name)) for name in names]
+        pipe = self._ready()
+        self._checked(
+            "invalidate", await self._idempotent("invalidate", lambda: pipe.batch(commands))
+        )
+
+    async def invalidate_owner(self, owner: str) -> None:
+        check_component(owner, "owner")
+        await self._erase(owner, "invalidate_owner")
+
+    async def ping(self) -> None:
+        pipe = self._ready()
+        await self._idempotent("ping", lambda: pipe.client.ping())

@@ -1,0 +1,159 @@
+"""How the Redis backend lays out keys and values; pure functions, no I/O.
+
+Keys (``P`` is the key prefix, ``{o}`` the escaped owner: the cluster hash tag)::
+
+    P{o}:ns:c2:...     a record: packed value (below), Redis PX expiry = the entry's TTL
+    P{o}:ns:c2:...*l   the record's fill lease (versioned cache only): a random token
+    P{o}*i:ns          index of the owner's keys in ``ns``: sorted set, score 0, member =
+                       the components after the owner, each UTF-8 + NUL (ZRANGEBYLEX order
+                       is component order)
+    P{o}*n             the namespaces the owner has keys in: a set
+
+:func:`kvstore.keys.redis_key` percent-escapes ``*`` (and ``% : { } ? [ ] \\`` and space) in
+every component and namespaces are ``[a-z0-9_.-]``, so after the hash tag a record key never
+contains ``*``: lease, index and namespace-set keys can never equal a record key.
+
+Values are one string, ``TAG:version:created_us:updated_us:expires_us:`` then the serialized
+bytes, so one GET returns everything. ``TAG`` is ``e1`` for an entry (format 1) and ``t1``
+for a versioned-cache tombstone (no bytes). Times are integer microseconds since the epoch
+(0: never expires).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from backends.base import Entry
+from kvstore.errors import ConfigurationError, SerializationError
+from kvstore.keys import Key, redis_key, redis_owner_tag
+
+ENTRY_TAG: Final = b"e1"
+TOMBSTONE_TAG: Final = b"t1"
+LEASE_SUFFIX: Final = "*l"
+DEFAULT_KEY_PREFIX: Final = "kv:"
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_NAME_CACHE_SIZE: Final = 8192
+_PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]{0,64}")
+
+
+def check_prefix(prefix: str) -> str:
+    """A key prefix must not contain hash-tag braces or glob characters."""
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise ConfigurationError("key_prefix must match [A-Za-z0-9_.:-]{0,64}")
+    return prefix
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_us(micros: int) -> datetime:
+    """Inverse of :func:`to_us` (exact)."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+class Layout:
+    """Key names for one key prefix. Record key names of recently used keys are kept in
+    a bounded dict: escaping is pure, and hot keys are asked for again and again."""
+
+    __slots__ = ("_indexes", "_names", "prefix")
+
+    def __init__(self, prefix: str = DEFAULT_KEY_PREFIX) -> None:
+        self.prefix = check_prefix(prefix)
+        self._names: dict[Key, str] = {}
+        self._indexes: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def record(self, key: Key) -> str:
+        """The record key of ``key``."""
+        name = self._names.get(key)
+        if name is None:
+            if len(self._names) >= _NAME_CACHE_SIZE:
+                self._names.clear()
+            name = self._names[key] = redis_key(key, self.prefix)
+        return name
+
+    def owner_keys(self, owner: str, namespace: str) -> tuple[str, str]:
+        """``(index, namespaces)`` of ``owner`` and ``namespace``, as kept beside records."""
+        names = self._indexes.get((owner, namespace))
+        if names is None:
+            if len(self._indexes) >= _NAME_CACHE_SIZE:
+                self._indexes.clear()
+            names = (self.index(owner, namespace), self.namespaces(owner))
+            self._indexes[owner, namespace] = names
+        return names
+
+    def lease(self, record: str) -> str:
+        """The lease key beside a record key."""
+        return record + LEASE_SUFFIX
+
+    def owner_tag(self, owner: str) -> str:
+        """``P{owner}``: the start of every key of ``owner``."""
+        return redis_owner_tag(owner, self.prefix)
+
+    def index(self, owner: str, namespace: str) -> str:
+        """The sorted set of ``owner``'s keys in ``namespace``."""
+        return f"{self.owner_tag(owner)}*i:{namespace}"
+
+    def namespaces(self, owner: str) -> str:
+        """The set of namespaces ``owner`` has keys in."""
+        return f"{self.owner_tag(owner)}*n"
+
+    def record_of_member(self, owner: str, namespace: str, member: bytes) -> tuple[Key, str]:
+        """The key and record key named by an index member."""
+        key = member_key(owner, namespace, member)
+        return key, self.record(key)
+
+
+def member(components: tuple[str, ...]) -> bytes:
+    """Index member for the components after the owner: ordered like the tuples."""
+    return b"".join(component.encode() + b"\x00" for component in components)
+
+
+def member_key(owner: str, namespace: str, data: bytes) -> Key:
+    """Inverse of :func:`member`, as a full key."""
+    parts = data.split(b"\x00")
+    return Key(namespace, (owner, *(part.decode() for part in parts[:-1])))
+
+
+def pack(entry: Entry) -> bytes:
+    """One string holding ``entry`` and its metadata."""
+    expires = to_us(entry.expires_at) if entry.expires_at is not None else 0
+    header = b"e1:%d:%d:%d:%d:" % (
+        entry.version,
+        to_us(entry.created_at),
+        to_us(entry.updated_at),
+        expires,
+    )
+    return header + entry.value
+
+
+def pack_tombstone(stamp: tuple[datetime, int]) -> bytes:
+    """A tombstone carrying ``stamp`` (no value)."""
+    created, version = stamp
+    return b"t1:%d:%d:0:0:" % (version, to_us(created))
+
+
+def unpack(data: bytes) -> Entry | None:
+    """The entry in a packed string; ``None`` for a tombstone."""
+    try:
+        tag, version, created, updated, expires, value = data.split(b":", 5)
+        if tag == ENTRY_TAG:
+            created_at = from_us(int(created))
+            return Entry(
+                value,
+                int(version),
+                created_at,
+                created_at if updated == created else from_us(int(updated)),
+                None if expires == b"0" else from_us(int(expires)),
+            )
+    except ValueError:
+        pass
+    else:
+        if tag == TOMBSTONE_TAG:
+            return None
+    raise SerializationError("a Redis value is not in a format this version of kvstore reads")

@@ -1,0 +1,174 @@
+"""Private ``redis-server`` processes for tests: a standalone server or a three-master
+cluster on free loopback ports, in a temporary directory, stopped by the caller."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+CREATE_FLAGS = ("--cluster-replicas", "0", "--cluster-yes")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too; at most 55535,
+    the highest a cluster node accepts."""
+    while True:
+        port = random.randint(20000, 45000)
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+
+
+def _wait_listening(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+@dataclass
+class RedisServer:
+    """One ``redis-server`` on a loopback port; :meth:`start` again after :meth:`stop`."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    extra: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not on PATH")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_listening(self.port, time.monotonic() + 10)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@dataclass
+class RedisClusterServers:
+    """Three masters with ``cluster-enabled yes``, joined by ``redis-cli --cluster create``."""
+
+    directory: Path
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> RedisClusterServers:
+        if REDIS_CLI is None:
+            raise RuntimeError("redis-cli is not on PATH")
+        for number in range(3):
+            node = RedisServer(
+                self.directory / f"node{number}",
+                extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            )
+            self.nodes.append(node)
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *addresses, *CREATE_FLAGS],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            while True:
+                info = subprocess.run(
+                    [REDIS_CLI, "-p", str(node.port), "cluster", "info"],
+                    check=True,
+                    capture_output=True,
+                    timeout=10,
+                ).stdout
+                if b"cluster_state:ok" in info:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the test cluster did not become ready")
+                time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@dataclass
+class RedisSentinel:
+    """A Sentinel (``redis-server --sentinel``) monitoring ``master`` as ``mymaster``."""
+
+    directory: Path
+    master_port: int
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisSentinel:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not on PATH")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master_port} 1\n"
+        )
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_listening(self.port, time.monotonic() + 10)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

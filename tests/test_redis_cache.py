@@ -1,0 +1,232 @@
+"""The Redis backend as the tiered store's cache: leases, forward-only stamps, tombstones,
+and its layout invariants. Runs on fakeredis, the real Redis and the private cluster."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import fakeredis
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from backends.base import Entry, utcnow
+from backends.redis_format import LEASE_SUFFIX, Layout
+from kvstore.factory import build_redis_backend
+from kvstore.keys import Key, decode_redis_key, redis_key
+from tests.conftest import REDIS_TEST_URL, flushed_redis
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from backends.redis import RedisBackend
+    from tests.redis_servers import RedisClusterServers
+
+LEASE = 5.0
+SPECIALS = "*?[]\\{}:% "
+
+
+@pytest.fixture(
+    params=[
+        "fakeredis",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("redis_cluster", marks=pytest.mark.redis_cluster),
+    ]
+)
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[RedisBackend]:
+    """A fresh, empty Redis backend on each kind of server."""
+    fake: fakeredis.FakeAsyncRedis | None = None
+    if request.param == "fakeredis":
+        fake = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        backend = build_redis_backend(None, {"redis_client": fake})
+    elif request.param == "redis":
+        await flushed_redis(REDIS_TEST_URL)
+        backend = build_redis_backend(REDIS_TEST_URL, {})
+    else:
+        servers: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        for node in servers.nodes:
+            client = Redis(port=node.port)
+            await client.flushall()
+            await client.aclose()
+        backend = build_redis_backend(servers.url, {})
+    await backend.initialize()
+    yield backend
+    await backend.close()
+    if fake is not None:
+        await fake.aclose()
+
+
+def entry(version: int, *, created_delta: float = 0.0, value: bytes = b"{}") -> Entry:
+    created = BASE + timedelta(seconds=created_delta)
+    return Entry(value=value, version=version, created_at=created, updated_at=utcnow())
+
+
+BASE = utcnow()
+K = Key("state", ("u1", "s1"))
+
+
+async def test_a_miss_takes_a_lease_that_others_then_lack(cache: RedisBackend) -> None:
+    first, second = await cache.lookup([K, K], lease_ttl=LEASE)
+    assert first.entry is None
+    assert first.lease is not None
+    assert second.entry is None
+    assert second.lease is None
+    [third] = await cache.lookup([K], lease_ttl=LEASE)
+    assert third.lease is None
+
+
+async def test_a_fill_with_the_lease_lands_once(cache: RedisBackend) -> None:
+    [miss] = await cache.lookup([K], lease_ttl=LEASE)
+    assert miss.lease is not None
+    assert await cache.fill([(K, entry(1), "not-the-token")]) == 0
+    assert await cache.fill([(K, entry(1), miss.lease)]) == 1
+    assert await cache.fill([(K, entry(2), miss.lease)]) == 0  # the lease was consumed
+    [hit] = await cache.lookup([K], lease_ttl=LEASE)
+    assert hit.entry is not None
+    assert hit.entry.version == 1
+    assert hit.lease is None
+
+
+async def test_a_fill_after_a_write_is_dropped(cache: RedisBackend) -> None:
+    [miss] = await cache.lookup([K], lease_ttl=LEASE)
+    assert miss.lease is not None
+    assert await cache.write(K, entry(2, value=b'"new"'))
+    assert await cache.fill([(K, entry(1, value=b'"old"'), miss.lease)]) == 0
+    [hit] = await cache.lookup([K], lease_ttl=LEASE)
+    assert hit.entry is not None
+    assert hit.entry.value == b'"new"'
+
+
+async def test_a_fill_after_invalidate_is_dropped(cache: RedisBackend) -> None:
+    [miss] = await cache.lookup([K], lease_ttl=LEASE)
+    assert miss.lease is not None
+    await cache.invalidate([K])
+    assert await cache.fill([(K, entry(1), miss.lease)]) == 0
+    [again] = await cache.lookup([K], lease_ttl=LEASE)
+    assert again.entry is None
+    assert again.lease is not None
+
+
+async def test_writes_only_move_forward_by_stamp(cache: RedisBackend) -> None:
+    assert await cache.write(K, entry(3))
+    assert not await cache.write(K, entry(2))
+    assert not await cache.write(K, entry(3))
+    assert await cache.write(K, entry(1, created_delta=1))  # re-created later: newer
+    [hit] = await cache.lookup([K], lease_ttl=LEASE)
+    assert hit.entry is not None
+    assert (hit.entry.version, hit.entry.created_at) == (1, BASE + timedelta(seconds=1))
+
+
+async def test_a_tombstone_blocks_older_fills_but_not_a_recreated_record(
+    cache: RedisBackend,
+) -> None:
+    assert await cache.write(K, entry(2))
+    await cache.tombstone(K, entry(2).stamp)  # the delete of version 2
+    [miss] = await cache.lookup([K], lease_ttl=LEASE)
+    assert miss.entry is None  # a tombstone is never a hit
+    assert miss.lease is not None
+    assert await cache.fill([(K, entry(2), miss.lease)]) == 0
+    assert not await cache.write(K, entry(1))
+    assert await cache.write(K, entry(1, created_delta=5))
+    [hit] = await cache.lookup([K], lease_ttl=LEASE)
+    assert hit.entry is not None
+    assert hit.entry.version == 1
+
+
+async def test_a_tombstone_never_replaces_something_newer(cache: RedisBackend) -> None:
+    assert await cache.write(K, entry(3))
+    await cache.tombstone(K, entry(2).stamp)
+    [hit] = await cache.lookup([K], lease_ttl=LEASE)
+    assert hit.entry is not None
+    assert hit.entry.version == 3
+
+
+async def test_a_tombstone_revokes_the_lease(cache: RedisBackend) -> None:
+    [miss] = await cache.lookup([K], lease_ttl=LEASE)
+    assert miss.lease is not None
+    await cache.tombstone(K, entry(1).stamp)
+    assert await cache.fill([(K, entry(1), miss.lease)]) == 0
+
+
+async def test_invalidate_owner_drops_entries_tombstones_and_leases(cache: RedisBackend) -> None:
+    leased, written, dead = (Key("state", ("u1", s)) for s in ("a", "b", "c"))
+    other = Key("state", ("u10", "a"))
+    [miss] = await cache.lookup([leased], lease_ttl=LEASE)
+    assert miss.lease is not None
+    assert await cache.write(written, entry(1))
+    assert await cache.write(other, entry(1))
+    await cache.tombstone(dead, entry(4).stamp)
+    await cache.invalidate_owner("u1")
+    assert await cache.fill([(leased, entry(1), miss.lease)]) == 0
+    answers = await cache.lookup([leased, written, dead, other], lease_ttl=LEASE)
+    assert [a.entry is None for a in answers] == [True, True, True, False]
+    assert all(a.lease is not None for a in answers[:3])
+    assert await cache.fill([(dead, entry(1), answers[2].lease or "")]) == 1  # no tombstone
+
+
+async def test_batches_span_owners_and_slots(cache: RedisBackend) -> None:
+    keys = [Key("state", (f"user-{i}", "s")) for i in range(40)]
+    misses = await cache.lookup(keys, lease_ttl=LEASE)
+    items = [
+        (k, entry(1, value=str(i).encode()), m.lease or "")
+        for i, (k, m) in enumerate(zip(keys, misses, strict=True))
+    ]
+    assert await cache.fill(items) == 40
+    hits = await cache.lookup(keys, lease_ttl=LEASE)
+    assert [h.entry.value if h.entry else None for h in hits] == [
+        str(i).encode() for i in range(40)
+    ]
+    assert [e.value if e else None for e in await cache.get_many(keys)] == [
+        str(i).encode() for i in range(40)
+    ]
+
+
+async def test_cache_entries_never_outlive_the_record(cache: RedisBackend) -> None:
+    short = Entry(b"{}", 1, BASE, BASE, expires_at=utcnow() + timedelta(seconds=0.2))
+    assert await cache.write(K, short, ttl=60)
+    await asyncio.sleep(0.5)
+    [miss] = await cache.lookup([K], lease_ttl=LEASE)
+    assert miss.entry is None
+
+
+async def test_the_store_and_the_cache_read_the_same_values(cache: RedisBackend) -> None:
+    stored = await cache.put(K, b'{"a":1}')
+    [hit] = await cache.lookup([K], lease_ttl=LEASE)
+    assert hit.entry == stored
+    await cache.tombstone(K, stored.stamp)
+    assert await cache.get(K) is None
+    again = await cache.put(K, b'{"a":2}', expected_version=0)  # a tombstone is absent
+    assert again.version == 1
+
+
+async def test_ping_answers(cache: RedisBackend) -> None:
+    await cache.ping()
+
+
+component = st.text(alphabet=st.sampled_from("ab:%{}*?[]\\ é-_l"), min_size=1, max_size=6)
+
+
+@given(
+    owner=component,
+    rest=st.lists(component, max_size=3),
+    prefix=st.sampled_from(["", "kv:", "app.1-x:"]),
+)
+def test_lease_and_index_keys_never_equal_a_record_key(
+    owner: str, rest: list[str], prefix: str
+) -> None:
+    layout = Layout(prefix)
+    key = Key("state", (owner, *rest))
+    record = layout.record(key)
+    assert "*" not in record[len(prefix) :]  # escaping removes every '*' from components
+    assert decode_redis_key(record, prefix) == key
+    for other in (
+        layout.lease(record),
+        layout.index(owner, "state"),
+        layout.namespaces(owner),
+    ):
+        assert "*" in other[len(prefix) :]
+        assert other != redis_key(key, prefix)
+    assert layout.lease(record).endswith(LEASE_SUFFIX)
