@@ -163,7 +163,7 @@ class MemoryCache(VersionedCache):
     async def ping(self) -> None:
         """Always answers: the cache is in this process."""
 
-    async def scan(self, namespace: str, owner: str | None = None) -> list[Key]:
+    async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
         """Keys holding a live entry in ``namespace`` (of ``owner`` if given), for
         :meth:`TieredBackend.verify` to find entries the system of record lacks."""
         now = time.monotonic()

@@ -128,10 +128,22 @@ class RecentSource(Protocol):
 
 
 @runtime_checkable
+class StreamSource(Protocol):
+    """A system of record that streams a namespace in batches (the SQL backend's
+    ``stream``); ``warm`` and ``verify`` keep the newest entries of the stream."""
+
+    def stream(
+        self, namespace: str | None = None, owner: str | None = None
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        """Every live entry of ``namespace`` (of ``owner`` if given)."""
+        ...
+
+
+@runtime_checkable
 class ScannableCache(Protocol):
     """A cache that can list the keys it holds (lets ``verify`` find extra entries)."""
 
-    async def scan(self, namespace: str, owner: str | None = None) -> list[Key]:
+    async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
         """Keys with a live entry in ``namespace`` (of ``owner`` if given)."""
         ...
 
@@ -602,7 +614,7 @@ class TieredBackend(Backend):
         """
         truth: dict[Key, Entry | None] = dict(await self._recent(namespace, owner, limit))
         if isinstance(self.cache, ScannableCache):
-            scanned = await self._call(self.cache.scan(namespace, owner))
+            scanned = await self._call(self.cache.cached_keys(namespace, owner))
             if scanned is FAILED:
                 raise BackendUnavailableError("the cache did not answer; nothing was verified")
             others = [key for key in scanned if key not in truth]
@@ -638,13 +650,17 @@ class TieredBackend(Backend):
             raise ConfigurationError("limit must be positive")
         if isinstance(self.record, RecentSource):
             return await self.record.recent(namespace, owner=owner, limit=limit)
-        if not self.record.capabilities.bulk:
+        if isinstance(self.record, StreamSource):
+            entries = self.record.stream(namespace, owner)
+        elif self.record.capabilities.bulk:
+            entries = self.record.scan(namespace=namespace, owner=owner)
+        else:
             raise ConfigurationError(
-                f"{type(self.record).__name__} can neither list by recency nor scan"
+                f"{type(self.record).__name__} can neither list by recency nor stream"
             )
         newest: list[tuple[datetime, int, Key, Entry]] = []
         tiebreak = itertools.count()
-        async for key, entry in self.record.scan(namespace=namespace, owner=owner):
+        async for key, entry in entries:
             item = (entry.updated_at, next(tiebreak), key, entry)
             if len(newest) < limit:
                 heapq.heappush(newest, item)

@@ -96,10 +96,10 @@ class FaultyCache(VersionedCache):
     async def ping(self) -> None:
         await self._run(self.inner.ping)
 
-    async def scan(self, namespace: str, owner: str | None = None) -> list[Key]:
+    async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
         inner = self.inner
         assert isinstance(inner, ScannableCache)
-        return await self._run(lambda: inner.scan(namespace, owner))
+        return await self._run(lambda: inner.cached_keys(namespace, owner))
 
 
 class JitteryBackend(MemoryBackend):
