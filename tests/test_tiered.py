@@ -212,6 +212,19 @@ async def test_commands_landing_late_after_a_thaw_never_resurrect_older_data() -
     assert (await r.backend.verify("state", "u1")).extra == []
 
 
+async def test_a_dirty_key_is_never_read_from_the_cache_while_its_repair_fails() -> None:
+    r = rig(breaker_threshold=100)
+    await r.db.save_state(state("V1"))
+    r.faults.plan = [True]  # the cache write after the commit fails: v1 stays cached
+    await r.db.save_state(state("V2"))
+    r.faults.plan = [True]  # the repair fails; a lookup would answer (with v1)
+    assert await read_state(r.db) == "V2"
+    assert r.backend.stats().dirty == 1
+    assert r.backend.stats().bypassed == 1
+    assert await read_state(r.db) == "V2"  # repaired now
+    assert r.backend.stats().dirty == 0
+
+
 async def test_lost_replies_mark_keys_dirty_and_are_repaired() -> None:
     r = rig(breaker_threshold=100)
     await r.db.save_state(state("V1"))

@@ -37,6 +37,8 @@ class FaultyCache(VersionedCache):
         self.inner = inner
         self.jitter = jitter
         self.mode: Mode = "ok"
+        self.plan: list[bool] = []
+        """Whether each of the next calls fails (and changes nothing), whatever the mode."""
         self.calls = 0
         self._queued: list[Callable[[], Awaitable[object]]] = []
         self._thawed = asyncio.Event()
@@ -54,7 +56,8 @@ class FaultyCache(VersionedCache):
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         self.calls += 1
-        if self.mode == "down":
+        planned = self.plan.pop(0) if self.plan else False
+        if self.mode == "down" or planned:
             raise BackendUnavailableError("injected: cache down")
         if self.mode == "frozen":
             self._queued.append(call)
