@@ -272,7 +272,7 @@ class TieredBackend(Backend):
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
             return []
-        if not await self._usable():
+        if self._state is not BreakerState.CLOSED and not await self._usable():
             self._bypassed += len(keys)
             return await self.record.get_many(keys)
         if self._dirty or self._dirty_owners:

@@ -133,6 +133,16 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
 
             return save
 
+        def record_put(cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            record_backend = backend.record
+
+            async def put() -> object:
+                record = RECORDS[cycle()]
+                key = db.states.key(record.user_id, record.session_id)
+                return await record_backend.put(key, serialize(record))
+
+            return put
+
         def tiered_save(store: Store, cycle: Cycle) -> Callable[[], Awaitable[object]]:
             async def save() -> object:
                 return await store.save_state(RECORDS[cycle()])
@@ -160,6 +170,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                     ("raw asyncpg upsert + redis-py SET", raw_save(Cycle())),
                     ("tiered save_state", tiered_save(db, Cycle())),
                     ("tiered, invalidate_before_write", tiered_save(db_ibw, Cycle())),
+                    ("(for scale) SQL backend put alone, no cache", record_put(Cycle())),
                 ],
                 tasks,
             )

@@ -346,3 +346,19 @@ def test_factory_builds_a_tiered_store_and_refuses_bad_options() -> None:
     with pytest.raises(ConfigurationError) as refused:
         create_database(DatabaseType.TIERED, "memory://", cache_url="memcached://u:s3cret@h")
     assert "s3cret" not in str(refused.value)
+    with pytest.raises(ConfigurationError):
+        create_database(DatabaseType.TIERED, "memory://", cache_url="redis://h", cache_max_bytes=1)
+
+
+def test_the_description_of_a_tiered_store_carries_no_password() -> None:
+    db = create_database(
+        DatabaseType.TIERED,
+        "postgresql://coach:pg-s3cret@db:5432/coach",
+        cache_url="redis://:redis-s3cret@cache:6379/0",
+        cache_ttl=60,
+        breaker_threshold=3,
+        invalidate_before_write=True,
+    )
+    assert "s3cret" not in repr(db)
+    assert "s3cret" not in repr(db.backend)  # type: ignore[attr-defined]
+    assert "tiered(postgresql" in repr(db)
