@@ -47,7 +47,7 @@ logger = logging.getLogger("kvstore.tiered")
 
 T = TypeVar("T")
 
-DEFAULT_CACHE_TTL = 3600.0
+DEFAULT_CACHE_TTL = 900.0
 DEFAULT_CACHE_TIMEOUT = 0.1
 DEFAULT_LEASE_TTL = 5.0
 DEFAULT_BREAKER_THRESHOLD = 5
@@ -448,7 +448,7 @@ class TieredBackend(Backend):
         acknowledged."""
         guard = stamp if tombstone else None
         try:
-            if not await self._usable():
+            if self._state is not BreakerState.CLOSED and not await self._usable():
                 self._bypassed += 1
                 self._mark_dirty(key, guard)
                 return
@@ -830,6 +830,8 @@ def _build_cache(
     from kvstore.factory import build_redis_backend
 
     cache = build_redis_backend(
-        url, cast("RedisOptions", redis_options), cache_ttl=options.get("cache_ttl")
+        url,
+        cast("RedisOptions", redis_options),
+        cache_ttl=options.get("cache_ttl", DEFAULT_CACHE_TTL),
     )
     return cache, cache.description
