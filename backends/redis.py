@@ -49,16 +49,18 @@ from backends.redis_format import (
 from backends.redis_pipe import AutoPipeline
 from kvstore.errors import (
     BackendUnavailableError,
+    ConfigurationError,
     ConflictError,
     DatabaseClosedError,
     InvalidKeyError,
     InvalidRecordError,
 )
-from kvstore.keys import Key, check_component, check_namespace
+from kvstore.keys import Key, check_component, check_namespace, decode_redis_key
 from kvstore.urls import mask_url
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    import builtins
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from datetime import datetime
 
     from redis.asyncio import Redis
@@ -85,7 +87,7 @@ class RedisBackend(Backend, VersionedCache):
     """Entries as packed strings in Redis, indexed per owner and namespace."""
 
     capabilities: ClassVar[Capabilities] = Capabilities(
-        persistent=True, shared=True, versioned_cache=True
+        persistent=True, shared=True, versioned_cache=True, bulk=True
     )
 
     def __init__(
@@ -99,7 +101,9 @@ class RedisBackend(Backend, VersionedCache):
         cache_ttl: float | None = None,
     ) -> None:
         if (url is None) == (client is None):
-            raise ValueError("give exactly one of url and client")
+            raise ConfigurationError("give exactly one of url and client")
+        if cache_ttl is not None and not cache_ttl > 0:
+            raise ConfigurationError("cache_ttl must be positive seconds, or None")
         self._url = url
         self._client = client
         self._owns_client = client is None
@@ -392,6 +396,90 @@ class RedisBackend(Backend, VersionedCache):
             f"Redis {op} gave up: the keys of one owner kept changing during {_ERASE_ATTEMPTS} "
             "attempts"
         )
+
+    # -- bulk export and import ----------------------------------------------------------
+
+    async def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        """Every live entry in key order (namespace, owner, rest). With ``owner`` it reads
+        that owner's index; without, it first finds every owner by SCAN for the owners'
+        namespace-set keys (the one place SCAN is used; the pattern has no user input) and
+        keeps the owner ids in memory, never the entries."""
+        if batch_size <= 0:
+            raise InvalidRecordError("batch_size must be positive")
+        if namespace is not None:
+            check_namespace(namespace)
+        owners = [check_component(owner, "owner")] if owner is not None else await self._owners()
+        pipe = self._ready()
+        sets = [self._layout.namespaces(name) for name in owners]
+        found: builtins.list[builtins.list[bytes]] = []
+        for start in range(0, len(sets), batch_size):
+            chunk = [("SMEMBERS", name) for name in sets[start : start + batch_size]]
+            found += self._checked(
+                "scan",
+                await self._idempotent(
+                    "scan",
+                    lambda chunk=chunk: pipe.batch(chunk),  # type: ignore[misc]
+                ),
+            )
+        by_namespace: dict[str, builtins.list[str]] = {}
+        for name, namespaces in zip(owners, found, strict=True):
+            for raw in namespaces:
+                by_namespace.setdefault(raw.decode(), []).append(name)
+        wanted = sorted(by_namespace) if namespace is None else [namespace]
+        for space in wanted:
+            for name in sorted(by_namespace.get(space, []), key=str.encode):
+                after: tuple[str, ...] | None = None
+                while True:
+                    page = await self.list(space, (name,), after=after, limit=batch_size)
+                    for item in page:
+                        yield item
+                    if len(page) < batch_size:
+                        break
+                    after = page[-1][0].components
+
+    async def _owners(self) -> builtins.list[str]:
+        """Every owner that has a namespace set, found by SCAN on every (primary) node."""
+        prefix = self._layout.prefix
+        pattern = f"{prefix}{{*}}\\*n"
+        client = self._ready().client
+        owners: set[str] = set()
+        try:
+            async with asyncio.timeout(self._timeout * 100):
+                async for name in client.scan_iter(match=pattern, count=1000):
+                    text = name.decode() if isinstance(name, bytes) else str(name)
+                    owners.add(decode_redis_key(text[: -len("*n")] + ":x", prefix).owner)
+        except _DRIVER_ERRORS as exc:
+            raise self._unavailable("scan", exc) from exc
+        return sorted(owners, key=str.encode)
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        """Write entries as given (version, timestamps, expiry) where the key is absent or
+        holds an older version; pipelines of one script per entry. Idempotent."""
+        calls: builtins.list[tuple[lua.Script, tuple[str, ...], tuple[EncodableT, ...]]] = []
+        for key, entry in items:
+            px = self._px(None, entry.expires_at, None) if entry.expires_at is not None else 0
+            keys = (self._layout.record(key), *self._layout.owner_keys(key.owner, key.namespace))
+            args = (pack(entry), px, entry.version, member(key.rest), key.namespace)
+            calls.append((lua.RESTORE, keys, args))
+        written = 0
+        pipe = self._ready()
+        for start in range(0, len(calls), 500):
+            chunk = calls[start : start + 500]
+            results = self._checked(
+                "restore",
+                await self._idempotent(
+                    "restore",
+                    lambda chunk=chunk: pipe.scripts(chunk),  # type: ignore[misc]
+                ),
+            )
+            written += sum(1 for result in results if result == 1)
+        return written
 
     def _cache_keys(self, key: Key) -> tuple[str, str, str, str]:
         name = self._layout.record(key)

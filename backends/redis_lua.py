@@ -188,4 +188,18 @@ return removed
 """
 )
 
-ALL_SCRIPTS = (PUT, DELETE, LEASE, FILL, WRITE, TOMBSTONE, FORGET, ERASE)
+RESTORE = Script(
+    _STAMP
+    + """
+-- Bulk import. KEYS: record, index, namespaces; ARGV: packed entry, px, version, member,
+-- namespace. Writes the entry as given unless the key holds a live entry of this version
+-- or newer. Returns 1 if written.
+local cur = redis.call('GET', KEYS[1])
+local tag, created, version = held(cur)
+if tag == 'e' and version >= tonumber(ARGV[3]) then return 0 end
+store(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[4], KEYS[3], ARGV[5], cur)
+return 1
+"""
+)
+
+ALL_SCRIPTS = (PUT, DELETE, LEASE, FILL, WRITE, TOMBSTONE, FORGET, ERASE, RESTORE)

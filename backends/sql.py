@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
@@ -49,6 +51,10 @@ if TYPE_CHECKING:
 
     from kvstore.options import SQLOptions
 
+HOLD_SECONDS: Final = 5.0
+"""How long the hot path may keep a pooled connection between statements before it goes
+back through the pool (where recycling and pre-ping apply)."""
+_LEASED_AT: Final = "kvstore_leased_at"
 MAX_ATTEMPTS: Final = 3
 """Tries of a retryable operation (the first included)."""
 GET_MANY_CHUNK: Final = 500
@@ -116,7 +122,7 @@ def _from_sqlite_time(value: str | None) -> datetime | None:
 class SQLBackend(Backend):
     """Records in one SQL table; see the module docstring for the hot path."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True, shared=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True, shared=True, bulk=True)
 
     def __init__(self, config: SQLConfig, *, engine: AsyncEngine | None = None) -> None:
         self.config = config
@@ -136,6 +142,8 @@ class SQLBackend(Backend):
         )
         self._checkout_tries = config.pool_size + config.max_overflow + 1
         self._shared: PoolProxiedConnection | None = None
+        self._held: list[PoolProxiedConnection] = []
+        self._hold_max = 0 if config.pool_pre_ping else config.pool_size // 2
 
     def __repr__(self) -> str:
         return f"SQLBackend({self._where!r})"
@@ -170,6 +178,8 @@ class SQLBackend(Backend):
         self._closed = True
         engine, self._engine = self._engine, None
         shared, self._shared = self._shared, None
+        self._hold_max = 0
+        await self._return_held()
         if shared is not None:
             await greenlet_spawn(shared.close)
         if engine is not None and self._owns_engine:
@@ -182,12 +192,18 @@ class SQLBackend(Backend):
             await self.initialize()
         if not self._postgres:
             return self._shared or await self._checkout_shared()
+        while self._held:
+            fairy = self._held.pop()
+            if not fairy.driver_connection.is_closed():  # type: ignore[union-attr]
+                return fairy
+            fairy.invalidate()  # the server dropped it while idle; nothing was sent
         engine = self.engine
         try:
             for _ in range(self._checkout_tries):
                 fairy = self._checkout_now(engine) or await engine.raw_connection()
                 driver: Any = fairy.driver_connection
                 if not driver.is_closed():
+                    fairy.info[_LEASED_AT] = time.monotonic()
                     return fairy
                 fairy.invalidate()  # the server dropped it while idle; nothing was sent
             return await engine.raw_connection()
@@ -228,11 +244,24 @@ class SQLBackend(Backend):
         for it (otherwise the check-in closes it, which awaits the driver)."""
         if fairy is self._shared:
             return
+        if (
+            len(self._held) < self._hold_max
+            and time.monotonic() - fairy.info.get(_LEASED_AT, 0.0) < HOLD_SECONDS
+        ):
+            self._held.append(fairy)
+            return
         pool = self._engine.pool if self._engine is not None else None
         if isinstance(pool, QueuePool) and pool.checkedin() < pool.size():
             fairy.close()
         else:
             await greenlet_spawn(fairy.close)
+
+    async def _return_held(self) -> None:
+        """Give the connections the hot path holds back to the pool."""
+        held, self._held = self._held, []
+        for fairy in held:
+            fairy.info.pop(_LEASED_AT, None)
+            await self._release(fairy)
 
     def _discard(self, fairy: PoolProxiedConnection) -> None:
         """Close a broken connection and drop it from the pool."""
@@ -363,6 +392,7 @@ class SQLBackend(Backend):
         connection is lost; writes commit, and are retried on serialization failures."""
         if not self._ready:
             await self.initialize()
+        await self._return_held()
         attempt = 1
         while True:
             try:
@@ -484,6 +514,49 @@ class SQLBackend(Backend):
             if deleted < batch_size:
                 return total
 
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = DEFAULT_STREAM_BATCH,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        return self.stream(namespace, owner, batch_size=batch_size)
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        """One multi-row upsert per chunk that only replaces older or expired rows."""
+        t = kv_records
+        insert = postgresql.insert if self._postgres else sqlite.insert
+        value_type = postgresql.JSONB() if self._postgres else sa.Text()
+        written = 0
+        for start in range(0, len(items), GET_MANY_CHUNK):
+            rows = [
+                {
+                    "namespace": key.namespace,
+                    "owner": key.owner,
+                    "key": key_text(key.rest),
+                    # JSON text cast on the server: bound as-is, never re-encoded
+                    "value": sa.cast(sa.literal(entry.value.decode(), sa.Text()), value_type),
+                    "version": entry.version,
+                    "created_at": entry.created_at,
+                    "updated_at": entry.updated_at,
+                    "expires_at": entry.expires_at,
+                }
+                for key, entry in items[start : start + GET_MANY_CHUNK]
+            ]
+            upsert = insert(t).values(rows)
+            excluded = upsert.excluded
+            statement = upsert.on_conflict_do_update(
+                index_elements=[t.c.namespace, t.c.owner, t.c.key],
+                set_={
+                    name: excluded[name]
+                    for name in ("value", "version", "created_at", "updated_at", "expires_at")
+                },
+                where=(t.c.version < excluded.version) | (t.c.expires_at <= utcnow()),
+            ).returning(t.c.version)
+            written += len(await self._query("restore", statement, write=True))
+        return written
+
     async def stream(
         self,
         namespace: str | None = None,
@@ -513,11 +586,17 @@ class SQLBackend(Backend):
         if updated_before is not None:
             conditions.append(t.c.updated_at < _aware(updated_before))
         primary = (t.c.namespace, t.c.owner, t.c.key)
-        last: tuple[str, str, str] | None = None
+        # the keyset compares only the key columns not fixed by the filters: SQLite can
+        # seek on "namespace = ? AND (owner, key) > (?, ?)" but not on the full row value
+        fixed = 0 if namespace is None else 1 if owner is None else 2
+        moving = primary[fixed:]
+        last: tuple[str, ...] | None = None
         while True:
             where = [*conditions, _live(utcnow())]
             if last is not None:
-                where.append(sa.tuple_(*primary) > sa.tuple_(*last))
+                where.append(
+                    sa.tuple_(*moving) > sa.tuple_(*last) if len(last) > 1 else moving[0] > last[0]
+                )
             statement = (
                 sa.select(*primary, *_entry_columns())
                 .where(*where)
@@ -530,7 +609,7 @@ class SQLBackend(Backend):
                 yield key, self._sa_entry(row)
             if len(rows) < batch_size:
                 return
-            last = (rows[-1].namespace, rows[-1].owner, rows[-1].key)
+            last = tuple(rows[-1][fixed:3])
 
 
 def _entry_columns() -> tuple[sa.ColumnElement[Any], ...]:

@@ -24,6 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from backends.sql_config import create_engine, parse_sql_url
+from backends.sql_errors import DRIVER_ERRORS, translate
 from backends.sql_schema import VERSION_TABLE
 
 if TYPE_CHECKING:
@@ -120,19 +121,26 @@ async def _ensure(engine: AsyncEngine, target: str) -> str | None:
 
 
 async def upgrade(url: str, target: str = "head") -> str | None:
-    """Upgrade the database at ``url`` to ``target``; return its revision afterwards."""
-    engine = create_engine(parse_sql_url(url))
+    """Upgrade the database at ``url`` to ``target``; return its revision afterwards.
+    Raises :class:`BackendUnavailableError` when the server can't be reached."""
+    config = parse_sql_url(url)
+    engine = create_engine(config)
     try:
         return await ensure_schema(engine, target)
+    except DRIVER_ERRORS as exc:
+        raise translate(exc, "upgrade", config.masked_url) from exc
     finally:
         await engine.dispose()
 
 
 async def current_revision(url: str) -> str | None:
     """The revision the database at ``url`` is at (``None``: never migrated)."""
-    engine = create_engine(parse_sql_url(url))
+    config = parse_sql_url(url)
+    engine = create_engine(config)
     try:
         async with engine.connect() as connection:
             return await _revision(connection)
+    except DRIVER_ERRORS as exc:
+        raise translate(exc, "read the schema revision", config.masked_url) from exc
     finally:
         await engine.dispose()

@@ -52,7 +52,7 @@ class Collection(Generic[R]):
             raise InvalidRecordError(f"{model!r} must be a Record subclass with KEY_FIELDS")
         if ttl is not None and ttl <= 0:
             raise InvalidRecordError("ttl must be positive seconds, or None")
-        self._store = store
+        self.store = store
         self.model = model
         self.namespace = check_namespace(namespace)
         self.ttl = ttl
@@ -71,7 +71,7 @@ class Collection(Generic[R]):
     async def get(self, *components: str) -> R | None:
         """The record with these key components, or ``None``."""
         key = self.key(*components)
-        entry = await (await self._store.backend_ready()).get(key)
+        entry = await (await self.store.backend_ready()).get(key)
         return None if entry is None else self.decode(entry)
 
     async def get_many(self, keys: Sequence[tuple[str, ...]]) -> list[R | None]:
@@ -79,7 +79,7 @@ class Collection(Generic[R]):
         encoded = [self.key(*components) for components in keys]
         if not encoded:
             return []
-        entries = await (await self._store.backend_ready()).get_many(encoded)
+        entries = await (await self.store.backend_ready()).get_many(encoded)
         return [None if entry is None else self.decode(entry) for entry in entries]
 
     async def save(
@@ -102,14 +102,14 @@ class Collection(Generic[R]):
         ttl = self.ttl if ttl is None else ttl
         if ttl is not None and ttl <= 0:
             raise InvalidRecordError("ttl must be positive seconds")
-        value = self._store.serializer.dumps(record, exclude=METADATA_FIELDS)
-        if len(value) > self._store.max_value_bytes:
+        value = self.store.serializer.dumps(record, exclude=METADATA_FIELDS)
+        if len(value) > self.store.max_value_bytes:
             raise InvalidRecordError(
                 f"{self.model.__name__} is {len(value)} bytes serialized, over the "
-                f"{self._store.max_value_bytes} byte limit"
+                f"{self.store.max_value_bytes} byte limit"
             )
         key = Key(self.namespace, record.key_components())
-        backend = await self._store.backend_ready()
+        backend = await self.store.backend_ready()
         entry = await backend.put(key, value, expected_version=expected_version, ttl=ttl)
         saved = record.model_copy()
         stamp(saved, entry.version, entry.created_at, entry.updated_at)
@@ -118,7 +118,7 @@ class Collection(Generic[R]):
     async def delete(self, *components: str, expected_version: int | None = None) -> bool:
         """Delete the record; ``True`` if it existed."""
         key = self.key(*components)
-        backend = await self._store.backend_ready()
+        backend = await self.store.backend_ready()
         return await backend.delete(key, expected_version=expected_version)
 
     async def page(
@@ -132,7 +132,7 @@ class Collection(Generic[R]):
             raise InvalidRecordError("a listing needs at least the owner")
         if limit <= 0:
             raise InvalidRecordError("limit must be positive")
-        backend = await self._store.backend_ready()
+        backend = await self.store.backend_ready()
         rows = await backend.list(self.namespace, tuple(prefix), after=after, limit=limit)
         records = [self.decode(entry) for _, entry in rows]
         next_after = rows[-1][0].components if len(rows) == limit else None
@@ -155,7 +155,7 @@ class Collection(Generic[R]):
 
     def decode(self, entry: Entry) -> R:
         """Turn a stored entry back into a record, upgrading older schema versions."""
-        serializer, model = self._store.serializer, self.model
+        serializer, model = self.store.serializer, self.model
         if serializer.schema_version(entry.value) in (model.SCHEMA_VERSION, None):
             try:
                 record = serializer.load_model(entry.value, model)
@@ -167,7 +167,7 @@ class Collection(Generic[R]):
         return record
 
     def _decode_upgrading(self, entry: Entry) -> R:
-        data = self._store.serializer.loads(entry.value)
+        data = self.store.serializer.loads(entry.value)
         schema_version = data.pop("schema_version", 1)
         model = self.model
         if not isinstance(schema_version, int) or schema_version > model.SCHEMA_VERSION:

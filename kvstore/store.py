@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from kvstore.collection import Collection, R
 from kvstore.errors import DatabaseClosedError, InvalidKeyError
@@ -57,6 +57,13 @@ class Store(Database):
         self.users = Collection(self, UserRecord, USER, ttl=ttls.pop(USER, None))
         if ttls:
             raise InvalidKeyError(f"ttls names unknown namespaces: {sorted(ttls)}")
+        self.built_in: Mapping[str, Collection[Any]] = {
+            STATE: self.states,
+            CONTEXT: self.contexts,
+            IDENTITY: self.identities,
+            USER: self.users,
+        }
+        """The built-in collections by namespace."""
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._initialized else "new"

@@ -339,3 +339,28 @@ async def test_the_shared_server_uses_only_its_own_database() -> None:
     finally:
         await admin.flushdb()
         await admin.aclose()
+
+
+@pytest.mark.redis
+async def test_scan_finds_every_owner_whatever_its_id() -> None:
+    await flushed_redis(REDIS_TEST_URL)
+    backend = build_redis_backend(REDIS_TEST_URL, {"key_prefix": "scan:"})
+    owners = ["*", "?", "[x]", "{tag}", "}{", "a:b", "back\\slash", "u1", "u10", "é"]
+    try:
+        for owner in owners:
+            await backend.put(Key("state", (owner, "s")), owner.encode())
+            await backend.put(Key("notes", (owner, "n")), b"x")
+        scanned = [key async for key, _ in backend.scan(batch_size=3)]
+        by_bytes = sorted(owners, key=str.encode)
+        assert scanned == [Key("notes", (o, "n")) for o in by_bytes] + [
+            Key("state", (o, "s")) for o in by_bytes
+        ]
+        copy = build_redis_backend(REDIS_TEST_URL, {"key_prefix": "copy:"})
+        items = [item async for item in backend.scan()]
+        assert await copy.restore(items) == len(items)
+        assert await copy.restore(items) == 0
+        assert [item async for item in copy.scan()] == items
+        await copy.close()
+    finally:
+        await backend.close()
+        await flushed_redis(REDIS_TEST_URL)

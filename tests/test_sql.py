@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import sys
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -27,7 +27,7 @@ from kvstore.store import Store
 from tests import postgres
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Coroutine
     from pathlib import Path
 
 
@@ -246,3 +246,17 @@ async def test_a_session_survives_a_process_restart(sql_url: str) -> None:
     assert await asyncio.to_thread(python, WRITE, sql_url) == "1"
     assert await asyncio.to_thread(python, WRITE, sql_url) == "2"
     assert await asyncio.to_thread(python, READ, sql_url) == "GOALS 2"
+
+
+async def test_hot_calls_and_listings_share_a_small_pool(sql_url: str) -> None:
+    async with create_database(DatabaseType.SQL, sql_url, pool_size=2, max_overflow=0) as db:
+        await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
+        calls: list[Coroutine[Any, Any, object]] = [db.get_state("u1", "s1") for _ in range(20)]
+        calls += [db.list_sessions("u1") for _ in range(10)]
+        calls += [
+            db.save_state(StateRecord(user_id="u1", session_id=f"s{i}", state="B"))
+            for i in range(2, 12)
+        ]
+        results = await asyncio.gather(*calls)
+        assert all(result is not None for result in results)
+        assert len(await db.list_sessions("u1")) == 11

@@ -144,3 +144,43 @@ async def test_recycled_connections_are_replaced_transparently(
         fetched = await asyncio.gather(*(db.get_state("u1", "s1") for _ in range(4)))
         assert {f.version for f in fetched if f is not None} == {4}
         assert (await db.save_state(state("T"))).version == 5
+
+
+FAILURES = """
+CREATE SEQUENCE kv_failures;
+CREATE TABLE kv_failure_limit (n int NOT NULL);
+INSERT INTO kv_failure_limit VALUES (0);
+CREATE FUNCTION kv_fail() RETURNS trigger AS $$
+BEGIN
+    IF nextval('kv_failures') <= (SELECT n FROM kv_failure_limit) THEN
+        RAISE EXCEPTION 'injected by the test' USING ERRCODE = '{sqlstate}';
+    END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER kv_fail BEFORE INSERT OR UPDATE ON kv_records
+    FOR EACH ROW EXECUTE FUNCTION kv_fail();
+"""
+"""Makes the next ``n`` writes fail with ``sqlstate`` (the sequence survives rollbacks)."""
+
+
+async def fail_next_writes(url: str, times: int) -> None:
+    await postgres.execute(url, "SELECT setval('kv_failures', 1, false)")
+    await postgres.execute(url, f"UPDATE kv_failure_limit SET n = {times}")
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"], ids=["serialization", "deadlock"])
+async def test_serialization_failures_and_deadlocks_are_retried(
+    own_database: tuple[str, str], sqlstate: str
+) -> None:
+    _, url = own_database
+    async with create_database(DatabaseType.SQL, url) as db:
+        await db.save_state(state())
+        await postgres.execute(url, FAILURES.format(sqlstate=sqlstate))
+        await fail_next_writes(url, 2)
+        assert (await db.save_state(state("B"))).version == 2  # the third try lands
+        await fail_next_writes(url, 3)
+        with pytest.raises(BackendUnavailableError, match="transient"):
+            await db.save_state(state("C"))
+        fetched = await db.get_state("u1", "s1")
+        assert fetched is not None
+        assert (fetched.state, fetched.version) == ("B", 2)

@@ -10,6 +10,7 @@ import pytest
 
 from backends.sql import build_sql_backend
 from backends.sql_migrate import current_revision, head_revision, upgrade
+from kvstore import BackendUnavailableError
 from kvstore.keys import Key
 from tests import postgres
 
@@ -69,3 +70,14 @@ async def test_concurrent_initialization_migrates_once(empty_url: str) -> None:
     finally:
         await asyncio.gather(*(backend.close() for backend in backends))
     assert await current_revision(empty_url) == head_revision()
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://coach:s3cret@127.0.0.1:1/coach", "sqlite:////nonexistent/dir/kv.db"]
+)
+async def test_migration_commands_fail_typed_without_the_password(url: str) -> None:
+    with pytest.raises(BackendUnavailableError) as error:
+        await upgrade(url)
+    assert "s3cret" not in str(error.value)
+    with pytest.raises(BackendUnavailableError):
+        await current_revision(url)

@@ -1,0 +1,80 @@
+"""The service layer: configure the store from the environment, handle one message."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
+
+from examples.coach import actions, context
+from examples.coach.state_machine import PROMPTS, State, next_state
+from kvstore import ContextRecord, DatabaseType, StateRecord, create_database
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from kvstore import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The coach's answer and where the conversation now stands."""
+
+    text: str
+    state: State
+    state_version: int
+
+
+class CoachService:
+    """Handles user messages; one instance per process, sharing one store."""
+
+    def __init__(self, db: Database, *, context_window: int = context.DEFAULT_WINDOW) -> None:
+        self.db = db
+        self.context_window = context_window
+
+    @classmethod
+    def from_environment(cls) -> Self:
+        """``KVSTORE_URL`` (SQL) plus ``KVSTORE_CACHE_URL`` (Redis or memory://) make a tiered
+        store; without a cache URL, the SQL store alone (default: the SQLite file)."""
+        cache_url = os.environ.get("KVSTORE_CACHE_URL")
+        url = os.environ.get("KVSTORE_URL")
+        if cache_url:
+            return cls(create_database(DatabaseType.TIERED, url, cache_url=cache_url))
+        return cls(create_database(DatabaseType.SQL, url))
+
+    async def __aenter__(self) -> Self:
+        await self.db.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.db.close()
+
+    async def handle(self, user_id: str, session_id: str, message: str) -> Reply:
+        """One turn: read the session's state and context, act, save both, reply."""
+        stored = await self.db.get_state(user_id, session_id)
+        state = State(stored.state) if stored else State.INTRODUCTION
+        ctx = await self.db.get_context(user_id, session_id) or ContextRecord(
+            user_id=user_id, session_id=session_id
+        )
+        note = await actions.execute(self.db, user_id, state, message)
+        identities = len(await self.db.get_identities(user_id))
+        following = next_state(state, message, identities)
+        text = " ".join(part for part in (note, PROMPTS[following]) if part)
+        saved = await self.db.save_state(
+            StateRecord(
+                user_id=user_id,
+                session_id=session_id,
+                state=following,
+                data={"turns": (int(str(stored.data.get("turns", 0))) if stored else 0) + 1},
+            ),
+            expected_version=stored.version if stored else 0,
+        )
+        await self.db.save_context(
+            context.with_exchange(ctx, message, text, window=self.context_window)
+        )
+        return Reply(text, following, saved.version)

@@ -1,0 +1,414 @@
+"""``kvstore get|put|delete|ls|export|import|stats`` and ``kvstore records migrate``."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import orjson
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from kvstore.cli.app import fail, main, open_database, run, url_options
+from kvstore.errors import ConfigurationError, InvalidRecordError
+from kvstore.keys import Key, check_namespace
+from kvstore.migrate import migrate_collection
+from kvstore.store import Store
+from kvstore.transfer import export_lines, import_lines, open_text
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from backends.base import Entry
+    from kvstore.interface import Database
+
+EXIT_NOT_FOUND = 4
+"""Exit code of ``get`` and ``delete`` when there is no such record."""
+EXIT_REJECTED = 3
+"""Exit code of an import that loaded every good line but rejected some."""
+
+
+def _store(database: Database) -> Store:
+    if not isinstance(database, Store):
+        raise ConfigurationError("this command needs a kvstore Store")
+    return database
+
+
+def _as_json(store: Store, namespace: str, entry: Entry) -> Any:
+    collection = store.built_in.get(namespace)
+    if collection is None:
+        return orjson.loads(entry.value)
+    return collection.decode(entry).model_dump(mode="json")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(show_speed=True),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@main.command()
+@url_options
+@click.argument("namespace")
+@click.argument("key", nargs=-1, required=True)
+def get(url: str | None, cache_url: str | None, namespace: str, key: tuple[str, ...]) -> None:
+    """Print one record as JSON (exit code 4 if there is none).
+
+    \b
+    Examples:
+      kvstore get state user-1 session-1
+      kvstore get user user-1
+    """
+    console = Console(stderr=True)
+
+    async def work() -> int:
+        async with _store(open_database(url, cache_url)) as store:
+            backend = await store.backend_ready()
+            entry = await backend.get(Key(check_namespace(namespace), key))
+            if entry is None:
+                console.print(f"no record {namespace} {' '.join(key)}")
+                return EXIT_NOT_FOUND
+            record = _as_json(store, namespace, entry)
+            click.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
+            return 0
+
+    sys.exit(run(console, work))
+
+
+@main.command()
+@url_options
+@click.argument("namespace", type=click.Choice(["state", "context", "identity", "user"]))
+@click.option("--file", "source", type=click.File("rb"), default="-", help="JSON; - is stdin.")
+@click.option("--expected-version", type=int, help="Save only if the stored version is this.")
+def put(
+    url: str | None,
+    cache_url: str | None,
+    namespace: str,
+    source: Any,
+    expected_version: int | None,
+) -> None:
+    """Validate a JSON record against its model and save it.
+
+    \b
+    Example:
+      echo '{"user_id": "u1", "session_id": "s1", "state": "CHAT"}' | kvstore put state
+    """
+    console = Console(stderr=True)
+    database = _store(open_database(url, cache_url))
+    collection = database.built_in[namespace]
+    try:
+        data = orjson.loads(source.read())
+        if isinstance(data, dict):
+            for name in ("schema_version", "version", "created_at", "updated_at"):
+                data.pop(name, None)
+        record = collection.model.model_validate(data)
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        fail(console, InvalidRecordError(f"not a valid {collection.model.__name__}: {exc}"))
+
+    async def work() -> None:
+        async with database:
+            saved = await collection.save(record, expected_version=expected_version)
+            keys = " ".join(saved.key_components())
+            console.print(f"saved {namespace} {keys} version {saved.version}")
+
+    run(console, work)
+
+
+@main.command()
+@url_options
+@click.argument("namespace")
+@click.argument("key", nargs=-1, required=True)
+@click.option("--expected-version", type=int, help="Delete only if the stored version is this.")
+def delete(
+    url: str | None,
+    cache_url: str | None,
+    namespace: str,
+    key: tuple[str, ...],
+    expected_version: int | None,
+) -> None:
+    """Delete one record (exit code 4 if there was none).
+
+    \b
+    Example:
+      kvstore delete identity user-1 calm-leader
+    """
+    console = Console(stderr=True)
+
+    async def work() -> int:
+        async with _store(open_database(url, cache_url)) as store:
+            backend = await store.backend_ready()
+            existed = await backend.delete(
+                Key(check_namespace(namespace), key), expected_version=expected_version
+            )
+            console.print(f"{'deleted' if existed else 'no record'} {namespace} {' '.join(key)}")
+            return 0 if existed else EXIT_NOT_FOUND
+
+    sys.exit(run(console, work))
+
+
+@main.command(name="ls")
+@url_options
+@click.argument("namespace")
+@click.argument("prefix", nargs=-1, required=True)
+@click.option("--limit", default=100, show_default=True, help="At most this many records.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines for scripts.")
+def list_records(
+    url: str | None,
+    cache_url: str | None,
+    namespace: str,
+    prefix: tuple[str, ...],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List a user's records in a namespace, in key order.
+
+    \b
+    Examples:
+      kvstore ls state user-1            the user's sessions
+      kvstore ls identity user-1 --json
+    """
+    console = Console()
+
+    async def work() -> None:
+        async with _store(open_database(url, cache_url)) as store:
+            backend = await store.backend_ready()
+            rows = await backend.list(check_namespace(namespace), prefix, limit=limit)
+            if as_json:
+                for key, entry in rows:
+                    click.echo(
+                        orjson.dumps(
+                            {
+                                "key": list(key.components),
+                                "version": entry.version,
+                                "updated_at": entry.updated_at,
+                                "value": _as_json(store, namespace, entry),
+                            }
+                        ).decode()
+                    )
+                return
+            table = Table("key", "version", "updated (UTC)", "expires (UTC)")
+            for key, entry in rows:
+                table.add_row(
+                    " ".join(key.components),
+                    str(entry.version),
+                    f"{entry.updated_at:%Y-%m-%d %H:%M:%S}",
+                    f"{entry.expires_at:%Y-%m-%d %H:%M:%S}" if entry.expires_at else "-",
+                )
+            console.print(table)
+
+    run(console, work)
+
+
+@main.command(name="export")
+@url_options
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="JSON Lines file; gzip if it ends in .gz.",
+)
+@click.option("--namespace", help="Only this namespace.")
+@click.option("--user", "owner", help="Only this user's records.")
+def export_command(
+    url: str | None,
+    cache_url: str | None,
+    output: Path,
+    namespace: str | None,
+    owner: str | None,
+) -> None:
+    """Stream records to JSON Lines (constant memory), one record per line.
+
+    \b
+    Examples:
+      kvstore export -o backup.jsonl.gz
+      kvstore export --user user-1 -o user-1.jsonl
+    """
+    console = Console(stderr=True)
+
+    async def work() -> int:
+        count = 0
+        async with _store(open_database(url, cache_url)) as store:
+            backend = await store.backend_ready()
+            with _progress(console) as progress, open_text(output, "wb") as sink:
+                task = progress.add_task("exporting", total=None)
+                async for line in export_lines(backend, namespace=namespace, owner=owner):
+                    sink.write(line)
+                    count += 1
+                    if count % 1000 == 0:
+                        progress.update(task, completed=count)
+                progress.update(task, completed=count, total=count)
+        console.print(f"exported {count} records to {output}")
+        return count
+
+    run(console, work)
+
+
+@main.command(name="import")
+@url_options
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--rejects",
+    type=click.Path(path_type=Path),
+    help="Where bad lines go (default: SOURCE.rejects.jsonl).",
+)
+@click.option("--dry-run", is_flag=True, help="Validate every line, write nothing.")
+@click.option("--batch-size", default=500, show_default=True)
+def import_command(
+    url: str | None,
+    cache_url: str | None,
+    source: Path,
+    rejects: Path | None,
+    dry_run: bool,
+    batch_size: int,
+) -> None:
+    """Load an export file idempotently: versions and timestamps are kept, a record is
+    written only where the store has none or an older version, so re-running changes
+    nothing. Bad lines are reported with their line number and copied to a rejects file;
+    they never stop the good ones (exit code 3 if there were any).
+
+    \b
+    Examples:
+      kvstore import backup.jsonl.gz
+      kvstore import backup.jsonl --dry-run
+    """
+    console = Console(stderr=True)
+    rejects_path = rejects or source.with_name(source.name + ".rejects.jsonl")
+
+    async def work() -> int:
+        async with _store(open_database(url, cache_url)) as store:
+            backend = await store.backend_ready()
+            with (
+                _progress(console) as progress,
+                open_text(source, "rb") as lines,
+                rejects_path.open("wb") as reject_sink,
+            ):
+                task = progress.add_task("importing", total=None)
+                report = await import_lines(
+                    backend,
+                    _lines(lines),
+                    rejects=reject_sink,
+                    dry_run=dry_run,
+                    batch_size=batch_size,
+                    progress=lambda n: progress.advance(task, n),
+                )
+        for number, reason in report.rejected[:50]:
+            console.print(f"[red]line {number}:[/] {reason}")
+        if len(report.rejected) > 50:
+            console.print(f"... and {len(report.rejected) - 50} more in {rejects_path}")
+        verb = "would write" if dry_run else "written"
+        console.print(
+            f"read {report.read}, {verb} {report.written}, unchanged {report.unchanged}, "
+            f"rejected {len(report.rejected)}"
+            + (f" (see {rejects_path})" if report.rejected else "")
+        )
+        if not report.rejected:
+            rejects_path.unlink(missing_ok=True)
+            return 0
+        return EXIT_REJECTED
+
+    sys.exit(run(console, work))
+
+
+def _lines(source: Any) -> Iterator[bytes]:
+    yield from source
+
+
+@main.group()
+def records() -> None:
+    """Operations over every stored record."""
+
+
+@records.command()
+@url_options
+@click.option(
+    "--namespace",
+    type=click.Choice(["state", "context", "identity", "user"]),
+    multiple=True,
+    help="Only these namespaces (default: all built-in ones).",
+)
+@click.option("--batch-size", default=500, show_default=True)
+def migrate(
+    url: str | None, cache_url: str | None, namespace: tuple[str, ...], batch_size: int
+) -> None:
+    """Rewrite records stored under an older schema version through the registered
+    upgrade functions. Resumable: run it again after an interruption.
+
+    \b
+    Example:
+      kvstore records migrate --namespace state
+    """
+    console = Console(stderr=True)
+
+    async def work() -> None:
+        async with _store(open_database(url, cache_url)) as store:
+            with _progress(console) as progress:
+                for name in namespace or tuple(store.built_in):
+                    task = progress.add_task(f"migrating {name}", total=None)
+                    report = await migrate_collection(
+                        store.built_in[name],
+                        batch_size=batch_size,
+                        progress=partial(progress.advance, task),
+                    )
+                    progress.update(task, total=report.scanned)
+                    console.print(
+                        f"{name}: scanned {report.scanned}, migrated {report.migrated}, "
+                        f"skipped after a concurrent save {report.conflicts}"
+                    )
+
+    run(console, work)
+
+
+@main.command()
+@url_options
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
+    """Record counts per namespace; cache counters and breaker state for a tiered store.
+
+    \b
+    Example:
+      kvstore stats --json
+    """
+    console = Console()
+
+    async def work() -> None:
+        async with _store(open_database(url, cache_url)) as store:
+            backend = await store.backend_ready()
+            counts: dict[str, int] = {}
+            if backend.capabilities.bulk:
+                async for key, _ in backend.scan():
+                    counts[key.namespace] = counts.get(key.namespace, 0) + 1
+            cache = backend.stats() if hasattr(backend, "stats") else None
+            cache_stats = cache if isinstance(cache, dict) else getattr(cache, "__dict__", None)
+            if as_json:
+                click.echo(orjson.dumps({"records": counts, "cache": cache_stats}).decode())
+                return
+            table = Table("namespace", "records")
+            for name, count in sorted(counts.items()):
+                table.add_row(name, f"{count:,}")
+            console.print(table)
+            if cache_stats:
+                cache_table = Table("cache counter", "value")
+                for name, value in cache_stats.items():
+                    cache_table.add_row(name, str(value))
+                console.print(cache_table)
+
+    run(console, work)

@@ -1,0 +1,84 @@
+"""``kvstore db upgrade|current`` and ``kvstore purge-expired``: the SQL store's upkeep."""
+
+from __future__ import annotations
+
+import os
+
+import click
+from rich.console import Console
+
+from backends.sql import build_sql_backend
+from backends.sql_migrate import current_revision, head_revision, upgrade
+from kvstore.cli.app import main, run
+from kvstore.factory import DEFAULT_SQL_URL
+from kvstore.urls import mask_url
+
+SQL_URL_HELP = "SQL URL ($KVSTORE_URL; default sqlite:///kvstore.db)."
+
+
+def _sql_url(url: str | None) -> str:
+    return url or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+
+
+@main.group()
+def db() -> None:
+    """Schema migrations of the SQL store (Alembic)."""
+
+
+@db.command(name="upgrade")
+@click.option("--url", envvar="KVSTORE_URL", help=SQL_URL_HELP)
+def upgrade_command(url: str | None) -> None:
+    """Bring the database to the current schema (safe to run again, or concurrently).
+
+    \b
+    Example:
+      KVSTORE_URL=postgresql://coach@db/coach kvstore db upgrade
+    """
+    console = Console()
+    target = _sql_url(url)
+
+    async def work() -> None:
+        revision = await upgrade(target)
+        console.print(f"{mask_url(target)} is at revision {revision} (head {head_revision()})")
+
+    run(console, work)
+
+
+@db.command(name="current")
+@click.option("--url", envvar="KVSTORE_URL", help=SQL_URL_HELP)
+def current_command(url: str | None) -> None:
+    """Print the database's schema revision (exit code 2 if it is behind the code's)."""
+    console = Console()
+    target = _sql_url(url)
+
+    async def work() -> int:
+        revision = await current_revision(target)
+        head = head_revision()
+        console.print(f"current {revision or 'none (never migrated)'}, head {head}")
+        return 0 if revision == head else 2
+
+    raise SystemExit(run(console, work))
+
+
+@main.command(name="purge-expired")
+@click.option("--url", envvar="KVSTORE_URL", help=SQL_URL_HELP)
+@click.option("--batch-size", default=1000, show_default=True, help="Rows per transaction.")
+def purge_expired(url: str | None, batch_size: int) -> None:
+    """Delete expired records from the SQL store, in batches (they are never returned
+    anyway; this reclaims the space).
+
+    \b
+    Example:
+      kvstore purge-expired --batch-size 5000
+    """
+    console = Console()
+    backend = build_sql_backend(_sql_url(url))
+
+    async def work() -> None:
+        try:
+            deleted = await backend.purge_expired(batch_size=batch_size)
+        finally:
+            await backend.close()
+        console.print(f"deleted {deleted} expired records")
+
+    run(console, work)

@@ -1,0 +1,77 @@
+"""The example coach service, end to end on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from examples.coach import CoachService
+from examples.coach.context import messages
+from examples.coach.state_machine import State
+from kvstore import ConflictError, Database
+
+CONVERSATION = [
+    ("Call me Sam.", State.GOAL_SETTING),
+    ("Feel confident at work.", State.IDENTITY_BRAINSTORMING),
+    ("A calm leader", State.IDENTITY_BRAINSTORMING),
+    ("A curious learner", State.IDENTITY_BRAINSTORMING),
+    ("done", State.IDENTITY_REFINEMENT),
+    ("Breathes, listens, then decides.", State.WRAP_UP),
+    ("Pause before answering.", State.WRAP_UP),
+]
+
+
+async def test_a_conversation_flows_through_the_store(db: Database) -> None:
+    service = CoachService(db, context_window=6)
+    for turn, (message, expected) in enumerate(CONVERSATION, start=1):
+        reply = await service.handle("user:1", "session/1", message)
+        assert (reply.state, reply.state_version) == (expected, turn)
+    state = await db.get_state("user:1", "session/1")
+    assert state is not None
+    assert (state.state, state.data["turns"]) == ("WRAP_UP", len(CONVERSATION))
+    context = await db.get_context("user:1", "session/1")
+    assert context is not None
+    recent = messages(context)
+    assert len(recent) == 6
+    assert recent[-2] == {"role": "user", "text": "Pause before answering."}
+    identities = await db.get_identities("user:1")
+    assert [(i.identity_id, i.state) for i in identities] == [
+        ("a-calm-leader", "refined"),
+        ("a-curious-learner", "proposed"),
+    ]
+    user = await db.get_user("user:1")
+    assert user is not None
+    assert user.display_name == "Sam"
+
+
+async def test_sessions_of_one_user_are_independent(db: Database) -> None:
+    service = CoachService(db)
+    await service.handle("u1", "morning", "Call me Sam.")
+    await service.handle("u1", "evening", "Call me Sam.")
+    await service.handle("u1", "evening", "Sleep better.")
+    sessions = {s.session_id: s.state for s in await db.list_sessions("u1")}
+    assert sessions == {"morning": "GOAL_SETTING", "evening": "IDENTITY_BRAINSTORMING"}
+
+
+async def test_concurrent_messages_on_one_session_never_lose_a_turn(db: Database) -> None:
+    service = CoachService(db)
+    await service.handle("u1", "s1", "Call me Sam.")
+    results = await asyncio.gather(
+        *(service.handle("u1", "s1", f"goal {n}") for n in range(4)), return_exceptions=True
+    )
+    succeeded = [r for r in results if not isinstance(r, BaseException)]
+    assert all(isinstance(r, ConflictError) for r in results if isinstance(r, BaseException))
+    state = await db.get_state("u1", "s1")
+    assert state is not None
+    assert state.version == 1 + len(succeeded)
+    assert state.data["turns"] == 1 + len(succeeded)
+
+
+@pytest.mark.parametrize("message", ["", " ", "x" * 5000, "NaN", "'; DROP TABLE kv; --"])
+async def test_odd_messages_are_handled(db: Database, message: str) -> None:
+    service = CoachService(db)
+    await service.handle("u1", "s1", "Call me Sam.")
+    await service.handle("u1", "s1", "goal")
+    reply = await service.handle("u1", "s1", message)
+    assert reply.state in (State.IDENTITY_BRAINSTORMING, State.IDENTITY_REFINEMENT)
