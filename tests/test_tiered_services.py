@@ -110,6 +110,7 @@ async def test_hot_reads_come_from_redis_and_verify_repairs_a_changed_row(
         await db.delete_user(user)
 
 
+@pytest.mark.slow
 async def test_readers_writers_and_a_flushing_task_never_read_the_past(
     postgres_url: str, redis_server: RedisServer
 ) -> None:
@@ -226,3 +227,26 @@ async def test_delete_user_erases_the_cache_tier_too(
             assert [k async for k in client.scan_iter(match=f"*{user}*")] == []
         finally:
             await client.aclose()
+
+
+async def test_warm_loads_the_newest_rows_of_postgresql_into_redis(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    db, backend = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    async with db:
+        for n in range(5):
+            await db.save_state(StateRecord(user_id=user, session_id=f"s{n}", state="A"))
+        client = Redis.from_url(redis_server.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+        assert await backend.warm("state", owner=user, limit=2) == 2
+        report = await backend.verify("state", user)
+        assert (report.checked, report.missing, report.stale) == (5, 3, [])
+        hits = backend.stats().hits
+        newest = await db.states.get_many([(user, "s3"), (user, "s4")])
+        assert [r.session_id for r in newest if r is not None] == ["s3", "s4"]
+        assert backend.stats().hits == hits + 2
+        await db.delete_user(user)
