@@ -54,8 +54,11 @@ DEFAULT_BREAKER_THRESHOLD = 5
 DEFAULT_BREAKER_RESET_AFTER = 2.0
 VERIFY_LEASE_TTL = 0.001
 """``verify`` reads the cache with leases that expire at once: it never fills."""
-REPAIR_CHUNK = 500
-"""Dirty keys repaired per system-of-record query."""
+REPAIR_CHUNK = 64
+"""Dirty keys repaired per system-of-record query and cache round trip."""
+REPAIR_BATCH = 256
+"""Dirty keys one call repairs at most: a long outage's backlog is worked off by the calls
+that follow, each waiting a bounded time (dirty keys bypass the cache meanwhile)."""
 
 
 class _Failed(Enum):
@@ -515,8 +518,9 @@ class TieredBackend(Backend):
         return key in self._dirty or key.owner in self._dirty_owners
 
     async def _repair(self) -> bool:
-        """Bring every dirty key's cache entry up to the system of record, then forget the
-        marks that did not change meanwhile. Returns whether everything was repaired.
+        """Bring dirty keys' cache entries up to the system of record (every dirty owner and
+        up to :data:`REPAIR_BATCH` keys), then forget the marks that did not change meanwhile.
+        Returns whether the cache answered every call.
 
         Keys are rewritten, not just invalidated: a cache command that timed out may still
         run later (a frozen server thaws), and only a newer entry or tombstone fences it.
@@ -531,9 +535,13 @@ class TieredBackend(Backend):
                     return False
                 if self._dirty_owners.get(owner) == seq:
                     del self._dirty_owners[owner]
-            keys = list(self._dirty.items())
-            for start in range(0, len(keys), REPAIR_CHUNK):
-                if not await self._repair_keys(keys[start : start + REPAIR_CHUNK]):
+            # A key with writes in flight stays dirty: their cache updates are ordered among
+            # themselves, and an unordered repair could be overtaken by an older one after a
+            # flush. The rest is repaired a bounded batch per call, oldest marks first.
+            idle = ((k, m) for k, m in self._dirty.items() if k not in self._key_writes)
+            marks = list(itertools.islice(idle, REPAIR_BATCH))
+            for start in range(0, len(marks), REPAIR_CHUNK):
+                if not await self._repair_keys(marks[start : start + REPAIR_CHUNK]):
                     return False
             return True
         finally:
@@ -542,11 +550,6 @@ class TieredBackend(Backend):
     async def _repair_keys(
         self, marks: Sequence[tuple[Key, tuple[int, tuple[datetime, int] | None]]]
     ) -> bool:
-        # A key with writes in flight stays dirty: their cache updates are ordered among
-        # themselves, and an unordered repair could be overtaken by an older one after a flush.
-        marks = [mark for mark in marks if mark[0] not in self._key_writes]
-        if not marks:
-            return True
         read_at = utcnow()
         try:
             entries = await self.record.get_many([key for key, _ in marks])

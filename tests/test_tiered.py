@@ -13,7 +13,7 @@ import pytest
 
 from backends.memory import MemoryBackend
 from backends.memory_cache import MemoryCache
-from backends.tiered import BreakerState, TieredBackend
+from backends.tiered import REPAIR_BATCH, BreakerState, TieredBackend
 from kvstore import ConfigurationError, DatabaseType, StateRecord, create_database
 from kvstore.keys import Key
 from kvstore.store import Store
@@ -185,6 +185,26 @@ async def test_the_breaker_probes_repairs_dirty_keys_then_closes(
     [cached] = await r.cache.lookup([KEY], lease_ttl=1)
     assert cached.entry is not None
     assert cached.entry.version == 3  # repaired by rewriting from the system of record
+
+
+async def test_a_long_outage_backlog_is_repaired_a_bounded_batch_per_call() -> None:
+    r = rig()
+    sessions = [f"s{n}" for n in range(600)]
+    for session in sessions:
+        await r.db.save_state(state("V1", session_id=session))
+    r.faults.mode = "down"
+    for session in sessions:
+        await r.db.save_state(state("V2", session_id=session))
+    assert r.backend.stats().dirty == 600
+    r.faults.mode = "ok"
+    await asyncio.sleep(0.06)
+    assert await read_state(r.db, "s599") == "V2"  # the probe repairs a batch, then closes
+    assert r.backend.stats().breaker is BreakerState.CLOSED
+    assert 0 < r.backend.stats().dirty <= 600 - REPAIR_BATCH
+    for session in sessions:  # the rest are never read from the cache before repair
+        assert await read_state(r.db, session) == "V2"
+    assert r.backend.stats().dirty == 0
+    assert (await r.backend.verify("state", "u1")).stale == []
 
 
 async def test_a_frozen_cache_holding_v1_never_serves_it_after_v2_was_acknowledged() -> None:
