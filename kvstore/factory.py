@@ -70,6 +70,10 @@ def create_database(
         _refuse_options(kind, options, allowed=SQL_OPTIONS)
         sql_backend = build_sql_backend(url, cast("SQLOptions", options))
         backend, description = sql_backend, sql_backend.config.masked_url
+    elif kind is DatabaseType.TIERED:
+        from backends.tiered import build_tiered_backend
+
+        backend, description = build_tiered_backend(connection_string, options)
     elif kind is DatabaseType.REDIS:
         _refuse_options(kind, options, allowed=REDIS_OPTIONS)
         redis_backend = build_redis_backend(connection_string, options)

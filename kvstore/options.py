@@ -52,6 +52,7 @@ class TieredOptions(TypedDict, total=False):
     lease_ttl: float
     breaker_threshold: int
     breaker_reset_after: float
+    invalidate_before_write: bool
 
 
 class DatabaseOptions(SQLOptions, RedisOptions, TieredOptions, total=False):

@@ -8,7 +8,8 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import fakeredis
 import pytest
@@ -17,28 +18,35 @@ from redis.exceptions import RedisError
 
 from kvstore import Database, DatabaseType, create_database
 from tests import postgres
-from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers
-
-if TYPE_CHECKING:
-    from pathlib import Path
+from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisServer
 
 MakeDb = Callable[[], Database]
 T = TypeVar("T")
 
-BACKENDS = ["memory", "sqlite", "postgres", "fakeredis", "redis", "redis_cluster"]
-_MARKS = {
-    "postgres": pytest.mark.postgres,
-    "redis": pytest.mark.redis,
-    "redis_cluster": pytest.mark.redis_cluster,
+BACKENDS = [
+    "memory",
+    "sqlite",
+    "postgres",
+    "fakeredis",
+    "redis",
+    "redis_cluster",
+    "tiered_memory",
+    "tiered_sqlite_dict",
+    "tiered_sqlite_fakeredis",
+    "tiered_postgres_redis",
+]
+_MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
+    "postgres": (pytest.mark.postgres,),
+    "redis": (pytest.mark.redis,),
+    "redis_cluster": (pytest.mark.redis_cluster,),
+    "tiered_postgres_redis": (pytest.mark.postgres, pytest.mark.redis),
 }
 
 REDIS_TEST_URL = os.environ.get("KVSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 """The shared Redis of this machine, on a database number of the tests' own (flushed)."""
 
 
-@pytest.fixture(
-    params=[pytest.param(name, marks=_MARKS[name]) if name in _MARKS else name for name in BACKENDS]
-)
+@pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, ())) for name in BACKENDS])
 def backend_name(request: pytest.FixtureRequest) -> str:
     """The name of the backend under test."""
     name: str = request.param
@@ -159,6 +167,61 @@ async def make_db_redis_cluster(redis_cluster: RedisClusterServers) -> MakeDb:
         finally:
             await client.aclose()
     return lambda: create_database(DatabaseType.REDIS, redis_cluster.url)
+
+
+@pytest.fixture
+def make_db_tiered_memory() -> MakeDb:
+    """Tiered: a memory system of record behind the per-process dict cache."""
+    return lambda: create_database(DatabaseType.TIERED, "memory://", cache_url="memory://")
+
+
+@pytest.fixture
+def make_db_tiered_sqlite_dict(tmp_path: Path) -> MakeDb:
+    """Tiered: SQLite behind the per-process dict cache."""
+    url = f"sqlite:///{tmp_path / 'kvstore.db'}"
+    return lambda: create_database(DatabaseType.TIERED, url, cache_url="memory://")
+
+
+@pytest.fixture
+async def make_db_tiered_sqlite_fakeredis(tmp_path: Path) -> AsyncIterator[MakeDb]:
+    """Tiered: SQLite behind a fake Redis cache (injected clients, closed here)."""
+    url = f"sqlite:///{tmp_path / 'kvstore.db'}"
+    server = fakeredis.FakeServer()
+    clients: list[fakeredis.FakeAsyncRedis] = []
+
+    def make() -> Database:
+        client = fakeredis.FakeAsyncRedis(server=server)
+        clients.append(client)
+        return create_database(DatabaseType.TIERED, url, redis_client=client)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test session on a free loopback port (flushed freely)."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is needed for the tiered tests on real Redis")
+    server = RedisServer(tmp_path_factory.mktemp("redis-tiered"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def make_db_tiered_postgres_redis(postgres_url: str, private_redis: RedisServer) -> MakeDb:
+    """Tiered: the session's PostgreSQL database behind the private Redis, both emptied."""
+    await postgres.execute(postgres_url, "DELETE FROM kv_records")
+    client = Redis.from_url(private_redis.url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+    return lambda: create_database(DatabaseType.TIERED, postgres_url, cache_url=private_redis.url)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,0 +1,210 @@
+"""The tiered store (PostgreSQL + Redis) against the raw drivers doing the same work.
+
+python -m benchmarks.tiered [--seconds 2] [--postgres ADMIN_URL] [--redis URL]
+
+* cache-hit ``get_state`` vs raw redis-py ``GET`` + ``StateRecord.model_validate_json``;
+* ``save_state`` vs a raw asyncpg upsert (pool without reset, the SQL backend's own
+  statement) followed by a raw redis-py ``SET`` of the serialized record;
+
+each with one task and with 32 concurrent tasks, over 1000 keys of a ~1.2 KB session
+record, contenders interleaved in rounds (the machine is shared): medians are reported as
+ratios to the raw drivers. PostgreSQL runs in a throwaway database; Redis keys live under a
+unique prefix on the given database number (default 12) and are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import uuid
+from typing import TYPE_CHECKING
+
+import asyncpg
+from redis.asyncio import Redis
+
+from backends.base import utcnow
+from backends.sql import SQL
+from backends.sql_migrate import upgrade
+from backends.tiered import TieredBackend
+from benchmarks.common import session_record
+from benchmarks.sql_backend import measure
+from kvstore import DatabaseType, StateRecord, create_database
+from kvstore.store import Store
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+KEYS = 1000
+TASKS = 32
+
+RECORDS = [session_record(f"user-{i % 100}", f"session-{i}") for i in range(KEYS)]
+
+
+class Cycle:
+    """Each call returns the next index over the keys."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def __call__(self) -> int:
+        index = self._next
+        self._next = (index + 1) % KEYS
+        return index
+
+
+async def _noreset(_connection: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (the fair pool baseline of BASELINES.md)."""
+
+
+def tiered(
+    url: str, redis_url: str, prefix: str, *, invalidate_before_write: bool = False
+) -> Store:
+    db = create_database(
+        DatabaseType.TIERED,
+        url,
+        cache_url=redis_url,
+        key_prefix=prefix,
+        pool_size=10,
+        max_overflow=0,
+        invalidate_before_write=invalidate_before_write,
+    )
+    assert isinstance(db, Store)
+    return db
+
+
+async def run(url: str, redis_url: str, seconds: float) -> None:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}:"
+    db = tiered(url, redis_url, prefix)
+    db_ibw = tiered(url, redis_url, prefix, invalidate_before_write=True)
+    redis = Redis.from_url(redis_url)
+    pool = await asyncpg.create_pool(url, min_size=10, max_size=10, reset=_noreset)
+    to_json = StateRecord.__pydantic_serializer__.to_json
+
+    def serialize(record: StateRecord) -> bytes:
+        return to_json(record, exclude={"schema_version"})  # what model_validate_json takes
+
+    raw_keys = [f"{prefix}raw:{i}" for i in range(KEYS)]
+    try:
+        await db.initialize()
+        await db_ibw.initialize()
+        saved = [await db.save_state(record) for record in RECORDS]
+        for key, record in zip(raw_keys, saved, strict=True):
+            await redis.set(key, serialize(record))
+        for record in RECORDS:  # every key cached: gets below are cache hits
+            await db.get_state(record.user_id, record.session_id)
+        backend = db.backend
+        assert isinstance(backend, TieredBackend)
+        before = backend.stats()
+
+        def raw_get(cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            async def get() -> object:
+                raw = await redis.get(raw_keys[cycle()])
+                assert raw is not None
+                return StateRecord.model_validate_json(raw)
+
+            return get
+
+        def tiered_get(store: Store, cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            async def get() -> object:
+                record = RECORDS[cycle()]
+                return await store.get_state(record.user_id, record.session_id)
+
+            return get
+
+        def raw_save(cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            async def save() -> object:
+                index = cycle()
+                record = RECORDS[index]
+                value = serialize(record)
+                async with pool.acquire() as connection:
+                    await connection.fetch(
+                        SQL["put"],
+                        "state",
+                        record.user_id,
+                        record.session_id,
+                        value.decode(),
+                        utcnow(),
+                        None,
+                    )
+                return await redis.set(raw_keys[index], value)
+
+            return save
+
+        def record_put(cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            record_backend = backend.record
+
+            async def put() -> object:
+                record = RECORDS[cycle()]
+                key = db.states.key(record.user_id, record.session_id)
+                return await record_backend.put(key, serialize(record))
+
+            return put
+
+        def tiered_save(store: Store, cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            async def save() -> object:
+                return await store.save_state(RECORDS[cycle()])
+
+            return save
+
+        for tasks in (1, TASKS):
+            await measure(
+                f"cache-hit get_state, {tasks} task(s)",
+                seconds,
+                [
+                    ("raw redis-py GET + model_validate_json", raw_get(Cycle())),
+                    ("tiered get_state", tiered_get(db, Cycle())),
+                ],
+                tasks,
+            )
+        hits = backend.stats().hits - before.hits
+        misses = backend.stats().misses - before.misses
+        print(f"\n(cache hits during the get runs: {hits}, misses: {misses})")
+        for tasks in (1, TASKS):
+            await measure(
+                f"save_state, {tasks} task(s)",
+                seconds,
+                [
+                    ("raw asyncpg upsert + redis-py SET", raw_save(Cycle())),
+                    ("tiered save_state", tiered_save(db, Cycle())),
+                    ("tiered, invalidate_before_write", tiered_save(db_ibw, Cycle())),
+                    ("(for scale) SQL backend put alone, no cache", record_put(Cycle())),
+                ],
+                tasks,
+            )
+    finally:
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+        for start in range(0, len(keys), 500):
+            await redis.delete(*keys[start : start + 500])
+        await redis.aclose()
+        await pool.close()
+        await db.close()
+        await db_ibw.close()
+
+
+async def main_async(seconds: float, admin_url: str, redis_url: str) -> None:
+    name = f"kvstore_bench_tiered_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rpartition("/")[0] + f"/{name}"
+    try:
+        await upgrade(url)
+        await run(url, redis_url, seconds)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="per contender and table")
+    parser.add_argument("--postgres", default=ADMIN_URL, help="admin URL (creates a database)")
+    parser.add_argument("--redis", default=REDIS_URL, help="Redis URL, on a database of its own")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.seconds, args.postgres, args.redis))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""The tiered store on real services: the session's PostgreSQL database and ``redis-server``
+processes each test starts on a free port of its own, then kills, freezes (SIGSTOP) and
+restarts. Every store call runs under a generous deadline: a call that hangs fails the test
+(a hang guard, not a timing assertion; timings live in ``benchmarks/``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from typing import TYPE_CHECKING, TypeVar
+
+import pytest
+from redis.asyncio import Redis
+
+from backends.tiered import BreakerState, TieredBackend
+from kvstore import DatabaseType, StateRecord, create_database
+from kvstore.store import Store
+from tests import postgres
+from tests.redis_servers import REDIS_SERVER, RedisServer, free_port
+from tests.tiered_stress import run_stress
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Iterator
+    from pathlib import Path
+
+T = TypeVar("T")
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+HANG_GUARD = 2.0
+"""Seconds any single store call may take before the test calls it a hang."""
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test alone."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is needed for the tiered fault tests")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def tiered(postgres_url: str, cache_url: str, **options: float) -> tuple[Store, TieredBackend]:
+    settings: dict[str, float] = {
+        "cache_timeout": 0.1,
+        "breaker_threshold": 2,
+        "breaker_reset_after": 0.2,
+    }
+    settings.update(options)
+    db = create_database(
+        DatabaseType.TIERED,
+        postgres_url,
+        cache_url=cache_url,
+        cache_timeout=settings["cache_timeout"],
+        breaker_threshold=int(settings["breaker_threshold"]),
+        breaker_reset_after=settings["breaker_reset_after"],
+    )
+    assert isinstance(db, Store)
+    assert isinstance(db.backend, TieredBackend)
+    return db, db.backend
+
+
+async def guarded(call: Awaitable[T]) -> T:
+    async with asyncio.timeout(HANG_GUARD):
+        return await call
+
+
+def new_user() -> str:
+    return f"tiered-{uuid.uuid4().hex[:12]}"
+
+
+async def version_of(db: Store, user: str) -> int:
+    record = await guarded(db.get_state(user, "s1"))
+    return 0 if record is None else record.version
+
+
+async def test_hot_reads_come_from_redis_and_verify_repairs_a_changed_row(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    db, backend = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    async with db:
+        await db.save_state(StateRecord(user_id=user, session_id="s1", state="CACHED"))
+        await postgres.execute(
+            postgres_url,
+            'UPDATE kv_records SET value = value || \'{"state": "CHANGED"}\'::jsonb '
+            "WHERE namespace = 'state' AND owner = $1",
+            user,
+        )
+        hits = backend.stats().hits
+        cached = await db.get_state(user, "s1")
+        assert cached is not None
+        assert cached.state == "CACHED"  # the row changed behind the store's back
+        assert backend.stats().hits == hits + 1
+        key = db.states.key(user, "s1")
+        report = await backend.verify("state", user)
+        assert (report.checked, report.stale, report.extra) == (1, [key], [])
+        repaired = await backend.verify("state", user, repair=True)
+        assert repaired.stale == [key]
+        fresh = await db.get_state(user, "s1")
+        assert fresh is not None
+        assert fresh.state == "CHANGED"
+        assert (await backend.verify("state", user)).stale == []
+        await db.delete_user(user)
+
+
+@pytest.mark.slow
+async def test_readers_writers_and_a_flushing_task_never_read_the_past(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    db, backend = tiered(postgres_url, redis_server.url, breaker_threshold=1000)
+    flusher = Redis.from_url(redis_server.url)
+
+    async def flush() -> None:
+        await flusher.flushall()
+
+    try:
+        async with db:
+            reads = await run_stress(db, flush, seconds=3.0)
+        assert reads > 100
+        stats = backend.stats()
+        assert stats.hits > 0
+        assert stats.misses > 0
+    finally:
+        await flusher.aclose()
+
+
+async def test_killing_the_cache_process_keeps_the_store_serving_and_restart_heals(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    db, backend = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    async with db:
+        await guarded(db.save_state(StateRecord(user_id=user, session_id="s1", state="A")))
+        assert await version_of(db, user) == 1
+        redis_server.stop()
+        for n in range(2, 8):
+            saved = await guarded(
+                db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
+            )
+            assert saved.version == n
+            assert await version_of(db, user) == n
+        assert backend.stats().breaker is BreakerState.OPEN
+        redis_server.start()
+        await asyncio.sleep(0.25)  # breaker_reset_after
+        assert await version_of(db, user) == 7  # the probe repairs the key first
+        assert backend.stats().breaker is BreakerState.CLOSED
+        hits = backend.stats().hits
+        assert await version_of(db, user) == 7
+        assert backend.stats().hits == hits + 1  # the cache is used again
+        await guarded(db.delete_user(user))
+
+
+async def test_a_frozen_cache_holding_v1_never_serves_it_after_v2(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    db, backend = tiered(postgres_url, redis_server.url, breaker_threshold=1000)
+    other, _ = tiered(postgres_url, redis_server.url, breaker_threshold=1000)
+    user = new_user()
+    assert redis_server.process is not None
+    async with db, other:
+        await guarded(db.save_state(StateRecord(user_id=user, session_id="s1", state="V1")))
+        assert await version_of(db, user) == 1
+        assert await version_of(other, user) == 1
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            saved = await guarded(
+                db.save_state(StateRecord(user_id=user, session_id="s1", state="V2"))
+            )
+            assert saved.version == 2  # acknowledged once PostgreSQL committed
+            assert await version_of(db, user) == 2  # dirty: read from PostgreSQL
+            assert backend.stats().dirty == 1
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        for _ in range(20):
+            assert await version_of(db, user) == 2
+        assert backend.stats().dirty == 0
+        assert await version_of(other, user) == 2  # the repair reached the shared cache
+        await guarded(db.delete_user(user))
+
+
+async def test_a_cache_unreachable_at_start_up(postgres_url: str, tmp_path: Path) -> None:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is needed for the tiered fault tests")
+    server = RedisServer(tmp_path / "redis", port=free_port())  # not started yet
+    db, backend = tiered(postgres_url, server.url)
+    user = new_user()
+    try:
+        async with db:
+            assert backend.stats().breaker is BreakerState.OPEN
+            saved = await guarded(
+                db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
+            )
+            assert saved.version == 1
+            assert await version_of(db, user) == 1
+            server.start()
+            await asyncio.sleep(0.25)
+            assert await version_of(db, user) == 1
+            assert backend.stats().breaker is BreakerState.CLOSED
+            hits = backend.stats().hits
+            assert await version_of(db, user) == 1
+            assert backend.stats().hits == hits + 1
+            await guarded(db.delete_user(user))
+    finally:
+        server.stop()
+
+
+async def test_delete_user_erases_the_cache_tier_too(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    db, backend = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    async with db:
+        for session in ["s1", "s2"]:
+            await db.save_state(StateRecord(user_id=user, session_id=session, state="A"))
+            await db.get_state(user, session)
+        assert await db.delete_user(user) == 2
+        assert (await backend.verify("state", user)).checked == 0
+        client = Redis.from_url(redis_server.url)
+        try:
+            assert [k async for k in client.scan_iter(match=f"*{user}*")] == []
+        finally:
+            await client.aclose()
+
+
+async def test_warm_loads_the_newest_rows_of_postgresql_into_redis(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    db, backend = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    async with db:
+        for n in range(5):
+            await db.save_state(StateRecord(user_id=user, session_id=f"s{n}", state="A"))
+        client = Redis.from_url(redis_server.url)
+        try:
+            await client.flushall()
+        finally:
+            await client.aclose()
+        assert await backend.warm("state", owner=user, limit=2) == 2
+        report = await backend.verify("state", user)
+        assert (report.checked, report.missing, report.stale) == (5, 3, [])
+        hits = backend.stats().hits
+        newest = await db.states.get_many([(user, "s3"), (user, "s4")])
+        assert [r.session_id for r in newest if r is not None] == ["s3", "s4"]
+        assert backend.stats().hits == hits + 2
+        await db.delete_user(user)
