@@ -23,6 +23,7 @@ class Reply:
     text: str
     state: State
     state_version: int
+    context_version: int
 
 
 class CoachService:
@@ -62,7 +63,11 @@ class CoachService:
             user_id=user_id, session_id=session_id
         )
         note = await actions.execute(self.db, user_id, state, message)
-        identities = len(await self.db.get_identities(user_id))
+        identities = (
+            len(await self.db.get_identities(user_id))
+            if state is State.IDENTITY_BRAINSTORMING
+            else 0
+        )
         following = next_state(state, message, identities)
         text = " ".join(part for part in (note, PROMPTS[following]) if part)
         saved = await self.db.save_state(
@@ -74,7 +79,7 @@ class CoachService:
             ),
             expected_version=stored.version if stored else 0,
         )
-        await self.db.save_context(
+        saved_context = await self.db.save_context(
             context.with_exchange(ctx, message, text, window=self.context_window)
         )
-        return Reply(text, following, saved.version)
+        return Reply(text, following, saved.version, saved_context.version)
