@@ -44,6 +44,7 @@ from kvstore.errors import ConflictError, DatabaseClosedError, SerializationErro
 from kvstore.keys import Key, check_component, check_namespace
 
 if TYPE_CHECKING:
+    import builtins
     from collections.abc import AsyncIterator, Callable, Sequence
 
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -513,6 +514,29 @@ class SQLBackend(Backend):
             total += deleted
             if deleted < batch_size:
                 return total
+
+    async def recent(
+        self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE
+    ) -> builtins.list[tuple[Key, Entry]]:
+        """Live entries of ``namespace`` (of ``owner`` if given), newest ``updated_at``
+        first, at most ``limit``: served by the (namespace, updated_at) index (cache warm-up,
+        "sessions updated lately")."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        t = kv_records
+        conditions = [t.c.namespace == check_namespace(namespace), _live(utcnow())]
+        if owner is not None:
+            conditions.append(t.c.owner == check_component(owner, "owner"))
+        statement = (
+            sa.select(t.c.namespace, t.c.owner, t.c.key, *_entry_columns())
+            .where(*conditions)
+            .order_by(t.c.updated_at.desc())
+            .limit(limit)
+        )
+        rows = await self._query("recent", statement)
+        return [
+            (_stored_key(row[0], (row[1], *key_parts(row[2]))), self._sa_entry(row)) for row in rows
+        ]
 
     def scan(
         self,

@@ -131,18 +131,6 @@ class RecentSource(Protocol):
 
 
 @runtime_checkable
-class StreamSource(Protocol):
-    """A system of record that streams a namespace in batches (the SQL backend's
-    ``stream``); ``warm`` and ``verify`` keep the newest entries of the stream."""
-
-    def stream(
-        self, namespace: str | None = None, owner: str | None = None
-    ) -> AsyncIterator[tuple[Key, Entry]]:
-        """Every live entry of ``namespace`` (of ``owner`` if given)."""
-        ...
-
-
-@runtime_checkable
 class ScannableCache(Protocol):
     """A cache that can list the keys it holds (lets ``verify`` find extra entries)."""
 
@@ -653,9 +641,7 @@ class TieredBackend(Backend):
             raise ConfigurationError("limit must be positive")
         if isinstance(self.record, RecentSource):
             return await self.record.recent(namespace, owner=owner, limit=limit)
-        if isinstance(self.record, StreamSource):
-            entries = self.record.stream(namespace, owner)
-        elif self.record.capabilities.bulk:
+        if self.record.capabilities.bulk:
             entries = self.record.scan(namespace=namespace, owner=owner)
         else:
             raise ConfigurationError(

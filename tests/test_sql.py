@@ -177,6 +177,17 @@ async def test_stream_filters_by_a_time_window(backend: SQLBackend) -> None:
     assert [k.rest async for k, _ in window] == [("old",)]
 
 
+async def test_recent_lists_newest_first_per_namespace_and_owner(backend: SQLBackend) -> None:
+    for n in range(6):
+        await backend.put(Key("state", (f"u{n % 2}", f"s{n}")), b"{}")
+        await backend.put(Key("user", (f"u{n}",)), b"{}")
+    await backend.put(Key("state", ("u0", "s0")), b"{}")  # now the newest
+    newest = await backend.recent("state", limit=3)
+    assert [key.rest for key, _ in newest] == [("s0",), ("s5",), ("s4",)]
+    of_u1 = await backend.recent("state", owner="u1", limit=10)
+    assert [key.rest for key, _ in of_u1] == [("s5",), ("s3",), ("s1",)]
+
+
 async def test_purge_expired_deletes_only_expired_rows_in_batches(backend: SQLBackend) -> None:
     for i in range(7):
         await backend.put(Key("notes", ("u1", f"short{i}")), b"{}", ttl=0.05)
