@@ -387,7 +387,14 @@ class SQLBackend(Backend):
 
     # -- everything else: SQLAlchemy Core ---------------------------------------------------
 
-    async def _query(self, action: str, statement: sa.Executable, *, write: bool = False) -> Any:
+    async def _query(
+        self,
+        action: str,
+        statement: sa.Executable,
+        *,
+        write: bool = False,
+        parameters: builtins.list[dict[str, Any]] | None = None,
+    ) -> Any:
         """Run ``statement`` on a pooled SQLAlchemy connection; return all rows. Reads run
         without a write lock (autocommit on PostgreSQL) and are retried when the
         connection is lost; writes commit, and are retried on serialization failures."""
@@ -405,7 +412,7 @@ class SQLBackend(Backend):
                             else {READ_ONLY: True}
                         )
                         await connection.execution_options(**options)
-                    result = await connection.execute(statement)
+                    result = await connection.execute(statement, parameters)
                     rows = result.all()
                     if write:
                         await connection.commit()
@@ -548,38 +555,41 @@ class SQLBackend(Backend):
         return self.stream(namespace, owner, batch_size=batch_size)
 
     async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
-        """One multi-row upsert per chunk that only replaces older or expired rows."""
+        """One upsert, compiled once and executed for many rows, that only replaces older
+        or expired rows; the JSON text is cast on the server, never re-encoded."""
+        if not items:
+            return 0
         t = kv_records
         insert = postgresql.insert if self._postgres else sqlite.insert
         value_type = postgresql.JSONB() if self._postgres else sa.Text()
-        written = 0
-        for start in range(0, len(items), GET_MANY_CHUNK):
-            rows = [
-                {
-                    "namespace": key.namespace,
-                    "owner": key.owner,
-                    "key": key_text(key.rest),
-                    # JSON text cast on the server: bound as-is, never re-encoded
-                    "value": sa.cast(sa.literal(entry.value.decode(), sa.Text()), value_type),
-                    "version": entry.version,
-                    "created_at": entry.created_at,
-                    "updated_at": entry.updated_at,
-                    "expires_at": entry.expires_at,
-                }
-                for key, entry in items[start : start + GET_MANY_CHUNK]
-            ]
-            upsert = insert(t).values(rows)
-            excluded = upsert.excluded
-            statement = upsert.on_conflict_do_update(
-                index_elements=[t.c.namespace, t.c.owner, t.c.key],
-                set_={
-                    name: excluded[name]
-                    for name in ("value", "version", "created_at", "updated_at", "expires_at")
-                },
-                where=(t.c.version < excluded.version) | (t.c.expires_at <= utcnow()),
-            ).returning(t.c.version)
-            written += len(await self._query("restore", statement, write=True))
-        return written
+        columns = ("namespace", "owner", "key", "version", "created_at", "updated_at")
+        upsert = insert(t).values(
+            {name: sa.bindparam(name) for name in (*columns, "expires_at")}
+            | {"value": sa.cast(sa.bindparam("value", type_=sa.Text()), value_type)}
+        )
+        statement = upsert.on_conflict_do_update(
+            index_elements=[t.c.namespace, t.c.owner, t.c.key],
+            set_={
+                name: upsert.excluded[name]
+                for name in ("value", "version", "created_at", "updated_at", "expires_at")
+            },
+            where=(t.c.version < upsert.excluded.version) | (t.c.expires_at <= utcnow()),
+        ).returning(t.c.version)
+        rows = [
+            {
+                "namespace": key.namespace,
+                "owner": key.owner,
+                "key": key_text(key.rest),
+                "value": entry.value.decode(),
+                "version": entry.version,
+                "created_at": entry.created_at,
+                "updated_at": entry.updated_at,
+                "expires_at": entry.expires_at,
+            }
+            for key, entry in items
+        ]
+        written = await self._query("restore", statement, write=True, parameters=rows)
+        return len(written)
 
     async def stream(
         self,

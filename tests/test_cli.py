@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 from click.testing import CliRunner
+from redis.asyncio import Redis
 
+from backends.base import Entry
+from backends.sql import build_sql_backend
 from kvstore.cli import main
+from kvstore.keys import Key
+from tests import postgres
+from tests.redis_servers import RedisServer
 
 
 @pytest.fixture
@@ -137,3 +145,120 @@ def test_db_upgrade_current_purge_stats_and_migrate(sqlite_url: str) -> None:
     code, output = invoke("records", "migrate")
     assert code == 0, output
     assert "user: scanned 1, migrated 0" in output
+
+
+@pytest.fixture
+def tiered_env(
+    postgres_url: str, private_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """KVSTORE_URL and KVSTORE_CACHE_URL for the session's PostgreSQL and private Redis,
+    both emptied."""
+    asyncio.run(postgres.execute(postgres_url, "DELETE FROM kv_records"))
+    asyncio.run(_flush(private_redis.url))
+    monkeypatch.setenv("KVSTORE_URL", postgres_url)
+    monkeypatch.setenv("KVSTORE_CACHE_URL", private_redis.url)
+    return postgres_url
+
+
+async def _flush(url: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_cache_verify_finds_and_repairs_a_difference_then_warm(tiered_env: str) -> None:
+    for n in range(5):
+        record = {"user_id": f"u{n}", "session_id": "s", "state": "A"}
+        assert invoke("put", "state", stdin=orjson.dumps(record).decode())[0] == 0
+    code, output = invoke("cache", "verify", "--json")
+    assert code == 0, output
+    assert orjson.loads(output)["checked"] == 5
+    behind_the_back = (
+        "UPDATE kv_records SET value = jsonb_set(value, '{state}', '\"B\"'), "
+        "version = version + 1 WHERE owner = 'u3'"
+    )
+    asyncio.run(postgres.execute(tiered_env, behind_the_back))
+    code, output = invoke("get", "state", "u3", "s")
+    assert orjson.loads(output)["state"] == "A"  # the hot read comes from the cache
+    code, output = invoke("cache", "verify", "--json")
+    assert code == 3, output
+    assert orjson.loads(output)["stale"] == [["u3", "s"]]
+    code, output = invoke("cache", "verify", "--repair")
+    assert code == 0, output
+    code, output = invoke("get", "state", "u3", "s")
+    assert orjson.loads(output)["state"] == "B"
+    code, output = invoke("cache", "warm", "--limit", "3")
+    assert code == 0, output
+    assert "warmed" in output
+    code, output = invoke("stats", "--json")
+    assert code == 0, output
+    stats = orjson.loads(output)
+    assert stats["records"] == {"state": 5}
+    assert stats["cache"]["breaker"] == "closed"
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_export_import_round_trip_of_100k_records(postgres_url: str, tmp_path: Path) -> None:
+    asyncio.run(postgres.execute(postgres_url, "DELETE FROM kv_records"))
+    asyncio.run(_fill(postgres_url, 100_000))
+    backup = tmp_path / "all.jsonl.gz"
+    code, output = invoke("export", "--url", postgres_url, "-o", str(backup))
+    assert code == 0, output
+    assert "exported 100000 records" in output
+    target = f"sqlite:///{tmp_path / 'copy.db'}"
+    code, output = invoke("import", str(backup), "--url", target, "--batch-size", "2000")
+    assert code == 0, output
+    assert "written 100000" in output
+    copy = tmp_path / "copy.jsonl.gz"
+    assert invoke("export", "--url", target, "-o", str(copy))[0] == 0
+    original = sorted(map(_normalized, gzip.decompress(backup.read_bytes()).splitlines()))
+    copied = sorted(map(_normalized, gzip.decompress(copy.read_bytes()).splitlines()))
+    assert original == copied
+
+
+def _normalized(line: bytes) -> tuple[object, ...]:
+    """An export line with its value parsed (PostgreSQL's jsonb orders keys its own way)."""
+    data = orjson.loads(line)
+    return (
+        data["namespace"],
+        tuple(data["key"]),
+        data["version"],
+        data["created_at"],
+        data["updated_at"],
+        orjson.dumps(data["value"], option=orjson.OPT_SORT_KEYS),
+    )
+
+
+async def _fill(url: str, count: int) -> None:
+    backend = build_sql_backend(url)
+    try:
+        now = datetime.now(UTC)
+        items = [
+            (
+                Key("state", (f"user-{n // 10}", f"session-{n % 10}")),
+                Entry(
+                    orjson.dumps(
+                        {
+                            "user_id": f"user-{n // 10}",
+                            "session_id": f"session-{n % 10}",
+                            "state": "CHAT",
+                            "data": {"n": n},
+                            "schema_version": 1,
+                        }
+                    ),
+                    1 + n % 3,
+                    now,
+                    now,
+                ),
+            )
+            for n in range(count)
+        ]
+        for start in range(0, count, 5000):
+            await backend.restore(items[start : start + 5000])
+    finally:
+        await backend.close()

@@ -1,6 +1,6 @@
 """The ``kvstore`` command line: ``kvstore --help`` lists the commands."""
 
-from kvstore.cli import demo, records, sql
+from kvstore.cli import cache, demo, records, sql
 from kvstore.cli.app import main
 
-__all__ = ["demo", "main", "records", "sql"]
+__all__ = ["cache", "demo", "main", "records", "sql"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from backends.tiered import TieredBackend
 from kvstore.cli.app import fail, main, open_database, run, url_options
 from kvstore.errors import ConfigurationError, InvalidRecordError
 from kvstore.keys import Key, check_namespace
@@ -396,8 +398,11 @@ def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
             if backend.capabilities.bulk:
                 async for key, _ in backend.scan():
                     counts[key.namespace] = counts.get(key.namespace, 0) + 1
-            cache = backend.stats() if hasattr(backend, "stats") else None
-            cache_stats = cache if isinstance(cache, dict) else getattr(cache, "__dict__", None)
+            cache_stats = (
+                {k: str(v) for k, v in asdict(backend.stats()).items()}
+                if isinstance(backend, TieredBackend)
+                else None
+            )
             if as_json:
                 click.echo(orjson.dumps({"records": counts, "cache": cache_stats}).decode())
                 return
