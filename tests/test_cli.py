@@ -31,6 +31,21 @@ def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """$KVSTORE_URL set to an empty SQLite file, or to the session's emptied PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cli.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        asyncio.run(postgres.execute(url, "DELETE FROM kv_records"))
+    monkeypatch.setenv("KVSTORE_URL", url)
+    monkeypatch.delenv("KVSTORE_CACHE_URL", raising=False)
+    return url
+
+
 def invoke(*args: str, stdin: str | None = None) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args), input=stdin)
     return result.exit_code, result.output
@@ -78,7 +93,7 @@ def test_demo_with_a_bad_url_exits_cleanly_without_the_password() -> None:
     assert "hunter2" not in output
 
 
-def test_put_get_ls_delete(sqlite_url: str) -> None:
+def test_put_get_ls_delete(store_url: str) -> None:
     record = {"user_id": "u1", "session_id": "s1", "state": "CHAT", "data": {"n": 1}}
     code, output = invoke("put", "state", stdin=orjson.dumps(record).decode())
     assert code == 0, output
@@ -102,7 +117,7 @@ def test_put_get_ls_delete(sqlite_url: str) -> None:
     assert invoke("get", "state", "u1", "s1")[0] == 4
 
 
-def test_export_import_round_trip_with_rejects(sqlite_url: str, tmp_path: Path) -> None:
+def test_export_import_round_trip_with_rejects(store_url: str, tmp_path: Path) -> None:
     for n in range(20):
         record = {"user_id": f"u{n}", "session_id": "s", "state": "A"}
         assert invoke("put", "state", stdin=orjson.dumps(record).decode())[0] == 0

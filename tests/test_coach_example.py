@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from examples.coach import CoachService
 from examples.coach.context import messages
 from examples.coach.state_machine import State
-from kvstore import ConflictError, Database
+from kvstore import ConflictError, Database, DatabaseType, create_database
+from tests import postgres
+from tests.redis_servers import RedisServer
 
 CONVERSATION = [
     ("Call me Sam.", State.GOAL_SETTING),
@@ -75,3 +78,52 @@ async def test_odd_messages_are_handled(db: Database, message: str) -> None:
     await service.handle("u1", "s1", "goal")
     reply = await service.handle("u1", "s1", message)
     assert reply.state in (State.IDENTITY_BRAINSTORMING, State.IDENTITY_REFINEMENT)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_sessions_continue_across_a_restart_and_a_cache_outage(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A conversation on tiered(PostgreSQL + Redis) survives a service restart and the
+    cache process dying mid-conversation, with no turn lost or repeated."""
+    await postgres.execute(postgres_url, "DELETE FROM kv_records")
+    redis = RedisServer(tmp_path / "redis").start()
+
+    def service() -> CoachService:
+        return CoachService(
+            create_database(
+                DatabaseType.TIERED,
+                postgres_url,
+                cache_url=redis.url,
+                cache_timeout=0.05,
+                breaker_threshold=2,
+                breaker_reset_after=0.2,
+            )
+        )
+
+    try:
+        async with service() as first:
+            for message, expected in CONVERSATION[:2]:
+                assert (await first.handle("u1", "s1", message)).state == expected
+        async with service() as second:  # a restart: a new process would do the same
+            reply = await second.handle("u1", "s1", CONVERSATION[2][0])
+            assert (reply.state, reply.state_version) == (CONVERSATION[2][1], 3)
+            redis.stop()  # the cache dies mid-conversation
+            for turn, (message, expected) in enumerate(CONVERSATION[3:5], start=4):
+                reply = await second.handle("u1", "s1", message)
+                assert (reply.state, reply.state_version) == (expected, turn)
+            redis.start()
+            await asyncio.sleep(0.3)  # past breaker_reset_after: the next call probes
+            for turn, (message, expected) in enumerate(CONVERSATION[5:], start=6):
+                reply = await second.handle("u1", "s1", message)
+                assert (reply.state, reply.state_version) == (expected, turn)
+            context = await second.db.get_context("u1", "s1")
+            assert context is not None
+            assert context.version == len(CONVERSATION)
+            assert [i.identity_id for i in await second.db.get_identities("u1")] == [
+                "a-calm-leader",
+                "a-curious-learner",
+            ]
+    finally:
+        redis.stop()
