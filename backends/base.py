@@ -25,14 +25,33 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from kvstore.keys import Key
-
-DEFAULT_PAGE_SIZE = 100
+from kvstore.errors import ConflictError, InvalidKeyError, InvalidRecordError
+from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
 
 
 def utcnow() -> datetime:
     """The store's clock: an aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def version_conflict(expected: int, actual: int) -> ConflictError:
+    """The error of a conditional write or delete that found version ``actual``."""
+    return ConflictError(
+        f"expected version {expected}, found {actual}", expected=expected, actual=actual
+    )
+
+
+def check_listing(
+    namespace: str, prefix: tuple[str, ...], after: tuple[str, ...] | None, limit: int
+) -> None:
+    """Validate :meth:`Backend.list` arguments, the same way in every backend."""
+    if limit <= 0:
+        raise InvalidRecordError("limit must be positive")
+    check_namespace(namespace)
+    if not prefix:
+        raise InvalidKeyError("a listing needs at least the owner")
+    for component in (*prefix, *(after or ())):
+        check_component(component)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,22 @@ import bisect
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
-from backends.base import DEFAULT_PAGE_SIZE, Backend, Capabilities, Entry, utcnow
-from kvstore.errors import ConflictError
-from kvstore.keys import Key, check_component, decode_key, encode_key, prefix_range
+from backends.base import (
+    Backend,
+    Capabilities,
+    Entry,
+    check_listing,
+    utcnow,
+    version_conflict,
+)
+from kvstore.keys import (
+    DEFAULT_PAGE_SIZE,
+    Key,
+    check_component,
+    decode_key,
+    encode_key,
+    prefix_range,
+)
 
 if TYPE_CHECKING:
     import builtins
@@ -56,11 +69,7 @@ class MemoryBackend(Backend):
         current = self._live(encoded)
         current_version = current.version if current else 0
         if expected_version is not None and expected_version != current_version:
-            raise ConflictError(
-                f"expected version {expected_version}, found {current_version}",
-                expected=expected_version,
-                actual=current_version,
-            )
+            raise version_conflict(expected_version, current_version)
         now = utcnow()
         entry = Entry(
             value=bytes(value),
@@ -80,11 +89,7 @@ class MemoryBackend(Backend):
         current = self._live(encoded)
         current_version = current.version if current else 0
         if expected_version is not None and expected_version != current_version:
-            raise ConflictError(
-                f"expected version {expected_version}, found {current_version}",
-                expected=expected_version,
-                actual=current_version,
-            )
+            raise version_conflict(expected_version, current_version)
         if current is None:
             return False
         self._remove(encoded)
@@ -98,8 +103,7 @@ class MemoryBackend(Backend):
         after: tuple[str, ...] | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
     ) -> list[tuple[Key, Entry]]:
-        if limit <= 0:
-            raise ValueError("limit must be positive")
+        check_listing(namespace, prefix, after, limit)
         low, high = prefix_range(namespace, prefix)
         start = bisect.bisect_left(self._order, low)
         if after is not None:

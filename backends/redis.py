@@ -26,13 +26,14 @@ from redis.exceptions import RedisError
 
 from backends import redis_lua as lua
 from backends.base import (
-    DEFAULT_PAGE_SIZE,
     Backend,
     CacheLookup,
     Capabilities,
     Entry,
     VersionedCache,
+    check_listing,
     utcnow,
+    version_conflict,
 )
 from backends.redis_connect import Closer, ConnectionSettings, connect
 from backends.redis_format import (
@@ -50,12 +51,10 @@ from backends.redis_pipe import AutoPipeline
 from kvstore.errors import (
     BackendUnavailableError,
     ConfigurationError,
-    ConflictError,
     DatabaseClosedError,
-    InvalidKeyError,
     InvalidRecordError,
 )
-from kvstore.keys import Key, check_component, check_namespace, decode_redis_key
+from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace, decode_redis_key
 from kvstore.urls import mask_url
 
 if TYPE_CHECKING:
@@ -263,11 +262,7 @@ class RedisBackend(Backend, VersionedCache):
         ok, version, created = await self._once("put", lambda: pipe.script(lua.PUT, keys, args))
         if not ok:
             assert expected_version is not None
-            raise ConflictError(
-                f"expected version {expected_version}, found {version}",
-                expected=expected_version,
-                actual=version,
-            )
+            raise version_conflict(expected_version, version)
         return Entry(bytes(value), version, from_us(int(created)), now, expires_at)
 
     async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
@@ -279,11 +274,7 @@ class RedisBackend(Backend, VersionedCache):
         ok, version = await self._once("delete", lambda: pipe.script(lua.DELETE, keys, args))
         if not ok:
             assert expected_version is not None
-            raise ConflictError(
-                f"expected version {expected_version}, found {version}",
-                expected=expected_version,
-                actual=version,
-            )
+            raise version_conflict(expected_version, version)
         return bool(version)
 
     async def list(
@@ -294,13 +285,7 @@ class RedisBackend(Backend, VersionedCache):
         after: tuple[str, ...] | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
     ) -> list[tuple[Key, Entry]]:
-        if limit <= 0:
-            raise InvalidRecordError("limit must be positive")
-        check_namespace(namespace)
-        if not prefix:
-            raise InvalidKeyError("a listing needs at least the owner")
-        for component in (*prefix, *(after or ())):
-            check_component(component)
+        check_listing(namespace, prefix, after, limit)
         owner = prefix[0]
         low = member(prefix[1:])
         start = b"[" + low

@@ -28,7 +28,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from backends.base import DEFAULT_PAGE_SIZE, Backend, Capabilities, Entry, utcnow
+from backends.base import (
+    Backend,
+    Capabilities,
+    Entry,
+    check_listing,
+    utcnow,
+    version_conflict,
+)
 from backends.sql_config import READ_ONLY, SQLConfig, create_engine, parse_sql_url
 from backends.sql_errors import DRIVER_ERRORS, Failure, classify, translate
 from backends.sql_migrate import ensure_schema
@@ -41,7 +48,7 @@ from backends.sql_schema import (
     sqlite_time,
 )
 from kvstore.errors import ConflictError, DatabaseClosedError, SerializationError
-from kvstore.keys import Key, check_component, check_namespace
+from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
 
 if TYPE_CHECKING:
     import builtins
@@ -371,7 +378,7 @@ class SQLBackend(Backend):
         if expected_version == 0:
             rows = await self._run("delete", "version", (*args, now), idempotent=True)
             if rows:
-                raise _conflict_error(0, rows[0][0])
+                raise version_conflict(0, rows[0][0])
             return False
         rows = await self._run(
             "delete", "delete_if", (*args, expected_version, now), idempotent=False
@@ -383,7 +390,7 @@ class SQLBackend(Backend):
     async def _conflict(self, key: Key, expected: int) -> ConflictError:
         args = (key.namespace, key.owner, key_text(key.rest), self._to_time(utcnow()))
         rows = await self._run("read version", "version", args, idempotent=True)
-        return _conflict_error(expected, rows[0][0] if rows else 0)
+        return version_conflict(expected, rows[0][0] if rows else 0)
 
     # -- everything else: SQLAlchemy Core ---------------------------------------------------
 
@@ -435,6 +442,8 @@ class SQLBackend(Backend):
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
             return []
+        if len(keys) == 1:  # the tiered store's single misses: take the hot path
+            return [await self.get(keys[0])]
         t = kv_records
         found: dict[tuple[str, str, str], Entry] = {}
         wanted = [(k.namespace, k.owner, key_text(k.rest)) for k in keys]
@@ -457,13 +466,7 @@ class SQLBackend(Backend):
         after: tuple[str, ...] | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
     ) -> list[tuple[Key, Entry]]:
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        check_namespace(namespace)
-        if not prefix:
-            raise ValueError("a listing needs at least the owner")
-        for component in prefix:
-            check_component(component)
+        check_listing(namespace, prefix, after, limit)
         owner = prefix[0]
         t = kv_records
         conditions = [t.c.namespace == namespace, t.c.owner == owner, _live(utcnow())]
@@ -676,12 +679,6 @@ def _aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("stream time bounds must be aware datetimes")
     return value.astimezone(UTC)
-
-
-def _conflict_error(expected: int, actual: int) -> ConflictError:
-    return ConflictError(
-        f"expected version {expected}, found {actual}", expected=expected, actual=actual
-    )
 
 
 def _backoff(attempt: int) -> float:

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, cast, runt
 
 import orjson
 
-from backends.base import DEFAULT_PAGE_SIZE, Backend, Capabilities, Entry, utcnow
+from backends.base import Backend, Capabilities, Entry, utcnow
 from kvstore.errors import BackendUnavailableError, ConfigurationError, KVStoreError
+from kvstore.keys import DEFAULT_PAGE_SIZE
 from kvstore.urls import mask_url
 
 if TYPE_CHECKING:

@@ -5,8 +5,9 @@
                                                      # PostgreSQL connections are terminated
     python -m benchmarks.load --sessions 100 --seconds 5 --chaos
 
-N sessions talk to the service at once; each message reads the session's state and context
-and saves both, and now and then adds an identity. The benchmark starts its own
+N sessions talk to the service at once, each waiting a random think time (mean ``--think``
+seconds, 0 for flat out) between messages; each message reads the session's state and
+context and saves both, and now and then adds an identity. The benchmark starts its own
 ``redis-server`` on a free port (never the machine's shared one) and its own PostgreSQL
 database (dropped at the end). With ``--chaos`` a task cycles through killing and restarting
 that Redis, freezing it (SIGSTOP) for a few seconds, and ``pg_terminate_backend`` on the
@@ -184,6 +185,7 @@ async def run_load(
     *,
     chaos: bool = False,
     chaos_every: float = 3.0,
+    think: float = 1.0,
     workdir: Path | None = None,
 ) -> LoadReport:
     """Drive the coach service and check the store afterwards; see the module docstring."""
@@ -192,7 +194,7 @@ async def run_load(
     url = await create_pg_database(name)
     redis = RedisServer(Path(workdir or tempfile.mkdtemp(prefix="kvstore-load-"))).start()
     try:
-        await _drive(report, url, redis, chaos=chaos, chaos_every=chaos_every)
+        await _drive(report, url, redis, chaos=chaos, chaos_every=chaos_every, think=think)
     finally:
         redis.stop()
         await drop_database(name)
@@ -200,14 +202,18 @@ async def run_load(
 
 
 async def _drive(
-    report: LoadReport, url: str, redis: RedisServer, *, chaos: bool, chaos_every: float
+    report: LoadReport,
+    url: str,
+    redis: RedisServer,
+    *,
+    chaos: bool,
+    chaos_every: float,
+    think: float,
 ) -> None:
     database = create_database(
         DatabaseType.TIERED,
         url,
         cache_url=redis.url,
-        cache_timeout=0.05,
-        breaker_threshold=3,
         breaker_reset_after=0.5,
         pool_size=10,
         max_overflow=5,
@@ -222,7 +228,7 @@ async def _drive(
     deadline = time.monotonic() + report.seconds
 
     async def session(number: int) -> None:
-        await asyncio.sleep(random.random() * 0.5)  # spread the start
+        await asyncio.sleep(random.random() * max(think, 0.5))  # spread the start
         turn = 0
         while time.monotonic() < deadline:
             message = MESSAGES[turn] if turn < len(MESSAGES) else "ok"
@@ -239,6 +245,7 @@ async def _drive(
             uncertain.discard(number)
             report.messages += 1
             turn += 1
+            await asyncio.sleep(random.uniform(0, 2 * think))  # the user reads and types
 
     sql = tiered.record
     assert isinstance(sql, SQLBackend)
@@ -366,6 +373,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--chaos", action="store_true", help="kill, freeze, terminate")
     parser.add_argument("--chaos-every", type=float, default=3.0)
+    parser.add_argument(
+        "--think", type=float, default=1.0, help="mean seconds between a session's messages"
+    )
     arguments = parser.parse_args()
     report = asyncio.run(
         run_load(
@@ -373,6 +383,7 @@ def main() -> None:
             arguments.seconds,
             chaos=arguments.chaos,
             chaos_every=arguments.chaos_every,
+            think=arguments.think,
         )
     )
     print("\n".join(report.lines()))

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from backends.base import DEFAULT_PAGE_SIZE, Entry
 from kvstore.errors import InvalidRecordError, SerializationError
-from kvstore.keys import Key, check_namespace
+from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_namespace
 from kvstore.models.base import METADATA_FIELDS, Record, stamp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from backends.base import Entry
     from kvstore.store import Store
 
 R = TypeVar("R", bound=Record)

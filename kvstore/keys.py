@@ -24,6 +24,9 @@ from kvstore.errors import InvalidKeyError
 MAX_COMPONENT_LENGTH = 255
 """The longest id, in characters."""
 
+DEFAULT_PAGE_SIZE = 100
+"""Keys per page of a listing unless the caller asks for another size."""
+
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
 _REDIS_ESCAPES = {c: f"%{ord(c):02X}" for c in "%:{}*?[]\\ "}

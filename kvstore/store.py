@@ -10,12 +10,12 @@ from kvstore.errors import DatabaseClosedError, InvalidKeyError
 from kvstore.interface import Database
 from kvstore.keys import check_component
 from kvstore.models import ContextRecord, IdentityRecord, StateRecord, UserRecord
-from serializers import JSONSerializer, Serializer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from backends.base import Backend
+    from serializers import Serializer
 
 STATE: Final = "state"
 CONTEXT: Final = "context"
@@ -44,7 +44,12 @@ class Store(Database):
         description: str | None = None,
     ) -> None:
         self.backend = backend
-        self.serializer: Serializer = serializer or JSONSerializer()
+        if serializer is None:
+            # imported here: serializers import kvstore.errors, which imports this package
+            from serializers.json import JSONSerializer
+
+            serializer = JSONSerializer()
+        self.serializer: Serializer = serializer
         self.max_value_bytes = max_value_bytes
         self._description = description or type(backend).__name__
         self._initialized = False
