@@ -14,6 +14,7 @@ with exponential backoff on connection errors. Any driver error (timeouts includ
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
@@ -35,7 +36,7 @@ from backends.base import (
     utcnow,
     version_conflict,
 )
-from backends.redis_connect import Closer, ConnectionSettings, connect
+from backends.redis_connect import Closer, ConnectionSettings, check_url, connect
 from backends.redis_format import (
     DEFAULT_KEY_PREFIX,
     Layout,
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
     from redis.typing import EncodableT
+
+    from kvstore.options import RedisOptions
 
 T = TypeVar("T")
 Stale = list[tuple[bytes, str]]
@@ -577,3 +580,39 @@ class RedisBackend(Backend, VersionedCache):
     async def ping(self) -> None:
         pipe = self._ready()
         await self._idempotent("ping", lambda: pipe.client.ping())
+
+
+DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
+"""Where ``DatabaseType.REDIS`` connects without a URL or ``$KVSTORE_REDIS_URL``."""
+
+
+def build_redis_backend(
+    url: str | None, options: RedisOptions, *, cache_ttl: float | None = None
+) -> RedisBackend:
+    """A Redis backend for ``url`` (default ``$KVSTORE_REDIS_URL``, then
+    ``redis://localhost:6379/0``) or for the injected ``redis_client`` option, which is used
+    as is and never closed. ``cache_ttl`` is its default TTL as a cache tier. No I/O."""
+    client = options.get("redis_client")
+    prefix = options.get("key_prefix", DEFAULT_KEY_PREFIX)
+    autopipeline = options.get("autopipeline", True)
+    settings = ConnectionSettings.from_options(options)
+    if client is None:
+        url = check_url(url or os.environ.get("KVSTORE_REDIS_URL") or DEFAULT_REDIS_URL)
+    elif url is not None:
+        raise ConfigurationError("give either a connection string or redis_client, not both")
+    elif unused := sorted(set(options) & _CONNECTION_OPTIONS):
+        raise ConfigurationError(f"an injected redis_client does not take: {', '.join(unused)}")
+    return RedisBackend(
+        url,
+        client=client,
+        key_prefix=prefix,
+        settings=settings,
+        autopipeline=autopipeline,
+        cache_ttl=cache_ttl,
+    )
+
+
+_CONNECTION_OPTIONS: Final = frozenset(
+    {"max_connections", "socket_connect_timeout", "health_check_interval", "pool_wait_timeout"}
+)
+"""Options that shape connections the backend makes itself."""

@@ -24,14 +24,14 @@ import asyncio
 import heapq
 import itertools
 import logging
-import time
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, cast, runtime_checkable
 
 import orjson
 
 from backends.base import Backend, Capabilities, Entry, utcnow
+from backends.breaker import BreakerState, CircuitBreaker
 from kvstore.errors import BackendUnavailableError, ConfigurationError, KVStoreError
 from kvstore.keys import DEFAULT_PAGE_SIZE
 from kvstore.urls import mask_url
@@ -68,17 +68,6 @@ class _Failed(Enum):
 
 FAILED: Final = _Failed.FAILED
 """What a cache call that failed or timed out returns."""
-
-
-class BreakerState(StrEnum):
-    """The circuit breaker in front of the cache."""
-
-    CLOSED = "closed"
-    """The cache is used."""
-    OPEN = "open"
-    """The cache is bypassed until a probe succeeds."""
-    HALF_OPEN = "half_open"
-    """One caller is probing the cache."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,24 +177,18 @@ class TieredBackend(Backend):
     ) -> None:
         if cache_ttl <= 0 or cache_timeout <= 0 or lease_ttl <= 0:
             raise ConfigurationError("cache_ttl, cache_timeout and lease_ttl must be > 0")
-        if breaker_threshold < 1 or breaker_reset_after < 0:
-            raise ConfigurationError("breaker_threshold must be >= 1, breaker_reset_after >= 0")
         self.record = record
         self.cache = cache
         self.cache_ttl = cache_ttl
         self.cache_timeout = cache_timeout
         self.lease_ttl = lease_ttl
-        self.breaker_threshold = breaker_threshold
-        self.breaker_reset_after = breaker_reset_after
+        self._breaker = CircuitBreaker(breaker_threshold, breaker_reset_after, logger=logger)
         self.invalidate_before_write = invalidate_before_write
         self.capabilities = Capabilities(  # type: ignore[misc]  # per instance: from the record
             persistent=record.capabilities.persistent,
             shared=record.capabilities.shared,
             bulk=record.capabilities.bulk,
         )
-        self._state = BreakerState.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
         self._cache_ready = not isinstance(cache, Backend)
         self._seq = 0
         self._dirty: dict[Key, tuple[int, tuple[datetime, int] | None]] = {}
@@ -218,7 +201,9 @@ class TieredBackend(Backend):
         self._cache_errors = self._bypassed = 0
 
     def __repr__(self) -> str:
-        return f"TieredBackend({self.record!r}, {self.cache!r}, breaker={self._state.value})"
+        return (
+            f"TieredBackend({self.record!r}, {self.cache!r}, breaker={self._breaker.state.value})"
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -227,12 +212,7 @@ class TieredBackend(Backend):
         does not answer opens the breaker instead: the store starts without it)."""
         await self.record.initialize()
         if not self._cache_ready and not await self._init_cache():
-            self._open()
-            logger.warning(
-                "cache did not answer at start-up; circuit breaker open, serving from the "
-                "system of record for %.1f s before probing",
-                self.breaker_reset_after,
-            )
+            self._breaker.open_at_start()
 
     async def close(self) -> None:
         try:
@@ -252,7 +232,7 @@ class TieredBackend(Backend):
             fill_dropped=self._fill_dropped,
             cache_errors=self._cache_errors,
             bypassed=self._bypassed,
-            breaker=self._state,
+            breaker=self._breaker.state,
             dirty=len(self._dirty) + len(self._dirty_owners),
         )
 
@@ -264,7 +244,7 @@ class TieredBackend(Backend):
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
             return []
-        if self._state is not BreakerState.CLOSED and not await self._usable():
+        if not self._breaker.closed and not await self._usable():
             self._bypassed += len(keys)
             return await self.record.get_many(keys)
         if self._dirty or self._dirty_owners:
@@ -440,7 +420,7 @@ class TieredBackend(Backend):
         acknowledged."""
         guard = stamp if tombstone else None
         try:
-            if self._state is not BreakerState.CLOSED and not await self._usable():
+            if not self._breaker.closed and not await self._usable():
                 self._bypassed += 1
                 self._mark_dirty(key, guard)
                 return
@@ -455,7 +435,7 @@ class TieredBackend(Backend):
                 raise
             self._failure(exc)
         else:
-            self._failures = 0
+            self._breaker.succeeded()
 
     def _ttl_for(self, entry: Entry) -> float:
         if entry.expires_at is None:
@@ -662,17 +642,15 @@ class TieredBackend(Backend):
 
     async def _usable(self) -> bool:
         """Whether to use the cache now; runs the probe when the breaker is due for one."""
-        if self._state is BreakerState.CLOSED:
+        if self._breaker.closed:
             return True
-        if (
-            self._state is BreakerState.OPEN
-            and time.monotonic() - self._opened_at >= self.breaker_reset_after
-        ):
+        if self._breaker.probe_due():
             return await self._probe()
         return False
 
     async def _probe(self) -> bool:
-        self._state = BreakerState.HALF_OPEN
+        """Ping the cache and repair the dirty keys; the breaker closes if both succeed."""
+        self._breaker.start_probe()
         healthy = False
         try:
             healthy = (
@@ -681,13 +659,7 @@ class TieredBackend(Backend):
                 and await self._repair()
             )
         finally:
-            if healthy:
-                self._state = BreakerState.CLOSED
-                self._failures = 0
-                logger.info("cache answers again; circuit breaker closed")
-            else:
-                self._state = BreakerState.OPEN
-                self._opened_at = time.monotonic()
+            self._breaker.finish_probe(healthy)
         return healthy
 
     async def _init_cache(self) -> bool:
@@ -709,25 +681,12 @@ class TieredBackend(Backend):
             else:
                 self._cache_errors += 1
             return FAILED
-        self._failures = 0
+        self._breaker.succeeded()
         return result
 
     def _failure(self, exc: Exception) -> None:
         self._cache_errors += 1
-        self._failures += 1
-        if self._state is BreakerState.CLOSED and self._failures >= self.breaker_threshold:
-            self._open()
-            logger.warning(
-                "cache failed %d times in a row (last: %s); circuit breaker open, serving "
-                "from the system of record for %.1f s before probing",
-                self._failures,
-                type(exc).__name__,
-                self.breaker_reset_after,
-            )
-
-    def _open(self) -> None:
-        self._state = BreakerState.OPEN
-        self._opened_at = time.monotonic()
+        self._breaker.failed(exc)
 
 
 def _same_value(cached: bytes, stored: bytes) -> bool:
@@ -817,7 +776,7 @@ def _build_cache(
     for name in ("cache_max_entries", "cache_max_bytes"):
         if name in options:
             raise ConfigurationError(f"{name} bounds the memory:// cache; Redis has maxmemory")
-    from kvstore.factory import build_redis_backend
+    from backends.redis import build_redis_backend
 
     cache = build_redis_backend(
         url,

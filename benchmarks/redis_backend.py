@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
+from backends.redis import build_redis_backend
 from kvstore import DatabaseType, StateRecord, create_database
-from kvstore.factory import build_redis_backend
 from kvstore.keys import Key
 from tests.redis_servers import RedisServer
 

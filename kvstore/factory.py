@@ -12,14 +12,12 @@ from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
     from backends.base import Backend
-    from backends.redis import RedisBackend
     from kvstore.interface import Database
-    from kvstore.options import DatabaseOptions, RedisOptions, SQLOptions
+    from kvstore.options import DatabaseOptions, SQLOptions
     from serializers import Serializer
 
 DEFAULT_SQL_URL: Final = "sqlite:///kvstore.db"
 """The embedded default: a SQLite file in the working directory."""
-DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
 """The Redis default when neither a URL, ``$KVSTORE_REDIS_URL`` nor a client is given."""
 
 
@@ -75,6 +73,8 @@ def create_database(
 
         backend, description = build_tiered_backend(connection_string, options)
     elif kind is DatabaseType.REDIS:
+        from backends.redis import build_redis_backend
+
         _refuse_options(kind, options, allowed=REDIS_OPTIONS)
         redis_backend = build_redis_backend(connection_string, options)
         backend, description = redis_backend, redis_backend.description
@@ -87,45 +87,6 @@ def create_database(
         max_value_bytes=max_value_bytes,
         description=description,
     )
-
-
-def build_redis_backend(
-    url: str | None, options: RedisOptions, *, cache_ttl: float | None = None
-) -> RedisBackend:
-    """A Redis backend for ``url`` (default ``$KVSTORE_REDIS_URL``, then
-    ``redis://localhost:6379/0``) or for the injected ``redis_client`` option, which is used
-    as is and never closed. ``cache_ttl`` is its default TTL as a cache tier. No I/O."""
-    try:
-        from backends.redis import RedisBackend
-        from backends.redis_connect import ConnectionSettings, check_url
-        from backends.redis_format import DEFAULT_KEY_PREFIX
-    except ImportError as exc:  # pragma: no cover - redis is a core dependency
-        raise ConfigurationError("the Redis backend needs redis[hiredis] installed") from exc
-
-    client = options.get("redis_client")
-    prefix = options.get("key_prefix", DEFAULT_KEY_PREFIX)
-    autopipeline = options.get("autopipeline", True)
-    settings = ConnectionSettings.from_options(options)
-    if client is None:
-        url = check_url(url or os.environ.get("KVSTORE_REDIS_URL") or DEFAULT_REDIS_URL)
-    elif url is not None:
-        raise ConfigurationError("give either a connection string or redis_client, not both")
-    elif unused := sorted(set(options) & _CONNECTION_OPTIONS):
-        raise ConfigurationError(f"an injected redis_client does not take: {', '.join(unused)}")
-    return RedisBackend(
-        url,
-        client=client,
-        key_prefix=prefix,
-        settings=settings,
-        autopipeline=autopipeline,
-        cache_ttl=cache_ttl,
-    )
-
-
-_CONNECTION_OPTIONS: Final = frozenset(
-    {"max_connections", "socket_connect_timeout", "health_check_interval", "pool_wait_timeout"}
-)
-"""Options that shape connections the backend makes itself."""
 
 
 def _refuse_options(kind: DatabaseType, options: DatabaseOptions, allowed: frozenset[str]) -> None:

@@ -11,10 +11,10 @@ import pytest
 from redis.asyncio import Redis
 
 from backends import redis_lua as lua
+from backends.redis import build_redis_backend
 from backends.redis_connect import ConnectionSettings, connect
 from backends.redis_format import member_key
 from kvstore import BackendUnavailableError, ConfigurationError, DatabaseType, create_database
-from kvstore.factory import build_redis_backend
 from kvstore.keys import Key
 from kvstore.models import StateRecord
 from tests.conftest import REDIS_TEST_URL, flushed_redis

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from backends.base import Entry, utcnow
+from backends.redis import build_redis_backend
 from backends.redis_format import LEASE_SUFFIX, Layout
-from kvstore.factory import build_redis_backend
 from kvstore.keys import Key, decode_redis_key, redis_key
 from tests.conftest import REDIS_TEST_URL, flushed_redis
 

@@ -14,8 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from backends.base import Backend, Entry
 from backends.memory import MemoryBackend
+from backends.redis import build_redis_backend
 from kvstore.errors import ConflictError
-from kvstore.factory import build_redis_backend
 from kvstore.keys import Key
 
 OWNERS = st.sampled_from(["u1", "u10", "u:1", "u*", "}{", "{t}"])

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from backends.breaker import BreakerState
 from backends.memory import MemoryBackend
 from backends.memory_cache import MemoryCache
-from backends.tiered import REPAIR_BATCH, BreakerState, TieredBackend
+from backends.tiered import REPAIR_BATCH, TieredBackend
 from kvstore import ConfigurationError, DatabaseType, StateRecord, create_database
 from kvstore.keys import Key
 from kvstore.store import Store

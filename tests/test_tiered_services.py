@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, TypeVar
 import pytest
 from redis.asyncio import Redis
 
-from backends.tiered import BreakerState, TieredBackend
+from backends.breaker import BreakerState
+from backends.tiered import TieredBackend
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.store import Store
 from tests import postgres
