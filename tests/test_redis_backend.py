@@ -4,6 +4,7 @@ answer or are unreachable, no KEYS/SCAN, connection URLs and options, masked pas
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from typing import TYPE_CHECKING
 
 import fakeredis
@@ -364,3 +365,52 @@ async def test_scan_finds_every_owner_whatever_its_id() -> None:
     finally:
         await backend.close()
         await flushed_redis(REDIS_TEST_URL)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
+    """A ``redis-server`` that speaks only TLS, with a self-signed certificate."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert),
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    port = free_port()
+    server = RedisServer(
+        tmp_path / "tls",
+        port=port,
+        extra=(
+            "--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+        ),
+    )  # fmt: skip
+    server.start()
+    try:
+        yield server, cert
+    finally:
+        server.stop()
+
+
+async def test_tls_connections_with_the_servers_certificate(
+    tls_server: tuple[RedisServer, Path],
+) -> None:
+    server, cert = tls_server
+    url = f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={cert}"
+    async with create_database(DatabaseType.REDIS, url, **FAST) as db:  # type: ignore[arg-type]
+        saved = await db.save_state(StateRecord(user_id="u1", session_id="s1", state="TLS"))
+        assert await db.get_state("u1", "s1") == saved
+    for wrong in (
+        f"redis://127.0.0.1:{server.port}/0",  # plain TCP to a TLS port
+        f"rediss://127.0.0.1:{server.port}/0",  # TLS without trusting the certificate
+    ):
+        db = create_database(DatabaseType.REDIS, wrong, **FAST)  # type: ignore[arg-type]
+        with pytest.raises(BackendUnavailableError):
+            await db.get_state("u1", "s1")
+        await db.close()
