@@ -69,8 +69,14 @@ async def _call(work: Callable[[], Awaitable[T]]) -> T:
 def main() -> None:
     """kvstore: typed records in SQL, Redis, or Redis in front of SQL.
 
+    Every command reads the store URL from --url or $KVSTORE_URL (default: the SQLite file
+    ./kvstore.db) and, for a tiered store, the cache from --cache-url or $KVSTORE_CACHE_URL.
+
     \b
     Examples:
-      kvstore demo                          play (and resume) a coaching conversation
-      KVSTORE_URL=postgresql://localhost/coach kvstore demo
+      kvstore demo                              a coaching conversation that resumes
+      kvstore ls state user-1                   a user's sessions
+      kvstore export -o backup.jsonl.gz         back up everything
+      kvstore import backup.jsonl.gz            restore it (idempotent)
+      kvstore cache verify --repair             check the cache against SQL
     """

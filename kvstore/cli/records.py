@@ -31,8 +31,6 @@ from kvstore.store import Store
 from kvstore.transfer import export_lines, import_lines, open_text
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from backends.base import Entry
     from kvstore.interface import Database
 
@@ -306,7 +304,7 @@ def import_command(
                 task = progress.add_task("importing", total=None)
                 report = await import_lines(
                     backend,
-                    _lines(lines),
+                    iter(lines),
                     rejects=reject_sink,
                     dry_run=dry_run,
                     batch_size=batch_size,
@@ -328,10 +326,6 @@ def import_command(
         return EXIT_REJECTED
 
     sys.exit(run(console, work))
-
-
-def _lines(source: Any) -> Iterator[bytes]:
-    yield from source
 
 
 @main.group()
