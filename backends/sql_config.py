@@ -51,7 +51,10 @@ class SQLConfig:
     url: URL
     dialect: Dialect
     pool_size: int = 10
-    max_overflow: int = 10
+    max_overflow: int = 0
+    """Burst connections beyond ``pool_size``. 0 by default: SQLAlchemy closes an overflow
+    connection when it is returned to a full pool, so sustained load above ``pool_size``
+    opens and closes a connection per statement (measured: half the throughput)."""
     pool_pre_ping: bool = False
     pool_recycle: float = 3600.0
     connect_timeout: float = 10.0

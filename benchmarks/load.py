@@ -215,8 +215,7 @@ async def _drive(
         url,
         cache_url=redis.url,
         breaker_reset_after=0.5,
-        pool_size=10,
-        max_overflow=5,
+        pool_size=20,
     )
     assert isinstance(database, Store)
     tiered = database.backend

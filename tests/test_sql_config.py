@@ -40,7 +40,7 @@ def test_unsupported_urls_are_configuration_errors(url: str) -> None:
 
 def test_defaults_are_the_documented_ones() -> None:
     config = parse_sql_url("postgresql://u@h/db")
-    assert (config.pool_size, config.max_overflow, config.pool_pre_ping) == (10, 10, False)
+    assert (config.pool_size, config.max_overflow, config.pool_pre_ping) == (10, 0, False)
     assert (config.pool_recycle, config.connect_timeout, config.statement_timeout) == (
         3600.0,
         10.0,
