@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from kvstore import Database, DatabaseType, create_database
 from tests import postgres
 from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisServer
+from tests.services import REQUIRED, unavailable
 
 MakeDb = Callable[[], Database]
 T = TypeVar("T")
@@ -82,9 +83,9 @@ def make_db_sqlite(tmp_path: Path) -> MakeDb:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A database of this test session on the local PostgreSQL, migrated to the current
-    schema; dropped at the end. Skips (failing CI) when the server is not there."""
+    schema; dropped at the end. Skips (fails in CI) when the server is not there."""
     if not _blocking(postgres.server_available()):
-        pytest.skip(f"no PostgreSQL at {postgres.ADMIN_URL}")
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
     from backends.sql_migrate import upgrade
 
     name = postgres.unique_name("test")
@@ -126,12 +127,13 @@ async def make_db_fakeredis() -> AsyncIterator[MakeDb]:
 
 
 async def flushed_redis(url: str) -> None:
-    """FLUSHDB the test database of the shared server (only that number), or skip."""
+    """FLUSHDB the test database of the shared server (only that number), or skip (fail in
+    CI)."""
     client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5)
     try:
         await client.flushdb()
     except (RedisError, OSError) as exc:
-        pytest.skip(f"no Redis server for the tests: {type(exc).__name__}")
+        unavailable(f"no Redis server for the tests: {type(exc).__name__}")
     finally:
         await client.aclose()
 
@@ -147,7 +149,7 @@ async def make_db_redis() -> MakeDb:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A private three-master Redis Cluster on free loopback ports, for the whole session."""
     if REDIS_SERVER is None or REDIS_CLI is None:
-        pytest.skip("redis-server and redis-cli are needed for the cluster tests")
+        unavailable("redis-server and redis-cli are needed for the cluster tests")
     directory: Path = tmp_path_factory.mktemp("redis-cluster")
     servers = RedisClusterServers(directory)
     try:
@@ -203,7 +205,7 @@ async def make_db_tiered_sqlite_fakeredis(tmp_path: Path) -> AsyncIterator[MakeD
 def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A ``redis-server`` of this test session on a free loopback port (flushed freely)."""
     if REDIS_SERVER is None:
-        pytest.skip("redis-server is needed for the tiered tests on real Redis")
+        unavailable("redis-server is needed for the tiered tests on real Redis")
     server = RedisServer(tmp_path_factory.mktemp("redis-tiered"))
     server.start()
     try:
@@ -225,9 +227,9 @@ async def make_db_tiered_postgres_redis(postgres_url: str, private_redis: RedisS
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """In CI (``KVSTORE_REQUIRE_SERVICES=1``) a skipped test fails the run: a suite that
-    skipped its PostgreSQL or Redis tests proved nothing about them."""
-    if os.environ.get("KVSTORE_REQUIRE_SERVICES") != "1":
+    """Where services are required, any skip that got past :func:`unavailable` (a marker,
+    a plugin) still fails the run."""
+    if not REQUIRED:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0

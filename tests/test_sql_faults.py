@@ -11,6 +11,7 @@ import pytest
 
 from kvstore import BackendUnavailableError, DatabaseType, StateRecord, create_database
 from tests import postgres
+from tests.services import unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -49,7 +50,7 @@ async def test_a_server_that_never_answers_times_out_at_the_connect_timeout() ->
 async def own_database() -> AsyncIterator[tuple[str, str]]:
     """A database of this test alone, so terminating its sessions hits no one else."""
     if not await postgres.server_available():
-        pytest.skip(f"no PostgreSQL at {postgres.ADMIN_URL}")
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
     name = postgres.unique_name("fault")
     url = await postgres.create_database(name)
     try:

@@ -13,6 +13,7 @@ from backends.sql_migrate import current_revision, head_revision, upgrade
 from kvstore import BackendUnavailableError
 from kvstore.keys import Key
 from tests import postgres
+from tests.services import unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     if not await postgres.server_available():
-        pytest.skip(f"no PostgreSQL at {postgres.ADMIN_URL}")
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
     name = postgres.unique_name("migrate")
     url = await postgres.create_database(name)
     try:

@@ -19,6 +19,7 @@ from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.store import Store
 from tests import postgres
 from tests.redis_servers import REDIS_SERVER, RedisServer, free_port
+from tests.services import unavailable
 from tests.tiered_stress import run_stress
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ HANG_GUARD = 2.0
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A ``redis-server`` of this test alone."""
     if REDIS_SERVER is None:
-        pytest.skip("redis-server is needed for the tiered fault tests")
+        unavailable("redis-server is needed for the tiered fault tests")
     server = RedisServer(tmp_path / "redis").start()
     try:
         yield server
@@ -188,7 +189,7 @@ async def test_a_frozen_cache_holding_v1_never_serves_it_after_v2(
 
 async def test_a_cache_unreachable_at_start_up(postgres_url: str, tmp_path: Path) -> None:
     if REDIS_SERVER is None:
-        pytest.skip("redis-server is needed for the tiered fault tests")
+        unavailable("redis-server is needed for the tiered fault tests")
     server = RedisServer(tmp_path / "redis", port=free_port())  # not started yet
     db, backend = tiered(postgres_url, server.url)
     user = new_user()
