@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from kvstore.errors import InvalidRecordError, SerializationError
+from kvstore.errors import InvalidRecordError
 from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_namespace
 from kvstore.models.base import METADATA_FIELDS, Record, stamp
 
@@ -167,19 +167,4 @@ class Collection(Generic[R]):
         return record
 
     def _decode_upgrading(self, entry: Entry) -> R:
-        data = self.store.serializer.loads(entry.value)
-        schema_version = data.pop("schema_version", 1)
-        model = self.model
-        if not isinstance(schema_version, int) or schema_version > model.SCHEMA_VERSION:
-            raise SerializationError(
-                f"stored {model.__name__} has schema version {schema_version!r}; this code "
-                f"reads up to {model.SCHEMA_VERSION}"
-            )
-        for name in METADATA_FIELDS:
-            data.pop(name, None)
-        try:
-            if schema_version < model.SCHEMA_VERSION:
-                data = model.upgrade_data(data, schema_version)
-            return model.model_validate(data)
-        except (ValidationError, LookupError) as exc:
-            raise SerializationError(f"stored {model.__name__} does not validate: {exc}") from exc
+        return self.model.from_stored(self.store.serializer.loads(entry.value))

@@ -20,10 +20,9 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
-from pydantic import ValidationError
 
 from backends.base import Backend, Entry
-from kvstore.errors import ConfigurationError, KVStoreError
+from kvstore.errors import ConfigurationError, KVStoreError, SerializationError
 from kvstore.keys import Key
 from kvstore.models import ContextRecord, IdentityRecord, Record, StateRecord, UserRecord
 
@@ -94,13 +93,9 @@ def line_to_entry(line: bytes) -> tuple[Key, Entry]:
 
 
 def _validate(model: type[Record], value: dict[str, Any]) -> Record:
-    data = {k: v for k, v in value.items() if k != "schema_version"}
-    schema_version = value.get("schema_version", 1)
     try:
-        if isinstance(schema_version, int) and schema_version < model.SCHEMA_VERSION:
-            data = model.upgrade_data(data, schema_version)
-        return model.model_validate(data)
-    except (ValidationError, LookupError) as exc:
+        return model.from_stored(dict(value))
+    except SerializationError as exc:
         first = str(exc).splitlines()[:3]
         raise BadLineError(f"not a valid {model.__name__}: {' '.join(first)}") from None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
@@ -12,9 +12,11 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    ValidationError,
     computed_field,
 )
 
+from kvstore.errors import SerializationError
 from kvstore.keys import MAX_COMPONENT_LENGTH, check_component
 
 if TYPE_CHECKING:
@@ -92,6 +94,27 @@ class Record(BaseModel):
             return function
 
         return register
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> Self:
+        """Validate stored plain data (as :meth:`model_dump` wrote it, ``schema_version``
+        included) into this model, upgrading older schema versions first. Consumes ``data``.
+        Raises :class:`SerializationError` for a newer or unreadable schema version and for
+        data that does not validate."""
+        schema_version = data.pop("schema_version", 1)
+        if not isinstance(schema_version, int) or schema_version > cls.SCHEMA_VERSION:
+            raise SerializationError(
+                f"stored {cls.__name__} has schema version {schema_version!r}; this code "
+                f"reads up to {cls.SCHEMA_VERSION}"
+            )
+        for name in METADATA_FIELDS:
+            data.pop(name, None)
+        try:
+            if schema_version < cls.SCHEMA_VERSION:
+                data = cls.upgrade_data(data, schema_version)
+            return cls.model_validate(data)
+        except (ValidationError, LookupError) as exc:
+            raise SerializationError(f"stored {cls.__name__} does not validate: {exc}") from exc
 
     @classmethod
     def upgrade_data(cls, data: dict[str, Any], schema_version: int) -> dict[str, Any]:
