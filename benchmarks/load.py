@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
@@ -57,6 +57,8 @@ from tests.redis_servers import RedisServer
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+T = TypeVar("T")
+
 MESSAGES = (
     "Call me Sam.",
     "Sleep better and feel rested.",
@@ -74,7 +76,7 @@ class Latencies:
     def __init__(self) -> None:
         self.samples: dict[str, list[float]] = {}
 
-    async def time(self, name: str, call: Awaitable[object]) -> object:
+    async def time(self, name: str, call: Awaitable[T]) -> T:
         start = time.perf_counter()
         try:
             return await call
@@ -100,47 +102,38 @@ class TimedStore(Store):
         self.latencies = latencies
 
     async def get_state(self, user_id: str, session_id: str) -> StateRecord | None:
-        result = await self.latencies.time("get_state", super().get_state(user_id, session_id))
-        assert result is None or isinstance(result, StateRecord)
-        return result
+        return await self.latencies.time("get_state", super().get_state(user_id, session_id))
 
     async def get_context(self, user_id: str, session_id: str) -> ContextRecord | None:
-        call = super().get_context(user_id, session_id)
-        result = await self.latencies.time("get_context", call)
-        assert result is None or isinstance(result, ContextRecord)
-        return result
+        return await self.latencies.time("get_context", super().get_context(user_id, session_id))
 
     async def save_state(
         self, record: StateRecord, *, expected_version: int | None = None
     ) -> StateRecord:
-        call = super().save_state(record, expected_version=expected_version)
-        result = await self.latencies.time("save_state", call)
-        assert isinstance(result, StateRecord)
-        return result
+        return await self.latencies.time(
+            "save_state", super().save_state(record, expected_version=expected_version)
+        )
 
     async def save_context(
         self, record: ContextRecord, *, expected_version: int | None = None
     ) -> ContextRecord:
-        call = super().save_context(record, expected_version=expected_version)
-        result = await self.latencies.time("save_context", call)
-        assert isinstance(result, ContextRecord)
-        return result
+        return await self.latencies.time(
+            "save_context", super().save_context(record, expected_version=expected_version)
+        )
 
     async def save_identity(
         self, record: IdentityRecord, *, expected_version: int | None = None
     ) -> IdentityRecord:
-        call = super().save_identity(record, expected_version=expected_version)
-        result = await self.latencies.time("save_identity", call)
-        assert isinstance(result, IdentityRecord)
-        return result
+        return await self.latencies.time(
+            "save_identity", super().save_identity(record, expected_version=expected_version)
+        )
 
     async def save_user(
         self, record: UserRecord, *, expected_version: int | None = None
     ) -> UserRecord:
-        call = super().save_user(record, expected_version=expected_version)
-        result = await self.latencies.time("save_user", call)
-        assert isinstance(result, UserRecord)
-        return result
+        return await self.latencies.time(
+            "save_user", super().save_user(record, expected_version=expected_version)
+        )
 
 
 @dataclass
