@@ -47,6 +47,23 @@ def _wait_listening(port: int, deadline: float) -> None:
     raise RuntimeError(f"redis-server on port {port} did not start")
 
 
+def _spawn(arguments: list[str], port: int) -> subprocess.Popen[bytes]:
+    """Start ``redis-server`` with ``arguments`` and wait until ``port`` listens."""
+    if REDIS_SERVER is None:
+        raise RuntimeError("redis-server is not on PATH")
+    process = subprocess.Popen(
+        [REDIS_SERVER, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _wait_listening(port, time.monotonic() + 10)
+    return process
+
+
+def _terminate(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 @dataclass
 class RedisServer:
     """One ``redis-server`` on a loopback port; :meth:`start` again after :meth:`stop`."""
@@ -61,35 +78,20 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        if REDIS_SERVER is None:
-            raise RuntimeError("redis-server is not on PATH")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
+        self.process = _spawn(
             [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
                 *self.extra,
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.port,
         )
-        _wait_listening(self.port, time.monotonic() + 10)
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
+        _terminate(self.process)
+        self.process = None
 
 
 @dataclass
@@ -151,24 +153,15 @@ class RedisSentinel:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisSentinel:
-        if REDIS_SERVER is None:
-            raise RuntimeError("redis-server is not on PATH")
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "sentinel.conf"
         config.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
             f"sentinel monitor mymaster 127.0.0.1 {self.master_port} 1\n"
         )
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, str(config), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_listening(self.port, time.monotonic() + 10)
+        self.process = _spawn([str(config), "--sentinel"], self.port)
         return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
+        _terminate(self.process)
+        self.process = None
