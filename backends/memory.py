@@ -78,10 +78,7 @@ class MemoryBackend(Backend):
             updated_at=now,
             expires_at=now + timedelta(seconds=ttl) if ttl is not None else None,
         )
-        if encoded not in self._entries:
-            bisect.insort(self._order, encoded)
-            self._namespaces.add(key.namespace)
-        self._entries[encoded] = entry
+        self._store(key, encoded, entry)
         return entry
 
     async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
@@ -104,25 +101,7 @@ class MemoryBackend(Backend):
         limit: int = DEFAULT_PAGE_SIZE,
     ) -> list[tuple[Key, Entry]]:
         check_listing(namespace, prefix, after, limit)
-        low, high = prefix_range(namespace, prefix)
-        start = bisect.bisect_left(self._order, low)
-        if after is not None:
-            start = max(start, bisect.bisect_right(self._order, encode_key(Key(namespace, after))))
-        page: list[tuple[Key, Entry]] = []
-        expired: list[bytes] = []
-        now = utcnow()
-        for index in range(start, len(self._order)):
-            encoded = self._order[index]
-            if encoded >= high or len(page) == limit:
-                break
-            entry = self._entries[encoded]
-            if _expired(entry, now):
-                expired.append(encoded)
-            else:
-                page.append((decode_key(encoded), entry))
-        for encoded in expired:
-            self._remove(encoded)
-        return page
+        return self._page(namespace, prefix, after, limit)
 
     async def delete_owner(self, owner: str) -> int:
         check_component(owner, "owner")
@@ -148,10 +127,8 @@ class MemoryBackend(Backend):
         for name in namespaces:
             after: tuple[str, ...] | None = None
             while True:
-                if owner is not None:
-                    page = await self.list(name, (owner,), after=after, limit=batch_size)
-                else:
-                    page = self._list_namespace(name, after, batch_size)
+                prefix = () if owner is None else (owner,)
+                page = self._page(name, prefix, after, batch_size)
                 for item in page:
                     yield item
                 if len(page) < batch_size:
@@ -165,30 +142,40 @@ class MemoryBackend(Backend):
             current = self._live(encoded)
             if current is not None and current.version >= entry.version:
                 continue
-            if encoded not in self._entries:
-                bisect.insort(self._order, encoded)
-                self._namespaces.add(key.namespace)
-            self._entries[encoded] = entry
+            self._store(key, encoded, entry)
             written += 1
         return written
 
-    def _list_namespace(
-        self, namespace: str, after: tuple[str, ...] | None, limit: int
+    def _page(
+        self, namespace: str, prefix: tuple[str, ...], after: tuple[str, ...] | None, limit: int
     ) -> builtins.list[tuple[Key, Entry]]:
-        low = namespace.encode() + b"\x00"
+        """Up to ``limit`` live entries under ``prefix`` after ``after``, in key order;
+        expired ones met on the way are dropped."""
+        low, high = prefix_range(namespace, prefix)
         start = bisect.bisect_left(self._order, low)
         if after is not None:
             start = max(start, bisect.bisect_right(self._order, encode_key(Key(namespace, after))))
-        now = utcnow()
         page: builtins.list[tuple[Key, Entry]] = []
+        expired: builtins.list[bytes] = []
+        now = utcnow()
         for index in range(start, len(self._order)):
             encoded = self._order[index]
-            if not encoded.startswith(low) or len(page) == limit:
+            if encoded >= high or len(page) == limit:
                 break
             entry = self._entries[encoded]
-            if not _expired(entry, now):
+            if _expired(entry, now):
+                expired.append(encoded)
+            else:
                 page.append((decode_key(encoded), entry))
+        for encoded in expired:
+            self._remove(encoded)
         return page
+
+    def _store(self, key: Key, encoded: bytes, entry: Entry) -> None:
+        if encoded not in self._entries:
+            bisect.insort(self._order, encoded)
+            self._namespaces.add(key.namespace)
+        self._entries[encoded] = entry
 
     def _live(self, encoded: bytes) -> Entry | None:
         entry = self._entries.get(encoded)
