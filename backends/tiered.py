@@ -549,8 +549,9 @@ class TieredBackend(Backend):
 
         Fills go through leases like any read after a miss (the records are read again from
         the system of record once the leases are held), so warming never overwrites a newer
-        entry or resurrects a deleted one. Needs a system of record with ``recent()``
-        (:class:`RecentSource`, e.g. SQL) unless ``owner`` is given.
+        entry or resurrects a deleted one. The newest records come from ``recent()`` of the
+        system of record (:class:`RecentSource`, e.g. SQL: one indexed query); one without
+        it is scanned once.
         """
         rows = await self._recent(namespace, owner, limit)
         keys = [key for key, _ in rows if not self._is_dirty(key)]
