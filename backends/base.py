@@ -11,6 +11,12 @@ starts again at version 1. ``expected_version=N`` makes a ``put`` or ``delete`` 
 on the stored version being ``N`` (0: "must not exist") and raises
 :class:`~kvstore.errors.ConflictError` otherwise, changing nothing.
 
+Revisions: every ``put`` and every ``delete`` that removes a live entry gets a revision, a
+positive integer drawn from one counter that only grows: a later change (of any key on SQL
+and memory; of the same owner on Redis) has a larger revision. The SQL database assigns it
+itself, in the statement that writes, so plain-SQL writes by batch jobs get one too. No
+wall clock orders anything.
+
 Optional abilities are :class:`Capabilities` flags, never ``isinstance`` checks. A backend
 that can be the cache tier of the tiered store also implements :class:`VersionedCache`.
 """
@@ -23,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    import builtins
     from collections.abc import AsyncIterator, Sequence
 
 from kvstore.errors import ConflictError, InvalidKeyError, InvalidRecordError
@@ -63,12 +70,43 @@ class Entry:
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None = None
+    revision: int = 0
+    """Where this change stands in the store's one order of changes (see :class:`Backend`);
+    the tiered cache orders entries, fills and tombstones by it alone."""
 
-    @property
-    def stamp(self) -> tuple[datetime, int]:
-        """Total order of a key's entries over time, across deletes and re-creations:
-        a re-created record restarts at version 1 but has a later ``created_at``."""
-        return (self.created_at, self.version)
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change, from the change feed: ``key`` was saved (or ``deleted``) with
+    ``revision``."""
+
+    key: Key
+    revision: int
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a read of the change feed could see (PostgreSQL: ``pg_current_snapshot()``).
+
+    Every transaction with an id below ``xmin`` had ended; ``xmax`` is the first id not yet
+    assigned. A revision is drawn only by a transaction that already has an id, so once a
+    later read has ``xmin >= xmax`` of this one, every revision drawn before this read is
+    either visible or never will be."""
+
+    xmin: int
+    xmax: int
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """A cache generation: the cache's keys live under ``number``; ``floor`` is the newest
+    revision committed when it began (writes of older revisions only invalidate in it)."""
+
+    number: int
+    floor: int
+    created: bool = False
+    """Whether this call began it (rather than finding it on record)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +121,10 @@ class Capabilities:
     """Implements :class:`VersionedCache`, so it can be the tiered store's cache tier."""
     bulk: bool = False
     """Implements :meth:`Backend.scan` and :meth:`Backend.restore` (export, import, migrate)."""
+    feed: bool = False
+    """Implements the change feed and cache generations (:meth:`Backend.read_changes`,
+    :meth:`Backend.head`, :meth:`Backend.cache_generation`): the tiered store follows it to
+    repair its cache, across processes."""
 
 
 class Backend(ABC):
@@ -126,8 +168,9 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
-        """Remove ``key``; return whether a live entry was removed (absent: a no-op, False).
+    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
+        """Remove ``key``; return the revision of the deletion if a live entry was removed,
+        else 0 (absent: a no-op).
 
         With ``expected_version`` the delete happens only if the live version equals it
         (0: succeeds only when absent, removing nothing), else :class:`ConflictError`.
@@ -171,6 +214,39 @@ class Backend(ABC):
         the same entries again writes nothing. Only if ``capabilities.bulk``."""
         raise NotImplementedError(f"{type(self).__name__} cannot restore")
 
+    async def read_changes(
+        self, after: int, limit: int
+    ) -> tuple[builtins.list[Change], Snapshot | None]:
+        """Committed changes with a revision above ``after``, in revision order, at most
+        ``limit``; and the snapshot they were read in (``None`` where changes commit in
+        revision order, as on SQLite). Only if ``capabilities.feed``."""
+        raise NotImplementedError(f"{type(self).__name__} has no change feed")
+
+    async def head(self) -> tuple[int, Snapshot | None]:
+        """The newest committed revision and the snapshot it was read in. Only if
+        ``capabilities.feed``."""
+        raise NotImplementedError(f"{type(self).__name__} has no change feed")
+
+    async def cache_generation(
+        self, cache: str, incarnation: str, *, replacing: int | None = None
+    ) -> Generation:
+        """The generation of cache ``cache`` for the cache server's ``incarnation``: the
+        one on record if it belongs to that incarnation and is not ``replacing``; otherwise a
+        new one (the number + 1), set with compare-and-set, so processes that notice a new
+        incarnation at once agree on one new generation. Only if ``capabilities.feed``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no cache generations")
+
+
+def lands(revision: int, tombstone: bool, held: int | None, held_tombstone: bool) -> bool:
+    """The cache's one ordering rule (see :class:`VersionedCache`): whether a write of
+    ``revision`` (an entry, or a ``tombstone``) replaces what a key holds (``held``: its
+    revision, ``None`` if empty)."""
+    if held is None:
+        return True
+    if tombstone or not held_tombstone:
+        return revision > held
+    return revision >= held
+
 
 @dataclass(frozen=True, slots=True)
 class CacheLookup:
@@ -187,8 +263,13 @@ class CacheLookup:
 
 
 class VersionedCache(ABC):
-    """Cache operations the tiered store needs: forward-only by :attr:`Entry.stamp`, with
+    """Cache operations the tiered store needs: forward-only by :attr:`Entry.revision`, with
     leased fills (Nishtala et al., "Scaling Memcache at Facebook", NSDI 2013) and tombstones.
+
+    The one ordering rule (:func:`lands`): an entry of revision ``r`` replaces nothing newer,
+    i.e. it lands on an empty key, on a tombstone of revision ``<= r`` (a tombstone may mark
+    "stale below ``r``" for the change ``r`` itself) or on an entry of revision ``< r``; a
+    tombstone of revision ``r`` lands on an empty key or on anything of revision ``< r``.
 
     Every operation is atomic per key on the cache server. Tombstones and leases are never
     returned as hits. ``ttl`` is in seconds; ``None`` uses the cache's default.
@@ -204,20 +285,21 @@ class VersionedCache(ABC):
         self, items: Sequence[tuple[Key, Entry, str]], *, ttl: float | None = None
     ) -> int:
         """Fill after a miss, in one round trip: store each ``(key, entry, lease)`` only if
-        ``lease`` is still the key's valid lease (then consume it) and ``entry`` is newer by
-        stamp than whatever the key holds (entry or tombstone). Return how many landed."""
+        ``lease`` is still the key's valid lease (then consume it) and the entry lands by the
+        ordering rule. Return how many landed."""
 
     @abstractmethod
     async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
         """The writer's update after a committed save: revoke the key's lease and store
-        ``entry`` if newer by stamp than what the key holds. Return whether it landed."""
+        ``entry`` if it lands by the ordering rule. Return whether it landed."""
 
     @abstractmethod
-    async def tombstone(
-        self, key: Key, stamp: tuple[datetime, int], *, ttl: float | None = None
+    async def tombstones(
+        self, items: Sequence[tuple[Key, int]], *, ttl: float | None = None
     ) -> None:
-        """The writer's update after a committed delete: revoke the lease and replace what
-        the key holds with a tombstone carrying ``stamp``, unless it holds something newer."""
+        """In one round trip, for each ``(key, revision)``: revoke the key's lease and put a
+        tombstone of ``revision`` where it lands by the ordering rule. After a committed
+        delete, and from the change feed ("every entry older than ``revision`` is stale")."""
 
     @abstractmethod
     async def invalidate(self, keys: Sequence[Key]) -> None:
@@ -230,3 +312,27 @@ class VersionedCache(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Check the cache answers; raise :class:`BackendUnavailableError` if not."""
+
+    # -- generations: a cache that rewinds is fenced off -------------------------------------
+    #
+    # Any operation above raises CacheLostError when the cache shows it lost what it held
+    # (a new server incarnation, or the generation marker gone); the tiered store then
+    # moves every process to a new generation, under which no older key is reachable.
+
+    @abstractmethod
+    async def incarnation(self) -> str:
+        """An identity of the cache server's current life: new after a restart, a restore
+        from a snapshot or a failover (Redis: ``run_id``)."""
+
+    @abstractmethod
+    def use_generation(self, incarnation: str, generation: int) -> None:
+        """From now on keep keys under ``generation``, which belongs to ``incarnation``."""
+
+    @property
+    @abstractmethod
+    def seen_incarnation(self) -> str | None:
+        """The newest incarnation met (by a new connection), or ``None`` if not known."""
+
+    @abstractmethod
+    async def claim_generation(self) -> bool:
+        """Put the current generation's marker; return whether it was there already."""

@@ -7,14 +7,16 @@ probe closes the breaker (one info line), a failed one keeps it open for another
 
 from __future__ import annotations
 
-import time
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import ConfigurationError
 
 if TYPE_CHECKING:
     import logging
+
+    from kvstore.clock import Clock
 
 
 class BreakerState(StrEnum):
@@ -31,13 +33,21 @@ class BreakerState(StrEnum):
 class CircuitBreaker:
     """Consecutive-failure breaker with a timed probe. Not thread-safe: one event loop."""
 
-    def __init__(self, threshold: int, reset_after: float, *, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        threshold: int,
+        reset_after: float,
+        *,
+        logger: logging.Logger,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         if threshold < 1 or reset_after < 0:
             raise ConfigurationError("breaker_threshold must be >= 1, breaker_reset_after >= 0")
         self.threshold = threshold
         self.reset_after = reset_after
         self.state = BreakerState.CLOSED
         self._logger = logger
+        self._clock = clock
         self._failures = 0
         self._opened_at = 0.0
 
@@ -50,7 +60,7 @@ class CircuitBreaker:
         """Whether the breaker is open and has waited long enough for a probe."""
         return (
             self.state is BreakerState.OPEN
-            and time.monotonic() - self._opened_at >= self.reset_after
+            and self._clock.monotonic() - self._opened_at >= self.reset_after
         )
 
     def succeeded(self) -> None:
@@ -94,4 +104,4 @@ class CircuitBreaker:
 
     def _open(self) -> None:
         self.state = BreakerState.OPEN
-        self._opened_at = time.monotonic()
+        self._opened_at = self._clock.monotonic()

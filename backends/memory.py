@@ -10,6 +10,7 @@ tasks of one event loop. Nothing persists; nothing is shared between processes.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
@@ -18,9 +19,9 @@ from backends.base import (
     Capabilities,
     Entry,
     check_listing,
-    utcnow,
     version_conflict,
 )
+from kvstore.clock import SYSTEM_CLOCK
 from kvstore.keys import (
     DEFAULT_PAGE_SIZE,
     Key,
@@ -34,13 +35,17 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import AsyncIterator, Sequence
 
+    from kvstore.clock import Clock
+
 
 class MemoryBackend(Backend):
     """Entries in a dict keyed by ordered key bytes."""
 
     capabilities: ClassVar[Capabilities] = Capabilities(persistent=False, shared=False, bulk=True)
 
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self._revision = 0
         self._entries: dict[bytes, Entry] = {}
         self._order: list[bytes] = []
         self._namespaces: set[str] = set()
@@ -70,27 +75,32 @@ class MemoryBackend(Backend):
         current_version = current.version if current else 0
         if expected_version is not None and expected_version != current_version:
             raise version_conflict(expected_version, current_version)
-        now = utcnow()
+        now = self.clock.now()
         entry = Entry(
             value=bytes(value),
             version=current_version + 1,
             created_at=current.created_at if current else now,
             updated_at=now,
             expires_at=now + timedelta(seconds=ttl) if ttl is not None else None,
+            revision=self._next_revision(),
         )
         self._store(key, encoded, entry)
         return entry
 
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
+    def _next_revision(self) -> int:
+        self._revision += 1
+        return self._revision
+
+    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
         encoded = encode_key(key)
         current = self._live(encoded)
         current_version = current.version if current else 0
         if expected_version is not None and expected_version != current_version:
             raise version_conflict(expected_version, current_version)
         if current is None:
-            return False
+            return 0
         self._remove(encoded)
-        return True
+        return self._next_revision()
 
     async def list(
         self,
@@ -110,7 +120,7 @@ class MemoryBackend(Backend):
             low, high = prefix_range(namespace, (owner,))
             start = bisect.bisect_left(self._order, low)
             end = bisect.bisect_left(self._order, high)
-            now = utcnow()
+            now = self.clock.now()
             for encoded in self._order[start:end]:
                 removed += not _expired(self._entries.pop(encoded), now)
             del self._order[start:end]
@@ -142,7 +152,7 @@ class MemoryBackend(Backend):
             current = self._live(encoded)
             if current is not None and current.version >= entry.version:
                 continue
-            self._store(key, encoded, entry)
+            self._store(key, encoded, dataclasses.replace(entry, revision=self._next_revision()))
             written += 1
         return written
 
@@ -157,7 +167,7 @@ class MemoryBackend(Backend):
             start = max(start, bisect.bisect_right(self._order, encode_key(Key(namespace, after))))
         page: builtins.list[tuple[Key, Entry]] = []
         expired: builtins.list[bytes] = []
-        now = utcnow()
+        now = self.clock.now()
         for index in range(start, len(self._order)):
             encoded = self._order[index]
             if encoded >= high or len(page) == limit:
@@ -181,7 +191,7 @@ class MemoryBackend(Backend):
         entry = self._entries.get(encoded)
         if entry is None:
             return None
-        if _expired(entry, utcnow()):
+        if _expired(entry, self.clock.now()):
             self._remove(encoded)
             return None
         return entry

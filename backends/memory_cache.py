@@ -1,6 +1,6 @@
 """The dict cache tier: a bounded, per-process LRU implementing :class:`VersionedCache`.
 
-It has the same semantics as the Redis cache tier (forward-only by :attr:`Entry.stamp`,
+It has the same semantics as the Redis cache tier (forward-only by :attr:`Entry.revision`,
 leased fills, tombstones, invalidation) but lives inside one process: several processes
 each get their own cache and never see each other's writes, so a save in one process is
 not visible through another process's dict cache until that entry expires. With more than
@@ -14,19 +14,19 @@ TTL. Every operation runs without awaiting, so each is atomic under the tasks of
 from __future__ import annotations
 
 import secrets
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backends.base import CacheLookup, Entry, VersionedCache
+from backends.base import CacheLookup, Entry, VersionedCache, lands
+from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import ConfigurationError
 from kvstore.keys import check_component
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from datetime import datetime
 
+    from kvstore.clock import Clock
     from kvstore.keys import Key
 
 DEFAULT_TTL = 900.0
@@ -35,22 +35,23 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 SLOT_OVERHEAD = 200
 """Bytes counted per slot beside its value: key, metadata, dict and list overhead."""
 
-Stamp = tuple["datetime", int]
-
 
 @dataclass(slots=True)
 class _Slot:
-    """What one key holds: an entry, a tombstone stamp, or nothing, plus maybe a lease."""
+    """What one key holds: an entry, a tombstone's revision, or nothing, plus maybe a
+    lease."""
 
     entry: Entry | None
-    tombstone: Stamp | None
+    tombstone: int | None
     expires: float
     lease: str | None = None
     lease_expires: float = 0.0
 
-    @property
-    def stamp(self) -> Stamp | None:
-        return self.entry.stamp if self.entry is not None else self.tombstone
+    def takes(self, revision: int, *, tombstone: bool) -> bool:
+        """Whether a write of ``revision`` lands here (:func:`backends.base.lands`)."""
+        if self.entry is not None:
+            return lands(revision, tombstone, self.entry.revision, held_tombstone=False)
+        return lands(revision, tombstone, self.tombstone, held_tombstone=True)
 
     @property
     def size(self) -> int:
@@ -66,12 +67,15 @@ class MemoryCache(VersionedCache):
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_bytes: int = DEFAULT_MAX_BYTES,
         default_ttl: float = DEFAULT_TTL,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if max_entries <= 0 or max_bytes <= 0 or default_ttl <= 0:
             raise ConfigurationError("cache_max_entries, cache_max_bytes and ttl must be > 0")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.default_ttl = default_ttl
+        self._clock = clock
+        self._incarnation = secrets.token_hex(8)
         self._slots: OrderedDict[Key, _Slot] = OrderedDict()
         self._by_owner: dict[str, set[Key]] = {}
         self._bytes = 0
@@ -95,7 +99,7 @@ class MemoryCache(VersionedCache):
         self._bytes = 0
 
     async def lookup(self, keys: Sequence[Key], *, lease_ttl: float) -> list[CacheLookup]:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         answers: list[CacheLookup] = []
         for key in keys:
             slot = self._live(key, now)
@@ -119,13 +123,13 @@ class MemoryCache(VersionedCache):
     async def fill(
         self, items: Sequence[tuple[Key, Entry, str]], *, ttl: float | None = None
     ) -> int:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         landed = 0
         for key, entry, lease in items:
             slot = self._live(key, now)
             if slot is None or slot.lease != lease or slot.lease_expires <= now:
                 continue
-            if not _newer(entry.stamp, slot.stamp):
+            if not slot.takes(entry.revision, tombstone=False):
                 continue
             self._replace(key, _Slot(entry, None, now + self._ttl(ttl)))
             landed += 1
@@ -133,22 +137,25 @@ class MemoryCache(VersionedCache):
         return landed
 
     async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         slot = self._live(key, now)
-        if slot is not None and not _newer(entry.stamp, slot.stamp):
+        if slot is not None and not slot.takes(entry.revision, tombstone=False):
             slot.lease = None
             return False
         self._replace(key, _Slot(entry, None, now + self._ttl(ttl)))
         self._evict()
         return True
 
-    async def tombstone(self, key: Key, stamp: Stamp, *, ttl: float | None = None) -> None:
-        now = time.monotonic()
-        slot = self._live(key, now)
-        if slot is not None and not _newer(stamp, slot.stamp):
-            slot.lease = None
-            return
-        self._replace(key, _Slot(None, stamp, now + self._ttl(ttl)))
+    async def tombstones(
+        self, items: Sequence[tuple[Key, int]], *, ttl: float | None = None
+    ) -> None:
+        now = self._clock.monotonic()
+        for key, revision in items:
+            slot = self._live(key, now)
+            if slot is not None and not slot.takes(revision, tombstone=True):
+                slot.lease = None
+                continue
+            self._replace(key, _Slot(None, revision, now + self._ttl(ttl)))
         self._evict()
 
     async def invalidate(self, keys: Sequence[Key]) -> None:
@@ -163,10 +170,24 @@ class MemoryCache(VersionedCache):
     async def ping(self) -> None:
         """Always answers: the cache is in this process."""
 
+    async def incarnation(self) -> str:
+        """The cache's one life: it lives and dies with this object."""
+        return self._incarnation
+
+    def use_generation(self, incarnation: str, generation: int) -> None:
+        """Nothing to move: this cache never outlives what it holds."""
+
+    @property
+    def seen_incarnation(self) -> str:
+        return self._incarnation
+
+    async def claim_generation(self) -> bool:
+        return True
+
     async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
         """Keys holding a live entry in ``namespace`` (of ``owner`` if given), for
         :meth:`TieredBackend.verify` to find entries the system of record lacks."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         candidates = self._by_owner.get(owner, set()) if owner is not None else self._slots
         return [
             key
@@ -212,7 +233,3 @@ class MemoryCache(VersionedCache):
             key = next(iter(self._slots))
             self._drop(key)
             self.evictions += 1
-
-
-def _newer(stamp: Stamp, than: Stamp | None) -> bool:
-    return than is None or stamp > than

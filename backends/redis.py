@@ -23,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from backends import redis_lua as lua
 from backends.base import (
@@ -33,7 +33,6 @@ from backends.base import (
     Entry,
     VersionedCache,
     check_listing,
-    utcnow,
     version_conflict,
 )
 from backends.redis_connect import Closer, ConnectionSettings, check_url, connect
@@ -49,8 +48,10 @@ from backends.redis_format import (
     unpack,
 )
 from backends.redis_pipe import AutoPipeline
+from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import (
     BackendUnavailableError,
+    CacheLostError,
     ConfigurationError,
     DatabaseClosedError,
     InvalidRecordError,
@@ -64,8 +65,10 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from redis.asyncio import Redis
+    from redis.asyncio.connection import AbstractConnection
     from redis.typing import EncodableT
 
+    from kvstore.clock import Clock
     from kvstore.options import RedisOptions
 
 T = TypeVar("T")
@@ -79,6 +82,10 @@ DEFAULT_TOMBSTONE_TTL: Final = 3600.0
 
 _DRIVER_ERRORS: Final = (RedisError, OSError)  # OSError covers asyncio's TimeoutError
 _ERASE_ATTEMPTS: Final = 8
+
+
+class NewIncarnationError(RedisError):
+    """A new connection met another server incarnation than the cache generation's."""
 
 
 async def _ignore(_error: Exception) -> None:
@@ -101,11 +108,13 @@ class RedisBackend(Backend, VersionedCache):
         settings: ConnectionSettings | None = None,
         autopipeline: bool = True,
         cache_ttl: float | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if (url is None) == (client is None):
             raise ConfigurationError("give exactly one of url and client")
         if cache_ttl is not None and not cache_ttl > 0:
             raise ConfigurationError("cache_ttl must be positive seconds, or None")
+        self.clock = clock
         self._url = url
         self._client = client
         self._owns_client = client is None
@@ -119,6 +128,9 @@ class RedisBackend(Backend, VersionedCache):
             self._settings.max_retries,
             supported_errors=(RedisConnectionError,),
         )
+        self._prefix = key_prefix
+        self._incarnation: str | None = None
+        self._seen_incarnation: str | None = None
         self._pipe: AutoPipeline | None = None
         self._closers: list[Closer] = []
         self._closed = False
@@ -160,7 +172,9 @@ class RedisBackend(Backend, VersionedCache):
             raise DatabaseClosedError("the Redis backend is closed")
         if self._client is None:
             assert self._url is not None
-            self._client, self._closers = connect(self._url, self._settings)
+            self._client, self._closers = connect(
+                self._url, self._settings, on_connect=self._check_incarnation
+            )
         self._pipe = AutoPipeline(self._client, timeout=self._timeout, enabled=self._autopipeline)
         return self._pipe
 
@@ -171,6 +185,8 @@ class RedisBackend(Backend, VersionedCache):
     # -- error mapping and retries -------------------------------------------------------
 
     def _unavailable(self, op: str, exc: BaseException) -> BackendUnavailableError:
+        if isinstance(exc, NewIncarnationError):
+            return CacheLostError(f"Redis {op}: {exc}")
         detail = str(exc) or "no answer in time"
         return BackendUnavailableError(
             f"Redis {op} failed on {self.description}: {type(exc).__name__}: {detail}"
@@ -212,13 +228,21 @@ class RedisBackend(Backend, VersionedCache):
         values = await self._read_values(keys)
         return [None if data is None else unpack(data) for data in values]
 
-    async def _read_values(self, keys: Sequence[Key]) -> list[bytes | None]:
+    async def _read_values(
+        self, keys: Sequence[Key], *, marked: bool = False
+    ) -> list[bytes | None]:
+        """The raw values of ``keys``. ``marked``: also check the generation marker (a cache
+        on a standalone server) and raise :class:`CacheLostError` if it is gone."""
         names = [self._layout.record(key) for key in keys]
         pipe = self._ready()
         if not self._cluster:
+            if marked:
+                names.append(self._layout.marker)
             values: list[bytes | None] = await self._idempotent(
                 "get_many", lambda: pipe.call("MGET", *names)
             )
+            if marked and values.pop() is None:
+                raise CacheLostError("Redis lookup: the generation marker is gone")
             return values
         slots: dict[str, list[int]] = {}  # one MGET per owner: one hash slot each
         for position, key in enumerate(keys):
@@ -244,7 +268,7 @@ class RedisBackend(Backend, VersionedCache):
     ) -> Entry:
         if expected_version is not None and expected_version < 0:
             raise InvalidRecordError("expected_version must be >= 0")
-        now = utcnow()
+        now = self.clock.now()
         expires_at = None
         px = 0
         if ttl is not None:
@@ -253,7 +277,11 @@ class RedisBackend(Backend, VersionedCache):
             expires_at = now + timedelta(seconds=ttl)
             px = max(1, round(ttl * 1000))
         name = self._layout.record(key)
-        keys = (name, *self._layout.owner_keys(key.owner, key.namespace))
+        keys = (
+            name,
+            *self._layout.owner_keys(key.owner, key.namespace),
+            self._layout.revision_counter(key.owner),
+        )
         meta = b"%d:%d:%d:%d" % (
             to_us(now),
             -1 if expected_version is None else expected_version,
@@ -262,23 +290,31 @@ class RedisBackend(Backend, VersionedCache):
         )
         args = (meta, value, member(key.rest), key.namespace)
         pipe = self._ready()
-        ok, version, created = await self._once("put", lambda: pipe.script(lua.PUT, keys, args))
+        ok, version, created, revision = await self._once(
+            "put", lambda: pipe.script(lua.PUT, keys, args)
+        )
         if not ok:
             assert expected_version is not None
             raise version_conflict(expected_version, version)
-        return Entry(bytes(value), version, from_us(int(created)), now, expires_at)
+        return Entry(bytes(value), version, from_us(int(created)), now, expires_at, revision)
 
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
+    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
         if expected_version is not None and expected_version < 0:
             raise InvalidRecordError("expected_version must be >= 0")
-        keys = (self._layout.record(key), self._layout.owner_keys(key.owner, key.namespace)[0])
+        keys = (
+            self._layout.record(key),
+            self._layout.owner_keys(key.owner, key.namespace)[0],
+            self._layout.revision_counter(key.owner),
+        )
         args = (-1 if expected_version is None else expected_version, member(key.rest))
         pipe = self._ready()
-        ok, version = await self._once("delete", lambda: pipe.script(lua.DELETE, keys, args))
+        ok, version, revision = await self._once(
+            "delete", lambda: pipe.script(lua.DELETE, keys, args)
+        )
         if not ok:
             assert expected_version is not None
             raise version_conflict(expected_version, version)
-        return bool(version)
+        return int(revision)
 
     async def list(
         self,
@@ -350,10 +386,12 @@ class RedisBackend(Backend, VersionedCache):
         """Erase every key of ``owner`` found through its index, in one script that first
         checks the index is unchanged (else read again); count the live records removed."""
         ns_set = self._layout.namespaces(owner)
+        counter = self._layout.revision_counter(owner)
         pipe = self._ready()
         for _ in range(_ERASE_ATTEMPTS):
             found: list[bytes] = await self._idempotent(op, lambda: pipe.call("SMEMBERS", ns_set))
             if not found:
+                await self._idempotent(op, lambda: pipe.call("UNLINK", counter))
                 return 0
             namespaces = sorted(ns.decode() for ns in found)
             indexes = [self._layout.index(owner, ns) for ns in namespaces]
@@ -370,7 +408,8 @@ class RedisBackend(Backend, VersionedCache):
                 for ns, items in zip(namespaces, listed, strict=True)
                 for item in items
             ]
-            keys = [ns_set, *indexes, *records, *(self._layout.lease(name) for name in records)]
+            leases = (self._layout.lease(name) for name in records)
+            keys = [ns_set, *indexes, *records, *leases, counter]
             args: list[EncodableT] = [len(indexes), len(records)]
             args += [len(items) for items in listed]
             args += [item for items in listed for item in items]
@@ -452,8 +491,13 @@ class RedisBackend(Backend, VersionedCache):
         calls: builtins.list[tuple[lua.Script, tuple[str, ...], tuple[EncodableT, ...]]] = []
         for key, entry in items:
             px = self._px(None, entry.expires_at, None) if entry.expires_at is not None else 0
-            keys = (self._layout.record(key), *self._layout.owner_keys(key.owner, key.namespace))
-            args = (pack(entry), px, entry.version, member(key.rest), key.namespace)
+            keys = (
+                self._layout.record(key),
+                *self._layout.owner_keys(key.owner, key.namespace),
+                self._layout.revision_counter(key.owner),
+            )
+            unrevised = pack(entry).split(b":", 2)[2]
+            args = (unrevised, px, entry.version, member(key.rest), key.namespace)
             calls.append((lua.RESTORE, keys, args))
         written = 0
         pipe = self._ready()
@@ -469,9 +513,16 @@ class RedisBackend(Backend, VersionedCache):
             written += sum(1 for result in results if result == 1)
         return written
 
-    def _cache_keys(self, key: Key) -> tuple[str, str, str, str]:
+    def _cache_keys(self, key: Key) -> tuple[str, ...]:
         name = self._layout.record(key)
-        return (name, self._layout.lease(name), *self._layout.owner_keys(key.owner, key.namespace))
+        keys = (name, self._layout.lease(name), *self._layout.owner_keys(key.owner, key.namespace))
+        return (*keys, self._layout.marker) if self._marked else keys
+
+    @property
+    def _marked(self) -> bool:
+        """Whether cache calls check the generation marker: once a generation is in use
+        (:meth:`use_generation`), on a standalone server (a Cluster keeps no marker)."""
+        return self._incarnation is not None and not self._cluster
 
     # -- VersionedCache ------------------------------------------------------------------
 
@@ -480,7 +531,7 @@ class RedisBackend(Backend, VersionedCache):
             return []
         if not lease_ttl > 0:
             raise InvalidRecordError("lease_ttl must be positive seconds")
-        values = await self._read_values(keys)
+        values = await self._read_values(keys, marked=self._marked)
         answers: Lookups = []
         misses: Positions = []
         for position, data in enumerate(values):
@@ -518,15 +569,24 @@ class RedisBackend(Backend, VersionedCache):
         if seconds is not None and not seconds > 0:
             raise InvalidRecordError("ttl must be positive seconds")
         if expires_at is not None:
-            left = (expires_at - utcnow()).total_seconds()
+            left = (expires_at - self.clock.now()).total_seconds()
             seconds = left if seconds is None else min(seconds, left)
         return 0 if seconds is None else max(1, round(seconds * 1000))
 
-    def _entry_args(
-        self, key: Key, token: str, packed: bytes, px: int, stamp: tuple[datetime, int]
-    ) -> tuple[EncodableT, ...]:
-        created, version = stamp
-        return (token, packed, px, to_us(created), version, member(key.rest), key.namespace)
+    def _cache_call(
+        self, script: lua.Script, key: Key, token: str, packed: bytes, px: int, revision: int
+    ) -> tuple[lua.Script, tuple[str, ...], tuple[EncodableT, ...]]:
+        args = (token, packed, px, revision, member(key.rest), key.namespace)
+        return script, self._cache_keys(key), args
+
+    async def _cache_scripts(
+        self, op: str, calls: Sequence[tuple[lua.Script, tuple[str, ...], tuple[EncodableT, ...]]]
+    ) -> builtins.list[Any]:
+        pipe = self._ready()
+        results = self._checked(op, await self._idempotent(op, lambda: pipe.scripts(calls)))
+        if any(result == -1 for result in results):
+            raise CacheLostError(f"Redis {op}: the generation marker is gone (flushed or evicted)")
+        return results
 
     async def fill(
         self, items: Sequence[tuple[Key, Entry, str]], *, ttl: float | None = None
@@ -534,34 +594,94 @@ class RedisBackend(Backend, VersionedCache):
         if not items:
             return 0
         calls = [
-            (
+            self._cache_call(
                 lua.FILL,
-                self._cache_keys(key),
-                self._entry_args(
-                    key, token, pack(entry), self._px(ttl, entry.expires_at, None), entry.stamp
-                ),
+                key,
+                token,
+                pack(entry),
+                self._px(ttl, entry.expires_at, None),
+                entry.revision,
             )
             for key, entry, token in items
         ]
-        pipe = self._ready()
-        results = self._checked("fill", await self._idempotent("fill", lambda: pipe.scripts(calls)))
+        results = await self._cache_scripts("fill", calls)
         return sum(1 for result in results if result == 1)
 
     async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
         px = self._px(ttl, entry.expires_at, None)
-        keys = self._cache_keys(key)
-        args = self._entry_args(key, "", pack(entry), px, entry.stamp)
-        pipe = self._ready()
-        return bool(await self._idempotent("write", lambda: pipe.script(lua.WRITE, keys, args)))
+        call = self._cache_call(lua.WRITE, key, "", pack(entry), px, entry.revision)
+        return bool((await self._cache_scripts("write", [call]))[0] == 1)
 
-    async def tombstone(
-        self, key: Key, stamp: tuple[datetime, int], *, ttl: float | None = None
+    async def tombstones(
+        self, items: Sequence[tuple[Key, int]], *, ttl: float | None = None
     ) -> None:
+        if not items:
+            return
         px = self._px(ttl, None, DEFAULT_TOMBSTONE_TTL)
-        keys = self._cache_keys(key)
-        args = self._entry_args(key, "", pack_tombstone(stamp), px, stamp)
+        calls = [
+            self._cache_call(lua.WRITE, key, "", pack_tombstone(revision), px, revision)
+            for key, revision in items
+        ]
+        await self._cache_scripts("tombstones", calls)
+
+    async def incarnation(self) -> str:
+        """The server's ``run_id`` (new on every start, restore or failover); a server that
+        does not report one (fakeredis) gets a random token kept in the server itself."""
+        client = self._ready().client
+        try:
+            async with asyncio.timeout(self._timeout):
+                info = await client.info("server")
+                run_id = info.get("run_id") if isinstance(info, dict) else None
+                if run_id:
+                    return str(run_id)
+        except ResponseError:
+            pass  # no INFO: fall back to the token
+        except _DRIVER_ERRORS as exc:
+            raise self._unavailable("incarnation", exc) from exc
+        token = secrets.token_hex(16)
+        name = f"{self._prefix}*incarnation"
         pipe = self._ready()
-        await self._idempotent("tombstone", lambda: pipe.script(lua.TOMBSTONE, keys, args))
+        await self._idempotent("incarnation", lambda: pipe.call("SET", name, token, "NX"))
+        stored = await self._idempotent("incarnation", lambda: pipe.call("GET", name))
+        return bytes(stored).decode()
+
+    def use_generation(self, incarnation: str, generation: int) -> None:
+        """Keep cache keys under ``generation`` of the server's ``incarnation`` from now on;
+        a connection to any other incarnation fails with :class:`CacheLostError`."""
+        self._incarnation = self._seen_incarnation = incarnation
+        self._layout = Layout(f"{self._prefix}{generation}:")
+
+    @property
+    def seen_incarnation(self) -> str | None:
+        """The newest incarnation a new connection met (may differ from the one in use)."""
+        return self._seen_incarnation
+
+    async def claim_generation(self) -> bool:
+        """Put the generation marker; return whether it was there already (the generation
+        is intact). A Cluster keeps no marker (True)."""
+        if self._cluster:
+            return True
+        pipe = self._ready()
+        name = self._layout.marker
+        created = await self._idempotent("claim", lambda: pipe.call("SET", name, b"1", "NX"))
+        return created is None
+
+    async def _check_incarnation(self, connection: AbstractConnection) -> None:
+        """redis-py's connect hook: the usual handshake, then, once a generation is in
+        use, the server's ``run_id``; a new one fails the connection (nothing is sent on
+        it) until the tiered store has moved to a new generation."""
+        await connection.on_connect()
+        if self._incarnation is None:
+            return
+        await connection.send_command("INFO", "server")
+        reply = await connection.read_response()
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        run_id = next(
+            (line[7:].strip() for line in text.splitlines() if line.startswith("run_id:")), ""
+        )
+        if run_id and run_id != self._incarnation:
+            self._seen_incarnation = run_id
+            raise NewIncarnationError(f"the Redis server is a new incarnation ({run_id})")
 
     async def invalidate(self, keys: Sequence[Key]) -> None:
         if not keys:
@@ -587,7 +707,11 @@ DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
 
 
 def build_redis_backend(
-    url: str | None, options: RedisOptions, *, cache_ttl: float | None = None
+    url: str | None,
+    options: RedisOptions,
+    *,
+    cache_ttl: float | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> RedisBackend:
     """A Redis backend for ``url`` (default ``$KVSTORE_REDIS_URL``, then
     ``redis://localhost:6379/0``) or for the injected ``redis_client`` option, which is used
@@ -609,6 +733,7 @@ def build_redis_backend(
         settings=settings,
         autopipeline=autopipeline,
         cache_ttl=cache_ttl,
+        clock=clock,
     )
 
 

@@ -26,6 +26,7 @@ from kvstore.urls import mask_url, split_url
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.connection import AbstractConnection
 
     from kvstore.options import RedisOptions
 
@@ -127,9 +128,16 @@ def check_url(url: str) -> str:
 Closer = Callable[[], Awaitable[None]]
 
 
-def connect(url: str, settings: ConnectionSettings) -> tuple[Redis | RedisCluster, list[Closer]]:
+def connect(
+    url: str,
+    settings: ConnectionSettings,
+    *,
+    on_connect: Callable[[AbstractConnection], Awaitable[None]] | None = None,
+) -> tuple[Redis | RedisCluster, list[Closer]]:
     """A client for ``url`` and what else to close with it (Sentinel clients); no I/O
-    happens until its first command."""
+    happens until its first command. ``on_connect`` replaces redis-py's handshake of every
+    new connection (redis-py's public ``redis_connect_func``; it must call
+    ``connection.on_connect()``); a Cluster client runs its own and ignores it."""
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -143,6 +151,8 @@ def connect(url: str, settings: ConnectionSettings) -> tuple[Redis | RedisCluste
     }
     if scheme.endswith("+cluster"):
         return _cluster(url, settings, common), []
+    if on_connect is not None:
+        common["redis_connect_func"] = on_connect
     if scheme.endswith("+sentinel"):
         return _sentinel(url, settings, common)
     try:

@@ -8,15 +8,18 @@ Keys (``P`` is the key prefix, ``{o}`` the escaped owner: the cluster hash tag):
                        the components after the owner, each UTF-8 + NUL (ZRANGEBYLEX order
                        is component order)
     P{o}*n             the namespaces the owner has keys in: a set
+    P{o}*r             the owner's revision counter (store mode)
+    P*live             the generation marker (cache mode, standalone servers)
 
 :func:`kvstore.keys.redis_key` percent-escapes ``*`` (and ``% : { } ? [ ] \\`` and space) in
 every component and namespaces are ``[a-z0-9_.-]``, so after the hash tag a record key never
 contains ``*``: lease, index and namespace-set keys can never equal a record key.
 
-Values are one string, ``TAG:version:created_us:updated_us:expires_us:`` then the serialized
-bytes, so one GET returns everything. ``TAG`` is ``e1`` for an entry (format 1) and ``t1``
-for a versioned-cache tombstone (no bytes). Times are integer microseconds since the epoch
-(0: never expires).
+Values are one string, ``TAG:revision:version:created_us:updated_us:expires_us:`` then the
+serialized bytes, so one GET returns everything. ``TAG`` is ``e2`` for an entry (format 2)
+and ``t2`` for a versioned-cache tombstone (no bytes; version and times 0). Times are
+integer microseconds since the epoch (0: never expires). Format 1 (``e1``/``t1``: no
+revision) is still read, as revision 0.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from backends.base import Entry
 from kvstore.errors import ConfigurationError, SerializationError
 from kvstore.keys import Key, redis_key, redis_owner_tag
 
-ENTRY_TAG: Final = b"e1"
-TOMBSTONE_TAG: Final = b"t1"
+ENTRY_TAG: Final = b"e2"
+TOMBSTONE_TAG: Final = b"t2"
+_OLD_ENTRY_TAG: Final = b"e1"
+_OLD_TOMBSTONE_TAG: Final = b"t1"
 LEASE_SUFFIX: Final = "*l"
 DEFAULT_KEY_PREFIX: Final = "kv:"
 
@@ -103,6 +108,15 @@ class Layout:
         """The set of namespaces ``owner`` has keys in."""
         return f"{self.owner_tag(owner)}*n"
 
+    def revision_counter(self, owner: str) -> str:
+        """The counter that gives ``owner``'s changes their revisions (store mode)."""
+        return f"{self.owner_tag(owner)}*r"
+
+    @property
+    def marker(self) -> str:
+        """The generation marker: its absence tells a cache that lost keys (flushed)."""
+        return f"{self.prefix}*live"
+
     def record_of_member(self, owner: str, namespace: str, member: bytes) -> tuple[Key, str]:
         """The key and record key named by an index member."""
         key = member_key(owner, namespace, member)
@@ -123,7 +137,8 @@ def member_key(owner: str, namespace: str, data: bytes) -> Key:
 def pack(entry: Entry) -> bytes:
     """One string holding ``entry`` and its metadata."""
     expires = to_us(entry.expires_at) if entry.expires_at is not None else 0
-    header = b"e1:%d:%d:%d:%d:" % (
+    header = b"e2:%d:%d:%d:%d:%d:" % (
+        entry.revision,
         entry.version,
         to_us(entry.created_at),
         to_us(entry.updated_at),
@@ -132,28 +147,34 @@ def pack(entry: Entry) -> bytes:
     return header + entry.value
 
 
-def pack_tombstone(stamp: tuple[datetime, int]) -> bytes:
-    """A tombstone carrying ``stamp`` (no value)."""
-    created, version = stamp
-    return b"t1:%d:%d:0:0:" % (version, to_us(created))
+def pack_tombstone(revision: int) -> bytes:
+    """A tombstone of ``revision`` (no value)."""
+    return b"t2:%d:0:0:0:0:" % revision
 
 
 def unpack(data: bytes) -> Entry | None:
     """The entry in a packed string; ``None`` for a tombstone."""
+    tag = data[:2]
     try:
-        tag, version, created, updated, expires, value = data.split(b":", 5)
         if tag == ENTRY_TAG:
-            created_at = from_us(int(created))
-            return Entry(
-                value,
-                int(version),
-                created_at,
-                created_at if updated == created else from_us(int(updated)),
-                None if expires == b"0" else from_us(int(expires)),
-            )
-    except ValueError:
-        pass
-    else:
-        if tag == TOMBSTONE_TAG:
+            _, revision, version, created, updated, expires, value = data.split(b":", 6)
+        elif tag == _OLD_ENTRY_TAG:
+            _, version, created, updated, expires, value = data.split(b":", 5)
+            revision = b"0"
+        elif tag in (TOMBSTONE_TAG, _OLD_TOMBSTONE_TAG):
             return None
-    raise SerializationError("a Redis value is not in a format this version of kvstore reads")
+        else:
+            raise ValueError(tag)
+        created_at = from_us(int(created))
+        return Entry(
+            value,
+            int(version),
+            created_at,
+            created_at if updated == created else from_us(int(updated)),
+            None if expires == b"0" else from_us(int(expires)),
+            int(revision),
+        )
+    except ValueError:
+        raise SerializationError(
+            "a Redis value is not in a format this version of kvstore reads"
+        ) from None

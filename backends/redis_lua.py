@@ -11,18 +11,24 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-_STAMP = """
-local function held(cur)
+_COMMON = """
+local function parse(cur)
   if not cur then return nil end
-  local tag, v, c = string.match(cur, '^(%a)%d:(%d+):(%d+):')
-  return tag, tonumber(c), tonumber(v)
+  local tag, rev, v, c = string.match(cur, '^(%a)2:(%d+):(%d+):(%d+):')
+  if tag then return tag, tonumber(rev), tonumber(v), c end
+  tag, v, c = string.match(cur, '^(%a)1:(%d+):(%d+):')
+  return tag, 0, tonumber(v), c
 end
-local function newer(cur, c, v, or_equal)
-  local tag, hc, hv = held(cur)
+-- the cache's one ordering rule (backends.base.lands)
+local function lands(cur, rev, tombstone)
+  local tag, held = parse(cur)
   if not tag then return true end
-  if c ~= hc then return c > hc end
-  if or_equal then return v >= hv end
-  return v > hv
+  if tombstone or tag == 'e' then return rev > held end
+  return rev >= held
+end
+-- a cache that lost its generation marker (flushed, evicted) may have lost tombstones too
+local function lost()
+  return #KEYS >= 5 and redis.call('EXISTS', KEYS[5]) == 0
 end
 local function store(k, value, px, idx, member, nsset, ns, indexed)
   if px ~= '0' then
@@ -51,39 +57,42 @@ class Script:
 
 
 PUT = Script(
-    _STAMP
+    _COMMON
     + """
--- KEYS: record, index, namespaces; ARGV: 'now_us:expected:px:expires_us' (expected -1:
--- none; px 0: no expiry; expires_us 0: never), value, member, namespace.
--- Returns {ok, version, created_us}.
+-- KEYS: record, index, namespaces, owner's revision counter; ARGV:
+-- 'now_us:expected:px:expires_us' (expected -1: none; px 0: no expiry; expires_us 0:
+-- never), value, member, namespace. Returns {ok, version, created_us, revision}.
 local now, expected, px, expires = string.match(ARGV[1], '^(%d+):(-?%d+):(%d+):(%d+)$')
 local cur = redis.call('GET', KEYS[1])
-local tag, created, version = held(cur)
+local tag, _, version, created = parse(cur)
 if tag ~= 'e' then version = 0; created = nil end
 expected = tonumber(expected)
-if expected >= 0 and expected ~= version then return {0, version, ''} end
+if expected >= 0 and expected ~= version then return {0, version, '', 0} end
 version = version + 1
-local created_s = created and string.format('%d', created) or now
-local value = 'e1:' .. string.format('%d', version) .. ':' .. created_s .. ':' .. now
-  .. ':' .. expires .. ':' .. ARGV[2]
+local created_s = created or now
+local revision = redis.call('INCR', KEYS[4])
+local value = 'e2:' .. revision .. ':' .. string.format('%d', version) .. ':' .. created_s
+  .. ':' .. now .. ':' .. expires .. ':' .. ARGV[2]
 store(KEYS[1], value, px, KEYS[2], ARGV[3], KEYS[3], ARGV[4], cur)
-return {1, version, created_s}
+return {1, version, created_s, revision}
 """
 )
 
 DELETE = Script(
-    _STAMP
+    _COMMON
     + """
--- KEYS: record, index; ARGV: expected (-1: none), member. Returns {ok, live version}.
-local tag, created, version = held(redis.call('GET', KEYS[1]))
+-- KEYS: record, index, owner's revision counter; ARGV: expected (-1: none), member.
+-- Returns {ok, live version, revision of the deletion (0: nothing removed)}.
+local tag, _, version = parse(redis.call('GET', KEYS[1]))
 if tag ~= 'e' then version = 0 end
 local expected = tonumber(ARGV[1])
-if expected >= 0 and expected ~= version then return {0, version} end
+if expected >= 0 and expected ~= version then return {0, version, 0} end
 if version > 0 then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[2])
+  return {1, version, redis.call('INCR', KEYS[3])}
 end
-return {1, version}
+return {1, 0, 0}
 """
 )
 
@@ -103,47 +112,31 @@ return 0
 )
 
 FILL = Script(
-    _STAMP
+    _COMMON
     + """
--- KEYS: record, lease, index, namespaces; ARGV: token, packed, px, created_us, version,
--- member, namespace. Stores only with the valid lease (consumed) and a newer stamp.
+-- KEYS: record, lease, index, namespaces[, generation marker]; ARGV: token, packed,
+-- px, revision, member, namespace. Stores only with the valid lease (consumed) and where
+-- the entry lands. Returns 1 if stored, 0 if not, -1 if the marker is gone.
+if lost() then return -1 end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
 local cur = redis.call('GET', KEYS[1])
-if not newer(cur, tonumber(ARGV[4]), tonumber(ARGV[5]), false) then
-  return 0
-end
-store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7], cur)
+if not lands(cur, tonumber(ARGV[4]), false) then return 0 end
+store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[5], KEYS[4], ARGV[6], cur)
 return 1
 """
 )
 
 WRITE = Script(
-    _STAMP
+    _COMMON
     + """
--- KEYS and ARGV as FILL minus the token (ARGV[1] unused). Revokes the lease; stores
--- if newer by stamp.
+-- KEYS and ARGV as FILL; the token (ARGV[1]) is unused and the lease is revoked. Stores
+-- an entry (ARGV[2] starts with 'e') or a tombstone ('t') where it lands.
+if lost() then return -1 end
 redis.call('DEL', KEYS[2])
 local cur = redis.call('GET', KEYS[1])
-if not newer(cur, tonumber(ARGV[4]), tonumber(ARGV[5]), false) then
-  return 0
-end
-store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7], cur)
-return 1
-"""
-)
-
-TOMBSTONE = Script(
-    _STAMP
-    + """
--- KEYS and ARGV as WRITE; ARGV[2] is a packed tombstone. Replaces an entry of the same
--- stamp (the one deleted), keeps anything newer.
-redis.call('DEL', KEYS[2])
-local cur = redis.call('GET', KEYS[1])
-if not newer(cur, tonumber(ARGV[4]), tonumber(ARGV[5]), true) then
-  return 0
-end
-store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[6], KEYS[4], ARGV[7], cur)
+if not lands(cur, tonumber(ARGV[4]), string.sub(ARGV[2], 1, 1) == 't') then return 0 end
+store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[5], KEYS[4], ARGV[6], cur)
 return 1
 """
 )
@@ -162,7 +155,8 @@ return 0
 ERASE = Script(
     """
 -- Erase one owner, if its keys are still exactly what the caller read.
--- KEYS: namespaces set, n indexes, m records, m leases. ARGV: n, m, then per index its
+-- KEYS: namespaces set, n indexes, m records, m leases, the owner's revision counter.
+-- ARGV: n, m, then per index its
 -- member count, then every member in ZRANGE order. Returns the number of live records
 -- removed, or -1 when the owner's keys changed since (the caller reads again).
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -184,22 +178,25 @@ for offset = 0, m - 1, 1000 do
   redis.call('UNLINK', unpack(KEYS, first + m, last + m))
 end
 redis.call('UNLINK', unpack(KEYS, 1, 1 + n))
+redis.call('UNLINK', KEYS[#KEYS])
 return removed
 """
 )
 
 RESTORE = Script(
-    _STAMP
+    _COMMON
     + """
--- Bulk import. KEYS: record, index, namespaces; ARGV: packed entry, px, version, member,
--- namespace. Writes the entry as given unless the key holds a live entry of this version
--- or newer. Returns 1 if written.
+-- Bulk import. KEYS: record, index, namespaces, owner's revision counter; ARGV: packed
+-- entry without its revision (everything after 'e2:<revision>:'), px, version, member,
+-- namespace. Writes the entry as given, with a new revision, unless the key holds a live
+-- entry of this version or newer. Returns 1 if written.
 local cur = redis.call('GET', KEYS[1])
-local tag, created, version = held(cur)
+local tag, _, version = parse(cur)
 if tag == 'e' and version >= tonumber(ARGV[3]) then return 0 end
-store(KEYS[1], ARGV[1], ARGV[2], KEYS[2], ARGV[4], KEYS[3], ARGV[5], cur)
+local value = 'e2:' .. redis.call('INCR', KEYS[4]) .. ':' .. ARGV[1]
+store(KEYS[1], value, ARGV[2], KEYS[2], ARGV[4], KEYS[3], ARGV[5], cur)
 return 1
 """
 )
 
-ALL_SCRIPTS = (PUT, DELETE, LEASE, FILL, WRITE, TOMBSTONE, FORGET, ERASE, RESTORE)
+ALL_SCRIPTS = (PUT, DELETE, LEASE, FILL, WRITE, FORGET, ERASE, RESTORE)

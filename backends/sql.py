@@ -28,12 +28,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
+from backends import sql_feed
 from backends.base import (
     Backend,
     Capabilities,
+    Change,
     Entry,
+    Generation,
+    Snapshot,
     check_listing,
-    utcnow,
     version_conflict,
 )
 from backends.sql_config import READ_ONLY, SQLConfig, create_engine, parse_sql_url
@@ -46,7 +49,9 @@ from backends.sql_schema import (
     kv_records,
     parse_sqlite_time,
     sqlite_time,
+    stored_key,
 )
+from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import ConflictError, DatabaseClosedError, SerializationError
 from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
 
@@ -57,6 +62,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import PoolProxiedConnection
 
+    from kvstore.clock import Clock
     from kvstore.options import SQLOptions
 
 HOLD_SECONDS: Final = 5.0
@@ -70,19 +76,20 @@ DEFAULT_STREAM_BATCH: Final = 1000
 
 _UPSERT: Final = """
 INSERT INTO kv_records AS r
-    (namespace, owner, key, value, version, created_at, updated_at, expires_at)
-VALUES ($1, $2, $3, $4, 1, $5, $5, $6)
+    (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
+VALUES ($1, $2, $3, $4, 1, $5, $5, $6, {revision})
 ON CONFLICT (namespace, owner, key) DO UPDATE SET
     value = excluded.value,
     version = CASE WHEN r.expires_at <= excluded.updated_at THEN 1 ELSE r.version + 1 END,
     created_at = CASE WHEN r.expires_at <= excluded.updated_at
         THEN excluded.created_at ELSE r.created_at END,
     updated_at = excluded.updated_at,
-    expires_at = excluded.expires_at
+    expires_at = excluded.expires_at,
+    revision = excluded.revision
 """
 SQL: Final = {
     "get": """
-        SELECT value, version, created_at, updated_at, expires_at FROM kv_records
+        SELECT value, version, created_at, updated_at, expires_at, revision FROM kv_records
         WHERE namespace = $1 AND owner = $2 AND key = $3
           AND (expires_at IS NULL OR expires_at > $4)""",
     "version": """
@@ -90,29 +97,44 @@ SQL: Final = {
         WHERE namespace = $1 AND owner = $2 AND key = $3
           AND (expires_at IS NULL OR expires_at > $4)""",
     # no condition: insert, or update the live row, or restart an expired one at version 1
-    "put": _UPSERT + "RETURNING version, created_at",
+    "put": _UPSERT + "RETURNING version, created_at, revision",
     # expected_version=0: insert, or restart an expired row; a live row blocks it
-    "put_new": _UPSERT + "WHERE r.expires_at <= excluded.updated_at RETURNING version, created_at",
+    "put_new": _UPSERT
+    + "WHERE r.expires_at <= excluded.updated_at RETURNING version, created_at, revision",
     # expected_version=N: update the live row at version N, nothing else
     "put_if": """
-        UPDATE kv_records SET value = $4, version = version + 1, updated_at = $5, expires_at = $6
+        UPDATE kv_records SET value = $4, version = version + 1, updated_at = $5,
+            expires_at = $6, revision = {revision}
         WHERE namespace = $1 AND owner = $2 AND key = $3 AND version = $7
           AND (expires_at IS NULL OR expires_at > $5)
-        RETURNING version, created_at""",
+        RETURNING version, created_at, revision""",
     # returns expires_at, not a liveness expression: SQLite 3.40 evaluates
     # "expires_at IS NULL" wrongly in the RETURNING clause of a DELETE
     "delete": """
         DELETE FROM kv_records WHERE namespace = $1 AND owner = $2 AND key = $3
-        RETURNING expires_at""",
+        RETURNING expires_at, {deleted}""",
     "delete_if": """
         DELETE FROM kv_records
         WHERE namespace = $1 AND owner = $2 AND key = $3 AND version = $4
           AND (expires_at IS NULL OR expires_at > $5)
-        RETURNING version""",
+        RETURNING version, {deleted}""",
 }
-"""The hot statements, in PostgreSQL's ``$n`` style (SQLite gets ``?n``, same numbers)."""
+"""The hot statements, in PostgreSQL's ``$n`` style (SQLite gets ``?n``, same numbers).
 
-_SQLITE_SQL: Final = {name: re.sub(r"\$(\d)", r"?\1", text) for name, text in SQL.items()}
+Revisions: on PostgreSQL a trigger assigns every written row's revision (the ``0`` here is
+replaced) and the delete trigger draws the tombstone's, read back with ``currval``; on
+SQLite the statement takes the counter + 1 itself, and the delete trigger bumps it."""
+
+_POSTGRES_SQL: Final = {
+    name: text.replace("{revision}", "0").replace("{deleted}", "currval('kv_revision')")
+    for name, text in SQL.items()
+} | sql_feed.POSTGRES
+_SQLITE_SQL: Final = {
+    name: re.sub(r"\$(\d)", r"?\1", text)
+    .replace("{revision}", "(SELECT value + 1 FROM kv_revision WHERE id = 1)")
+    .replace("{deleted}", "(SELECT value FROM kv_revision WHERE id = 1)")
+    for name, text in SQL.items()
+} | sql_feed.SQLITE
 
 
 def _same(value: Any) -> Any:
@@ -130,10 +152,15 @@ def _from_sqlite_time(value: str | None) -> datetime | None:
 class SQLBackend(Backend):
     """Records in one SQL table; see the module docstring for the hot path."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True, shared=True, bulk=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        persistent=True, shared=True, bulk=True, feed=True
+    )
 
-    def __init__(self, config: SQLConfig, *, engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self, config: SQLConfig, *, engine: AsyncEngine | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.config = config
+        self.clock = clock
         self._engine = engine
         self._owns_engine = engine is None
         self._ready = False
@@ -141,7 +168,7 @@ class SQLBackend(Backend):
         self._init_lock = asyncio.Lock()
         self._where = config.masked_url
         self._postgres = config.dialect == "postgresql"
-        self._sql = SQL if self._postgres else _SQLITE_SQL
+        self._sql = _POSTGRES_SQL if self._postgres else _SQLITE_SQL
         self._to_time: Callable[[datetime | None], Any] = (
             _same if self._postgres else _to_sqlite_time
         )
@@ -314,17 +341,18 @@ class SQLBackend(Backend):
                 return rows
 
     def _entry(self, row: Sequence[Any]) -> Entry:
-        value, version, created_at, updated_at, expires_at = row
+        value, version, created_at, updated_at, expires_at, revision = row
         return Entry(
             value=value.encode(),
             version=version,
             created_at=self._from_time(created_at),  # type: ignore[arg-type]
             updated_at=self._from_time(updated_at),  # type: ignore[arg-type]
             expires_at=self._from_time(expires_at),
+            revision=revision,
         )
 
     async def get(self, key: Key) -> Entry | None:
-        args = (key.namespace, key.owner, key_text(key.rest), self._to_time(utcnow()))
+        args = (key.namespace, key.owner, key_text(key.rest), self._to_time(self.clock.now()))
         rows = await self._run("get", "get", args, idempotent=True)
         return self._entry(rows[0]) if rows else None
 
@@ -340,7 +368,7 @@ class SQLBackend(Backend):
             text = bytes(value).decode()
         except UnicodeDecodeError as exc:
             raise SerializationError("the SQL backend stores UTF-8 JSON text") from exc
-        now = utcnow()
+        now = self.clock.now()
         expires_at = None if ttl is None else now + timedelta(seconds=ttl)
         args: tuple[Any, ...] = (
             key.namespace,
@@ -359,38 +387,68 @@ class SQLBackend(Backend):
         rows = await self._run("save", name, args, idempotent=False)
         if not rows:
             raise await self._conflict(key, expected_version or 0)
-        version, created_at = rows[0]
+        version, created_at, revision = rows[0]
         return Entry(
             value=bytes(value),
             version=version,
             created_at=self._from_time(created_at),  # type: ignore[arg-type]
             updated_at=now,
             expires_at=expires_at,
+            revision=revision,
         )
 
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> bool:
+    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
         args: tuple[Any, ...] = (key.namespace, key.owner, key_text(key.rest))
-        clock = utcnow()
+        clock = self.clock.now()
         now = self._to_time(clock)
         if expected_version is None:
             rows = await self._run("delete", "delete", args, idempotent=False)
-            return bool(rows) and _live_at(self._from_time(rows[0][0]), clock)
+            if not rows:
+                return 0
+            expires_at, revision = rows[0]
+            # an expired row was not live: its removal is still a change (a tombstone)
+            return int(revision) if _live_at(self._from_time(expires_at), clock) else 0
         if expected_version == 0:
             rows = await self._run("delete", "version", (*args, now), idempotent=True)
             if rows:
                 raise version_conflict(0, rows[0][0])
-            return False
+            return 0
         rows = await self._run(
             "delete", "delete_if", (*args, expected_version, now), idempotent=False
         )
         if not rows:
             raise await self._conflict(key, expected_version)
-        return True
+        return int(rows[0][1])
 
     async def _conflict(self, key: Key, expected: int) -> ConflictError:
-        args = (key.namespace, key.owner, key_text(key.rest), self._to_time(utcnow()))
+        args = (key.namespace, key.owner, key_text(key.rest), self._to_time(self.clock.now()))
         rows = await self._run("read version", "version", args, idempotent=True)
         return version_conflict(expected, rows[0][0] if rows else 0)
+
+    # -- the change feed and cache generations (backends.sql_feed) -------------------------
+
+    async def read_changes(
+        self, after: int, limit: int
+    ) -> tuple[builtins.list[Change], Snapshot | None]:
+        rows = await self._run("read changes", "changes", (after, limit), idempotent=True)
+        return sql_feed.changes_of(rows), sql_feed.snapshot_of(rows)
+
+    async def head(self) -> tuple[int, Snapshot | None]:
+        rows = await self._run("read the head revision", "head", (), idempotent=True)
+        return int(rows[0][2]), sql_feed.snapshot_of(rows)
+
+    async def cache_generation(
+        self, cache: str, incarnation: str, *, replacing: int | None = None
+    ) -> Generation:
+        args = (cache, incarnation, -1 if replacing is None else replacing)
+        rows = await self._run("set the cache generation", "generation", args, idempotent=False)
+        created = bool(rows)
+        if not created:  # the generation on record is the one asked for
+            rows = await self._run(
+                "read the cache generation", "current_generation", (cache,), idempotent=True
+            )
+        head, _ = await self.head()
+        return Generation(number=int(rows[0][0]), floor=head, created=created)
 
     # -- everything else: SQLAlchemy Core ---------------------------------------------------
 
@@ -437,7 +495,7 @@ class SQLBackend(Backend):
     @staticmethod
     def _sa_entry(row: Sequence[Any]) -> Entry:
         """The entry of a row ending in the :func:`_entry_columns` (by position: faster)."""
-        return Entry(row[-5].encode(), row[-4], row[-3], row[-2], row[-1])
+        return Entry(row[-6].encode(), row[-5], row[-4], row[-3], row[-2], row[-1])
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
@@ -448,7 +506,7 @@ class SQLBackend(Backend):
         found: dict[tuple[str, str, str], Entry] = {}
         wanted = [(k.namespace, k.owner, key_text(k.rest)) for k in keys]
         unique = list(dict.fromkeys(wanted))
-        now = utcnow()
+        now = self.clock.now()
         for start in range(0, len(unique), GET_MANY_CHUNK):
             chunk = unique[start : start + GET_MANY_CHUNK]
             statement = sa.select(t.c.namespace, t.c.owner, t.c.key, *_entry_columns()).where(
@@ -469,7 +527,7 @@ class SQLBackend(Backend):
         check_listing(namespace, prefix, after, limit)
         owner = prefix[0]
         t = kv_records
-        conditions = [t.c.namespace == namespace, t.c.owner == owner, _live(utcnow())]
+        conditions = [t.c.namespace == namespace, t.c.owner == owner, _live(self.clock.now())]
         if len(prefix) > 1:
             head = key_text(prefix[1:])
             # the key itself, or keys continuing it with a separator: a range, no LIKE
@@ -489,14 +547,14 @@ class SQLBackend(Backend):
         )
         rows = await self._query("list", statement)
         return [
-            (_stored_key(namespace, (owner, *key_parts(row[0]))), self._sa_entry(row))
+            (stored_key(namespace, (owner, *key_parts(row[0]))), self._sa_entry(row))
             for row in rows
         ]
 
     async def delete_owner(self, owner: str) -> int:
         check_component(owner, "owner")
         t = kv_records
-        now = utcnow()
+        now = self.clock.now()
         statement = sa.delete(t).where(t.c.owner == owner).returning(t.c.expires_at)
         rows = await self._query("delete_owner", statement, write=True)
         return sum(1 for row in rows if _live_at(row.expires_at, now))
@@ -508,7 +566,7 @@ class SQLBackend(Backend):
         t = kv_records
         total = 0
         while True:
-            now = utcnow()
+            now = self.clock.now()
             expired = (
                 sa.select(t.c.namespace, t.c.owner, t.c.key)
                 .where(t.c.expires_at <= now)
@@ -534,7 +592,7 @@ class SQLBackend(Backend):
         if limit <= 0:
             raise ValueError("limit must be positive")
         t = kv_records
-        conditions = [t.c.namespace == check_namespace(namespace), _live(utcnow())]
+        conditions = [t.c.namespace == check_namespace(namespace), _live(self.clock.now())]
         if owner is not None:
             conditions.append(t.c.owner == check_component(owner, "owner"))
         statement = (
@@ -545,7 +603,7 @@ class SQLBackend(Backend):
         )
         rows = await self._query("recent", statement)
         return [
-            (_stored_key(row[0], (row[1], *key_parts(row[2]))), self._sa_entry(row)) for row in rows
+            (stored_key(row[0], (row[1], *key_parts(row[2]))), self._sa_entry(row)) for row in rows
         ]
 
     def scan(
@@ -576,7 +634,7 @@ class SQLBackend(Backend):
                 name: upsert.excluded[name]
                 for name in ("value", "version", "created_at", "updated_at", "expires_at")
             },
-            where=(t.c.version < upsert.excluded.version) | (t.c.expires_at <= utcnow()),
+            where=(t.c.version < upsert.excluded.version) | (t.c.expires_at <= self.clock.now()),
         ).returning(t.c.version)
         rows = [
             {
@@ -629,7 +687,7 @@ class SQLBackend(Backend):
         moving = primary[fixed:]
         last: tuple[str, ...] | None = None
         while True:
-            where = [*conditions, _live(utcnow())]
+            where = [*conditions, _live(self.clock.now())]
             if last is not None:
                 where.append(
                     sa.tuple_(*moving) > sa.tuple_(*last) if len(last) > 1 else moving[0] > last[0]
@@ -642,7 +700,7 @@ class SQLBackend(Backend):
             )
             rows = await self._query("stream", statement)
             for row in rows:
-                key = _stored_key(row[0], (row[1], *key_parts(row[2])))
+                key = stored_key(row[0], (row[1], *key_parts(row[2])))
                 yield key, self._sa_entry(row)
             if len(rows) < batch_size:
                 return
@@ -653,22 +711,12 @@ def _entry_columns() -> tuple[sa.ColumnElement[Any], ...]:
     t = kv_records
     # the value as JSON text: no parse on the way out
     value = sa.type_coerce(t.c.value, sa.Text()).label("value")
-    return (value, t.c.version, t.c.created_at, t.c.updated_at, t.c.expires_at)
+    return (value, t.c.version, t.c.created_at, t.c.updated_at, t.c.expires_at, t.c.revision)
 
 
 def _live(now: datetime) -> sa.ColumnElement[bool]:
     expires_at = kv_records.c.expires_at
     return sa.or_(expires_at.is_(None), expires_at > now)
-
-
-def _stored_key(namespace: str, components: tuple[str, ...]) -> Key:
-    """A :class:`Key` for a row of our table, skipping re-validation: every row was
-    written from a validated ``Key``, and checking each component of a million-row stream
-    costs more than reading it."""
-    key = object.__new__(Key)
-    object.__setattr__(key, "namespace", namespace)
-    object.__setattr__(key, "components", components)
-    return key
 
 
 def _live_at(expires_at: datetime | None, now: datetime) -> bool:
@@ -686,6 +734,8 @@ def _backoff(attempt: int) -> float:
     return min(0.02 * 2.0**attempt, 0.5) * (0.5 + random.random() / 2)  # noqa: S311
 
 
-def build_sql_backend(url: str, options: SQLOptions | None = None) -> SQLBackend:
+def build_sql_backend(
+    url: str, options: SQLOptions | None = None, *, clock: Clock = SYSTEM_CLOCK
+) -> SQLBackend:
     """A SQL backend for ``url`` (``postgresql://``, ``sqlite:///path``). No I/O."""
-    return SQLBackend(parse_sql_url(url, options))
+    return SQLBackend(parse_sql_url(url, options), clock=clock)

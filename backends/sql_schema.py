@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from kvstore.keys import Key
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Dialect
 
@@ -38,6 +40,16 @@ def key_text(rest: tuple[str, ...]) -> str:
 def key_parts(text: str) -> tuple[str, ...]:
     """Inverse of :func:`key_text`."""
     return tuple(text.split(KEY_SEPARATOR)) if text else ()
+
+
+def stored_key(namespace: str, components: tuple[str, ...]) -> Key:
+    """A :class:`Key` for a row of our tables, skipping re-validation: every row was
+    written from a validated ``Key``, and checking each component of a million-row stream
+    costs more than reading it."""
+    key = object.__new__(Key)
+    object.__setattr__(key, "namespace", namespace)
+    object.__setattr__(key, "components", components)
+    return key
 
 
 def sqlite_time(value: datetime) -> str:
@@ -99,9 +111,11 @@ kv_records = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revision", sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint("namespace", "owner", "key", name="pk_kv_records"),
     sa.Index("ix_kv_records_owner", "owner"),
     sa.Index("ix_kv_records_namespace_updated_at", "namespace", "updated_at"),
+    sa.Index("ix_kv_records_revision", "revision"),
     sa.Index(
         "ix_kv_records_expires_at",
         "expires_at",
@@ -109,4 +123,34 @@ kv_records = sa.Table(
         sqlite_where=sa.text("expires_at IS NOT NULL"),
     ),
 )
-"""Every record of every namespace: ``(namespace, owner, key)`` is the primary key."""
+"""Every record of every namespace: ``(namespace, owner, key)`` is the primary key.
+
+``revision`` is assigned by the database on every insert and update (triggers; see
+migration 0002): batch jobs read "everything changed since revision N" with
+``WHERE revision > N`` and must leave the column alone when they write."""
+
+kv_tombstones = sa.Table(
+    "kv_tombstones",
+    metadata,
+    sa.Column("namespace", _key_text(), nullable=False),
+    sa.Column("owner", _key_text(), nullable=False),
+    sa.Column("key", _key_text(), nullable=False),
+    sa.Column("revision", sa.BigInteger(), nullable=False),
+    sa.Column("deleted_at", UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint("namespace", "owner", "key", name="pk_kv_tombstones"),
+    sa.Index("ix_kv_tombstones_revision", "revision"),
+    sa.Index("ix_kv_tombstones_deleted_at", "deleted_at"),
+)
+"""The last deletion of each deleted key and its revision (written by a trigger on every
+DELETE from ``kv_records``); kept for the change feed until purged."""
+
+kv_cache_generations = sa.Table(
+    "kv_cache_generations",
+    metadata,
+    sa.Column("name", _key_text(), primary_key=True),
+    sa.Column("generation", sa.BigInteger(), nullable=False),
+    sa.Column("incarnation", sa.Text(), nullable=False),
+    sa.Column("changed_at", UTCDateTime(), nullable=False),
+)
+"""Per cache (by name): the generation its keys live under, and the incarnation of the
+cache server that generation belongs to."""

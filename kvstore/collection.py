@@ -112,14 +112,14 @@ class Collection(Generic[R]):
         backend = await self.store.backend_ready()
         entry = await backend.put(key, value, expected_version=expected_version, ttl=ttl)
         saved = record.model_copy()
-        stamp(saved, entry.version, entry.created_at, entry.updated_at)
+        stamp(saved, entry.version, entry.created_at, entry.updated_at, entry.revision)
         return saved
 
     async def delete(self, *components: str, expected_version: int | None = None) -> bool:
         """Delete the record; ``True`` if it existed."""
         key = self.key(*components)
         backend = await self.store.backend_ready()
-        return await backend.delete(key, expected_version=expected_version)
+        return bool(await backend.delete(key, expected_version=expected_version))
 
     async def page(
         self,
@@ -163,7 +163,7 @@ class Collection(Generic[R]):
                 record = self._decode_upgrading(entry)  # an older shape, or a fooled fast path
         else:
             record = self._decode_upgrading(entry)
-        stamp(record, entry.version, entry.created_at, entry.updated_at)
+        stamp(record, entry.version, entry.created_at, entry.updated_at, entry.revision)
         return record
 
     def _decode_upgrading(self, entry: Entry) -> R:

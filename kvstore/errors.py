@@ -7,6 +7,7 @@
     ├── SerializationError        a value JSON cannot carry faithfully; nothing was written
     ├── ConflictError             ``expected_version`` did not match the stored version
     ├── BackendUnavailableError   the server is unreachable, failing or too slow
+    │   └── CacheLostError        the cache lost keys (flushed, restarted, failed over)
     └── DatabaseClosedError       the database was closed
 
 Driver exceptions are chained (``raise ... from exc``) and never escape unmapped. No message
@@ -43,6 +44,12 @@ class ConflictError(KVStoreError):
 
 class BackendUnavailableError(KVStoreError):
     """The backend server is unreachable, failing or did not answer in time."""
+
+
+class CacheLostError(BackendUnavailableError):
+    """The cache tier lost what it held (flushed, restarted from a snapshot, failed over):
+    the tiered store moves to a new cache generation before using it again. Never reaches
+    callers of the tiered store."""
 
 
 class DatabaseClosedError(KVStoreError):

@@ -6,19 +6,21 @@ import os
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Unpack, cast
 
+from kvstore.clock import SYSTEM_CLOCK, Clock
 from kvstore.errors import ConfigurationError
-from kvstore.options import REDIS_OPTIONS, SQL_OPTIONS
+from kvstore.options import COMMON_OPTIONS, REDIS_OPTIONS, SQL_OPTIONS
 from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from backends.base import Backend
     from kvstore.interface import Database
-    from kvstore.options import DatabaseOptions, SQLOptions
+    from kvstore.options import DatabaseOptions, RedisOptions, SQLOptions
     from serializers import Serializer
 
 DEFAULT_SQL_URL: Final = "sqlite:///kvstore.db"
 """The embedded default: a SQLite file in the working directory."""
-"""The Redis default when neither a URL, ``$KVSTORE_REDIS_URL`` nor a client is given."""
 
 
 class DatabaseType(StrEnum):
@@ -53,20 +55,24 @@ def create_database(
             f"unknown database type {db_type!r}; use one of {choices}"
         ) from None
 
+    clock = options.get("clock", SYSTEM_CLOCK)
+    if not isinstance(clock, Clock):
+        raise ConfigurationError("clock must have now() and monotonic() (see kvstore.clock)")
+    own = {name: value for name, value in options.items() if name not in COMMON_OPTIONS}
     if kind is DatabaseType.MEMORY:
         from backends.memory import MemoryBackend
 
         if connection_string not in (None, "memory://"):
             raise ConfigurationError("the memory database takes no connection string")
-        _refuse_options(kind, options, allowed=frozenset())
-        backend: Backend = MemoryBackend()
+        _refuse_options(kind, own, allowed=frozenset())
+        backend: Backend = MemoryBackend(clock=clock)
         description = "memory://"
     elif kind is DatabaseType.SQL:
         from backends.sql import build_sql_backend
 
         url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
-        _refuse_options(kind, options, allowed=SQL_OPTIONS)
-        sql_backend = build_sql_backend(url, cast("SQLOptions", options))
+        _refuse_options(kind, own, allowed=SQL_OPTIONS)
+        sql_backend = build_sql_backend(url, cast("SQLOptions", own), clock=clock)
         backend, description = sql_backend, sql_backend.config.masked_url
     elif kind is DatabaseType.TIERED:
         from backends.tiered import build_tiered_backend
@@ -75,8 +81,10 @@ def create_database(
     elif kind is DatabaseType.REDIS:
         from backends.redis import build_redis_backend
 
-        _refuse_options(kind, options, allowed=REDIS_OPTIONS)
-        redis_backend = build_redis_backend(connection_string, options)
+        _refuse_options(kind, own, allowed=REDIS_OPTIONS)
+        redis_backend = build_redis_backend(
+            connection_string, cast("RedisOptions", own), clock=clock
+        )
         backend, description = redis_backend, redis_backend.description
     else:
         raise ConfigurationError(f"the {kind.value} backend is not available yet")
@@ -89,7 +97,9 @@ def create_database(
     )
 
 
-def _refuse_options(kind: DatabaseType, options: DatabaseOptions, allowed: frozenset[str]) -> None:
+def _refuse_options(
+    kind: DatabaseType, options: Mapping[str, object], allowed: frozenset[str]
+) -> None:
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigurationError(f"{kind.value} database does not take: {', '.join(unknown)}")

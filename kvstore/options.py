@@ -14,6 +14,14 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
 
+    from kvstore.clock import Clock
+
+
+class CommonOptions(TypedDict, total=False):
+    """Options every database type takes."""
+
+    clock: Clock
+
 
 class SQLOptions(TypedDict, total=False):
     """Options of the SQL backend (and of the tiered store's system of record)."""
@@ -53,12 +61,15 @@ class TieredOptions(TypedDict, total=False):
     breaker_threshold: int
     breaker_reset_after: float
     invalidate_before_write: bool
+    follow_changes: bool
+    feed_interval: float
 
 
-class DatabaseOptions(SQLOptions, RedisOptions, TieredOptions, total=False):
+class DatabaseOptions(CommonOptions, SQLOptions, RedisOptions, TieredOptions, total=False):
     """Every option ``create_database`` accepts."""
 
 
+COMMON_OPTIONS: Final = frozenset(CommonOptions.__annotations__)
 SQL_OPTIONS: Final = frozenset(SQLOptions.__annotations__)
 REDIS_OPTIONS: Final = frozenset(RedisOptions.__annotations__)
 TIERED_OPTIONS: Final = frozenset(TieredOptions.__annotations__)

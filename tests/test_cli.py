@@ -149,7 +149,7 @@ def test_db_upgrade_current_purge_stats_and_migrate(sqlite_url: str) -> None:
     assert invoke("db", "upgrade")[0] == 0
     code, output = invoke("db", "current")
     assert code == 0, output
-    assert "current 0001" in output
+    assert "current 0002" in output
     assert invoke("put", "user", stdin='{"user_id": "u1"}')[0] == 0
     code, output = invoke("purge-expired")
     assert code == 0

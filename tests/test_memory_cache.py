@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import pytest
 
@@ -19,9 +18,9 @@ def key(n: int, owner: str = "u1") -> Key:
     return Key("state", (owner, f"s{n}"))
 
 
-def entry(version: int = 1, size: int = 10, created_offset: float = 0) -> Entry:
-    created = NOW + timedelta(seconds=created_offset)
-    return Entry(b"x" * size, version, created, created)
+def entry(version: int = 1, size: int = 10, revision: int | None = None) -> Entry:
+    """An entry whose revision is its version unless given."""
+    return Entry(b"x" * size, version, NOW, NOW, revision=version if revision is None else revision)
 
 
 async def test_the_entry_bound_evicts_the_least_recently_used() -> None:
@@ -78,12 +77,12 @@ async def test_writes_revoke_leases_and_only_move_forward() -> None:
 async def test_tombstones_fence_older_entries_but_not_a_re_creation() -> None:
     cache = MemoryCache()
     await cache.write(key(1), entry(3))
-    await cache.tombstone(key(1), (NOW + timedelta(seconds=1), 0))
+    await cache.tombstones([(key(1), 5)])
     assert not await cache.write(key(1), entry(4))  # the deleted record's late write
     [miss] = await cache.lookup([key(1)], lease_ttl=5)
     assert miss.entry is None
     assert miss.lease is not None
-    assert await cache.write(key(1), entry(1, created_offset=2))  # re-created later
+    assert await cache.write(key(1), entry(1, revision=6))  # re-created later
 
 
 async def test_invalidate_owner_drops_only_that_owner() -> None:

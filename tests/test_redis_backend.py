@@ -4,6 +4,7 @@ answer or are unreachable, no KEYS/SCAN, connection URLs and options, masked pas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -360,7 +361,9 @@ async def test_scan_finds_every_owner_whatever_its_id() -> None:
         items = [item async for item in backend.scan()]
         assert await copy.restore(items) == len(items)
         assert await copy.restore(items) == 0
-        assert [item async for item in copy.scan()] == items
+        copied = [item async for item in copy.scan()]
+        unrevised = [(key, dataclasses.replace(entry, revision=0)) for key, entry in items]
+        assert [(k, dataclasses.replace(e, revision=0)) for k, e in copied] == unrevised
         await copy.close()
     finally:
         await backend.close()

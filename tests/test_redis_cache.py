@@ -1,4 +1,4 @@
-"""The Redis backend as the tiered store's cache: leases, forward-only stamps, tombstones,
+"""The Redis backend as the tiered store's cache: leases, forward-only revisions, tombstones,
 and its layout invariants. Runs on fakeredis, the real Redis and the private cluster."""
 
 from __future__ import annotations
@@ -59,9 +59,15 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[RedisBackend]:
         await fake.aclose()
 
 
-def entry(version: int, *, created_delta: float = 0.0, value: bytes = b"{}") -> Entry:
-    created = BASE + timedelta(seconds=created_delta)
-    return Entry(value=value, version=version, created_at=created, updated_at=utcnow())
+def entry(version: int, *, revision: int | None = None, value: bytes = b"{}") -> Entry:
+    """An entry whose revision is its version unless given."""
+    return Entry(
+        value=value,
+        version=version,
+        created_at=BASE,
+        updated_at=utcnow(),
+        revision=version if revision is None else revision,
+    )
 
 
 BASE = utcnow()
@@ -110,27 +116,27 @@ async def test_a_fill_after_invalidate_is_dropped(cache: RedisBackend) -> None:
     assert again.lease is not None
 
 
-async def test_writes_only_move_forward_by_stamp(cache: RedisBackend) -> None:
+async def test_writes_only_move_forward_by_revision(cache: RedisBackend) -> None:
     assert await cache.write(K, entry(3))
     assert not await cache.write(K, entry(2))
     assert not await cache.write(K, entry(3))
-    assert await cache.write(K, entry(1, created_delta=1))  # re-created later: newer
+    assert await cache.write(K, entry(1, revision=9))  # re-created later: newer
     [hit] = await cache.lookup([K], lease_ttl=LEASE)
     assert hit.entry is not None
-    assert (hit.entry.version, hit.entry.created_at) == (1, BASE + timedelta(seconds=1))
+    assert (hit.entry.version, hit.entry.revision) == (1, 9)
 
 
 async def test_a_tombstone_blocks_older_fills_but_not_a_recreated_record(
     cache: RedisBackend,
 ) -> None:
     assert await cache.write(K, entry(2))
-    await cache.tombstone(K, entry(2).stamp)  # the delete of version 2
+    await cache.tombstones([(K, 3)])  # the delete of version 2, at revision 3
     [miss] = await cache.lookup([K], lease_ttl=LEASE)
     assert miss.entry is None  # a tombstone is never a hit
     assert miss.lease is not None
     assert await cache.fill([(K, entry(2), miss.lease)]) == 0
     assert not await cache.write(K, entry(1))
-    assert await cache.write(K, entry(1, created_delta=5))
+    assert await cache.write(K, entry(1, revision=5))
     [hit] = await cache.lookup([K], lease_ttl=LEASE)
     assert hit.entry is not None
     assert hit.entry.version == 1
@@ -138,7 +144,8 @@ async def test_a_tombstone_blocks_older_fills_but_not_a_recreated_record(
 
 async def test_a_tombstone_never_replaces_something_newer(cache: RedisBackend) -> None:
     assert await cache.write(K, entry(3))
-    await cache.tombstone(K, entry(2).stamp)
+    await cache.tombstones([(K, 2)])
+    await cache.tombstones([(K, 3)])  # the feed's "stale below 3": the entry is revision 3
     [hit] = await cache.lookup([K], lease_ttl=LEASE)
     assert hit.entry is not None
     assert hit.entry.version == 3
@@ -147,8 +154,21 @@ async def test_a_tombstone_never_replaces_something_newer(cache: RedisBackend) -
 async def test_a_tombstone_revokes_the_lease(cache: RedisBackend) -> None:
     [miss] = await cache.lookup([K], lease_ttl=LEASE)
     assert miss.lease is not None
-    await cache.tombstone(K, entry(1).stamp)
+    await cache.tombstones([(K, 1)])
     assert await cache.fill([(K, entry(1), miss.lease)]) == 0
+
+
+async def test_a_feed_tombstone_lets_the_fill_of_its_own_revision_land(
+    cache: RedisBackend,
+) -> None:
+    assert await cache.write(K, entry(1))
+    await cache.tombstones([(K, 2)])  # the feed: revision 2 was committed, 1 is stale
+    [miss] = await cache.lookup([K], lease_ttl=LEASE)
+    assert miss.lease is not None
+    assert await cache.fill([(K, entry(1), miss.lease)]) == 0
+    [miss] = await cache.lookup([K], lease_ttl=LEASE)
+    assert miss.lease is not None
+    assert await cache.fill([(K, entry(2), miss.lease)]) == 1
 
 
 async def test_invalidate_owner_drops_entries_tombstones_and_leases(cache: RedisBackend) -> None:
@@ -158,7 +178,7 @@ async def test_invalidate_owner_drops_entries_tombstones_and_leases(cache: Redis
     assert miss.lease is not None
     assert await cache.write(written, entry(1))
     assert await cache.write(other, entry(1))
-    await cache.tombstone(dead, entry(4).stamp)
+    await cache.tombstones([(dead, 4)])
     await cache.invalidate_owner("u1")
     assert await cache.fill([(leased, entry(1), miss.lease)]) == 0
     answers = await cache.lookup([leased, written, dead, other], lease_ttl=LEASE)
@@ -196,7 +216,7 @@ async def test_the_store_and_the_cache_read_the_same_values(cache: RedisBackend)
     stored = await cache.put(K, b'{"a":1}')
     [hit] = await cache.lookup([K], lease_ttl=LEASE)
     assert hit.entry == stored
-    await cache.tombstone(K, stored.stamp)
+    await cache.tombstones([(K, stored.revision + 1)])
     assert await cache.get(K) is None
     again = await cache.put(K, b'{"a":2}', expected_version=0)  # a tombstone is absent
     assert again.version == 1

@@ -204,8 +204,8 @@ async def test_expired_rows_count_as_absent_for_deletes(backend: SQLBackend) -> 
     key = Key("notes", ("u1", "n1"))
     await backend.put(key, b"{}", ttl=0.05)
     await asyncio.sleep(0.1)
-    assert await backend.delete(key, expected_version=0) is False
-    assert await backend.delete(key) is False
+    assert await backend.delete(key, expected_version=0) == 0  # no revision: nothing removed
+    assert await backend.delete(key) == 0
     assert await backend.delete_owner("u1") == 0
 
 

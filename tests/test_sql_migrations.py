@@ -4,12 +4,16 @@ revision to head, idempotent, and safe when several processes start at once."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
+import sqlalchemy as sa
 
 from backends.sql import build_sql_backend
+from backends.sql_config import create_engine, parse_sql_url
 from backends.sql_migrate import current_revision, head_revision, upgrade
+from backends.sql_schema import sqlite_time
 from kvstore import BackendUnavailableError
 from kvstore.keys import Key
 from tests import postgres
@@ -45,18 +49,46 @@ async def test_upgrade_from_empty_reaches_head_and_is_idempotent(empty_url: str)
     assert await current_revision(empty_url) == head_revision()
 
 
-async def test_upgrade_from_the_first_revision_keeps_data(empty_url: str) -> None:
+async def test_upgrade_from_the_first_revision_keeps_data_and_revises_it(
+    empty_url: str,
+) -> None:
+    """Rows written under schema 0001 (no revisions) get distinct revisions on upgrade; from
+    then on every write, plain SQL included, gets a new one, and deletes leave tombstones."""
     assert await upgrade(empty_url, FIRST_REVISION) == FIRST_REVISION
-    old = build_sql_backend(empty_url)
-    await old.initialize()  # brings it to head, which keeps what the first revision stored
-    await old.put(Key("state", ("u1", "s1")), b'{"state": "A"}')
-    await old.close()
+    engine = create_engine(parse_sql_url(empty_url))
+    now = datetime.now(UTC)
+    insert = sa.text(
+        "INSERT INTO kv_records (namespace, owner, key, value, version, created_at, updated_at)"
+        " VALUES ('state', :owner, 's1', '{\"state\": \"A\"}', 3, :now, :now)"
+    )
+    async with engine.begin() as connection:
+        for owner in ("u1", "u2", "u3"):
+            await connection.execute(
+                insert,
+                {
+                    "owner": owner,
+                    "now": sqlite_time(now) if engine.dialect.name == "sqlite" else now,
+                },
+            )
+    await engine.dispose()
     assert await upgrade(empty_url) == head_revision()
     backend = build_sql_backend(empty_url)
     try:
-        entry = await backend.get(Key("state", ("u1", "s1")))
-        assert entry is not None
-        assert entry.version == 1
+        old = await backend.get_many([Key("state", (u, "s1")) for u in ("u1", "u2", "u3")])
+        assert all(entry is not None and entry.version == 3 for entry in old)
+        revisions = {entry.revision for entry in old if entry is not None}
+        assert len(revisions) == 3
+        assert min(revisions) > 0
+        head, _ = await backend.head()
+        saved = await backend.put(Key("state", ("u1", "s1")), b'{"state": "B"}')
+        assert (saved.version, saved.revision > head) == (4, True)
+        deleted = await backend.delete(Key("state", ("u2", "s1")))
+        assert deleted > saved.revision
+        changes, _ = await backend.read_changes(head, 100)
+        assert [(c.key.owner, c.revision, c.deleted) for c in changes] == [
+            ("u1", saved.revision, False),
+            ("u2", deleted, True),
+        ]
     finally:
         await backend.close()
 

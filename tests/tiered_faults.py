@@ -22,7 +22,6 @@ from kvstore.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
-    from datetime import datetime
 
     from kvstore.keys import Key
 
@@ -84,10 +83,11 @@ class FaultyCache(VersionedCache):
     async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
         return await self._run(lambda: self.inner.write(key, entry, ttl=ttl))
 
-    async def tombstone(
-        self, key: Key, stamp: tuple[datetime, int], *, ttl: float | None = None
+    async def tombstones(
+        self, items: Sequence[tuple[Key, int]], *, ttl: float | None = None
     ) -> None:
-        await self._run(lambda: self.inner.tombstone(key, stamp, ttl=ttl))
+        items = list(items)
+        await self._run(lambda: self.inner.tombstones(items, ttl=ttl))
 
     async def invalidate(self, keys: Sequence[Key]) -> None:
         keys = list(keys)
@@ -98,6 +98,19 @@ class FaultyCache(VersionedCache):
 
     async def ping(self) -> None:
         await self._run(self.inner.ping)
+
+    async def incarnation(self) -> str:
+        return await self._run(self.inner.incarnation)
+
+    def use_generation(self, incarnation: str, generation: int) -> None:
+        self.inner.use_generation(incarnation, generation)
+
+    @property
+    def seen_incarnation(self) -> str | None:
+        return self.inner.seen_incarnation
+
+    async def claim_generation(self) -> bool:
+        return await self._run(self.inner.claim_generation)
 
     async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
         inner = self.inner

@@ -82,7 +82,7 @@ async def run_stress(
         in_record = await backend.record.get(key)
         assert through_store is not None
         assert in_record is not None
-        assert through_store.stamp == in_record.stamp
+        assert through_store.revision == in_record.revision
     assert (await backend.verify("state", user)).stale == []
     await db.delete_user(user)
     return reads

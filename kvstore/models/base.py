@@ -39,17 +39,18 @@ JsonObject = dict[str, JsonValue]
 
 Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
 
-METADATA_FIELDS = frozenset({"version", "created_at", "updated_at"})
+METADATA_FIELDS = frozenset({"version", "created_at", "updated_at", "revision"})
 """Fields the store sets; they live beside the serialized value, not inside it."""
 
 
 class Record(BaseModel):
     """A stored record. Subclasses add fields and say which of them form the key.
 
-    ``version``, ``created_at`` and ``updated_at`` are set by the store on every save: the
-    version is 1 on the first save and grows by one on every save. ``SCHEMA_VERSION`` is the
-    shape of the class's data; values stored under an older schema version are upgraded on
-    read by the functions registered with :meth:`upgrade`.
+    ``version``, ``created_at``, ``updated_at`` and ``revision`` are set by the store on every
+    save: the version is 1 on the first save and grows by one on every save; the revision
+    orders the save among all changes of the store (see the README, "Revisions").
+    ``SCHEMA_VERSION`` is the shape of the class's data; values stored under an older schema
+    version are upgraded on read by the functions registered with :meth:`upgrade`.
     """
 
     model_config = ConfigDict(
@@ -66,6 +67,12 @@ class Record(BaseModel):
     version: int = Field(default=0, ge=0, description="Set by the store; 0 = never saved.")
     created_at: AwareDatetime | None = Field(default=None, description="Set by the store.")
     updated_at: AwareDatetime | None = Field(default=None, description="Set by the store.")
+    revision: int = Field(
+        default=0,
+        ge=0,
+        description="Set by the store: where this save stands in the store's order of "
+        "changes (SQL: of all records; a batch job's watermark). 0 = never saved.",
+    )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,6 +137,10 @@ class Record(BaseModel):
         return data
 
 
-def stamp(record: Record, version: int, created_at: datetime, updated_at: datetime) -> None:
+def stamp(
+    record: Record, version: int, created_at: datetime, updated_at: datetime, revision: int
+) -> None:
     """Set the store-managed fields in place, without validation (the store's values)."""
-    record.__dict__.update(version=version, created_at=created_at, updated_at=updated_at)
+    record.__dict__.update(
+        version=version, created_at=created_at, updated_at=updated_at, revision=revision
+    )

@@ -1,0 +1,779 @@
+"""The tiered store: a versioned cache in write-through in front of a system of record.
+
+The system of record (SQL in production) holds the truth and orders every change: each save
+and delete gets a revision there, in the statement that writes. The cache (Redis, or the
+per-process :class:`~backends.memory_cache.MemoryCache`) orders entries, fills and
+tombstones by revision alone (:func:`backends.base.lands`); no wall clock orders anything.
+
+* Writes commit to the system of record first, then update the cache. A cache update that
+  fails, times out or is cancelled marks the key *dirty* before the write is acknowledged;
+  dirty keys are read from the system of record until repaired (rewritten from it).
+* Fills after a miss are fenced by leases; deletes leave tombstones of their revision.
+* **Across processes**, a change feed out of the system of record (:mod:`.feed`) puts a
+  tombstone of every committed change's revision in the cache ("anything older is
+  stale"): a process that died between commit and cache update, a writer cut off from the
+  cache, or a batch job's plain SQL leaves nothing stale for longer than the feed's lag.
+* **A cache that rewinds is fenced off.** Cache keys live under a generation kept in the
+  system of record per cache incarnation. A cache that shows it lost data (a new server
+  ``run_id`` on a new connection, or the generation marker gone) raises
+  :class:`~kvstore.errors.CacheLostError`; the store then moves to a new generation
+  (compare-and-set in SQL, so processes noticing at once agree), under which nothing older
+  is reachable. Write-throughs of revisions committed before the generation began
+  (``floor``) only put tombstones in it.
+* Every cache call has a deadline (``cache_timeout``); ``breaker_threshold`` consecutive
+  failures open a circuit breaker: the store serves from the system of record alone until a
+  probe after ``breaker_reset_after`` seconds succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, runtime_checkable
+
+from backends.base import Backend, Capabilities, Entry, Generation
+from backends.breaker import BreakerState, CircuitBreaker
+from backends.tiered import upkeep
+from backends.tiered.feed import FeedFollower
+from kvstore.clock import SYSTEM_CLOCK
+from kvstore.errors import BackendUnavailableError, CacheLostError, ConfigurationError, KVStoreError
+from kvstore.keys import DEFAULT_PAGE_SIZE
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Sequence
+
+    from backends.base import Change, VersionedCache
+    from kvstore.clock import Clock
+    from kvstore.keys import Key
+
+logger = logging.getLogger("kvstore.tiered")
+
+T = TypeVar("T")
+
+DEFAULT_CACHE_TTL = 900.0
+DEFAULT_CACHE_TIMEOUT = 0.1
+DEFAULT_LEASE_TTL = 5.0
+DEFAULT_BREAKER_THRESHOLD = 5
+DEFAULT_BREAKER_RESET_AFTER = 2.0
+DEFAULT_FEED_INTERVAL = 0.05
+"""Seconds between change-feed reads when the last one found nothing new."""
+REPAIR_CHUNK = 64
+"""Dirty keys repaired per system-of-record query and cache round trip."""
+REPAIR_BATCH = 256
+"""Dirty keys one call repairs at most: a long outage's backlog is worked off by the calls
+that follow, each waiting a bounded time (dirty keys bypass the cache meanwhile)."""
+FEED_BACKLOG_MAX = 100_000
+"""Changes held for a cache that does not answer; past that the cache is presumed to have
+missed them and a new generation begins when it answers again."""
+
+
+class _Failed(Enum):
+    FAILED = "failed"
+
+
+FAILED: Final = _Failed.FAILED
+"""What a cache call that failed or timed out returns."""
+
+
+@dataclass(frozen=True, slots=True)
+class TieredStats:
+    """Counters since the store was built (see :meth:`TieredBackend.stats`)."""
+
+    reads: int
+    """Keys asked for by reads, however they were answered."""
+    hits: int
+    """Keys answered by the cache."""
+    misses: int
+    """Keys the cache did not hold (read from the system of record)."""
+    bypassed: int
+    """Keys read or written without the cache (breaker open, cache lost, or the key dirty)."""
+    fills: int
+    """Entries put into the cache after a miss."""
+    fill_dropped: int
+    """Fills the cache refused: lease lost (a write, eviction or flush came first) or older."""
+    cache_errors: int
+    """Cache calls that failed or timed out."""
+    breaker: BreakerState
+    """The circuit breaker's state now."""
+    dirty: int
+    """Keys and owners waiting for their cache entries to be repaired."""
+    generation: int
+    """The cache generation in use (0 before the first)."""
+    generation_changes: int
+    """New generations begun by this process (cache restarted, restored, flushed)."""
+    feed_changes: int
+    """Changes read from the change feed and applied to the cache."""
+    feed_backlog: int
+    """Changes read from the feed and not yet applied (the cache did not answer)."""
+
+    @property
+    def hit_ratio(self) -> float:
+        """Hits over every key read (bypassed reads count as not answered by the cache)."""
+        return self.hits / self.reads if self.reads else 0.0
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A cache that holds resources to release."""
+
+    async def close(self) -> None:
+        """Release them."""
+        ...
+
+
+@dataclass(slots=True)
+class _KeyWrites:
+    """Writes of one key in flight: their cache updates run one at a time, and one older
+    than an update already applied is skipped."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    count: int = 0
+    applied: int = 0
+
+
+@dataclass(slots=True)
+class _OwnerWrites:
+    """Writes of one owner in flight, and whether a ``delete_owner`` overlapped them."""
+
+    count: int = 0
+    wiped: bool = False
+
+
+class TieredBackend(Backend):
+    """A :class:`VersionedCache` in write-through in front of a system-of-record
+    :class:`Backend`. Owns both: :meth:`close` closes them."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True, shared=True)
+
+    def __init__(
+        self,
+        record: Backend,
+        cache: VersionedCache,
+        *,
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_timeout: float = DEFAULT_CACHE_TIMEOUT,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_reset_after: float = DEFAULT_BREAKER_RESET_AFTER,
+        invalidate_before_write: bool = False,
+        follow: bool = True,
+        feed_interval: float = DEFAULT_FEED_INTERVAL,
+        cache_name: str = "kv:",
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if cache_ttl <= 0 or cache_timeout <= 0 or lease_ttl <= 0 or feed_interval <= 0:
+            raise ConfigurationError(
+                "cache_ttl, cache_timeout, lease_ttl and feed_interval must be > 0"
+            )
+        self.record = record
+        self.cache = cache
+        self.cache_ttl = cache_ttl
+        self.cache_timeout = cache_timeout
+        self.lease_ttl = lease_ttl
+        self.invalidate_before_write = invalidate_before_write
+        self.feed_interval = feed_interval
+        self.cache_name = cache_name
+        self.clock = clock
+        self._breaker = CircuitBreaker(
+            breaker_threshold, breaker_reset_after, logger=logger, clock=clock
+        )
+        self.capabilities = Capabilities(  # type: ignore[misc]  # per instance: from the record
+            persistent=record.capabilities.persistent,
+            shared=record.capabilities.shared,
+            bulk=record.capabilities.bulk,
+        )
+        self._follower = (
+            FeedFollower(record, clock) if follow and record.capabilities.feed else None
+        )
+        self._follow_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._feed_backlog: list[Change] = []
+        self._generation: Generation | None = None
+        self._renewing: asyncio.Task[bool] | None = None
+        self._lost_at = -1.0
+        self._lost_count = 0
+        self._seq = 0
+        self._dirty: dict[Key, tuple[int, int]] = {}
+        self._dirty_owners: dict[str, int] = {}
+        self._repairing = False
+        self._writes: dict[str, _OwnerWrites] = {}
+        self._key_writes: dict[Key, _KeyWrites] = {}
+        self._wiping: dict[str, int] = {}
+        self._reads = self._hits = self._misses = self._fills = self._fill_dropped = 0
+        self._cache_errors = self._bypassed = self._generation_changes = 0
+        self._feed_changes = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"TieredBackend({self.record!r}, {self.cache!r}, breaker={self._breaker.state.value})"
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Initialize the system of record (errors propagate), then the cache generation
+        (a cache that does not answer opens the breaker instead: the store starts without
+        it), then the change feed."""
+        await self.record.initialize()
+        if self._generation is None and not await self._renew(replacing=None):
+            self._breaker.open_at_start()
+        if self._follower is not None and self._follow_task is None:
+            await self._follower.start()
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = [task for task in (self._follow_task, self._renewing) if task is not None]
+        self._follow_task = self._renewing = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            if isinstance(self.cache, Closable):
+                await self.cache.close()
+        finally:
+            await self.record.close()
+
+    # -- observability ---------------------------------------------------------------------
+
+    def stats(self) -> TieredStats:
+        """The counters now."""
+        return TieredStats(
+            reads=self._reads,
+            hits=self._hits,
+            misses=self._misses,
+            bypassed=self._bypassed,
+            fills=self._fills,
+            fill_dropped=self._fill_dropped,
+            cache_errors=self._cache_errors,
+            breaker=self._breaker.state,
+            dirty=len(self._dirty) + len(self._dirty_owners),
+            generation=self._generation.number if self._generation else 0,
+            generation_changes=self._generation_changes,
+            feed_changes=self._feed_changes,
+            feed_backlog=len(self._feed_backlog),
+        )
+
+    @property
+    def feed(self) -> FeedFollower | None:
+        """The change-feed follower (``None`` when not following)."""
+        return self._follower
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, key: Key) -> Entry | None:
+        return (await self.get_many((key,)))[0]
+
+    async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
+        if not keys:
+            return []
+        self._reads += len(keys)
+        if not await self._usable():
+            self._bypassed += len(keys)
+            return await self.record.get_many(keys)
+        if self._dirty or self._dirty_owners:
+            await self._repair()
+        cached = [i for i, key in enumerate(keys) if not self._is_dirty(key)]
+        self._bypassed += len(keys) - len(cached)
+        if not cached:
+            return await self.record.get_many(keys)
+        lookups = await self._call(
+            self.cache.lookup([keys[i] for i in cached], lease_ttl=self.lease_ttl)
+        )
+        if lookups is FAILED:
+            self._bypassed += len(cached)
+            return await self.record.get_many(keys)
+        results: list[Entry | None] = [None] * len(keys)
+        leases: dict[int, str | None] = {}
+        now = self.clock.now()
+        for index, answer in zip(cached, lookups, strict=True):
+            entry = answer.entry
+            if entry is not None and (entry.expires_at is None or entry.expires_at > now):
+                results[index] = entry
+            else:
+                leases[index] = answer.lease
+        self._hits += len(cached) - len(leases)
+        self._misses += len(leases)
+        missing = [i for i in range(len(keys)) if i in leases or i not in cached]
+        if not missing:
+            return results
+        fetched = await self.record.get_many([keys[i] for i in missing])
+        fills: dict[Key, tuple[Key, Entry, str]] = {}
+        for index, entry in zip(missing, fetched, strict=True):
+            results[index] = entry
+            lease = leases.get(index)
+            if entry is not None and lease is not None:
+                fills.setdefault(keys[index], (keys[index], entry, lease))
+        if fills:
+            await self._fill(list(fills.values()))
+        return results
+
+    async def _fill(self, items: list[tuple[Key, Entry, str]]) -> None:
+        ttl = min(self._ttl_for(entry) for _, entry, _ in items)
+        landed = await self._call(self.cache.fill(items, ttl=ttl))
+        if landed is not FAILED:
+            self._fills += landed
+            self._fill_dropped += len(items) - landed
+
+    async def list(
+        self,
+        namespace: str,
+        prefix: tuple[str, ...],
+        *,
+        after: tuple[str, ...] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> list[tuple[Key, Entry]]:
+        """Listings come from the system of record; they are not cached."""
+        return await self.record.list(namespace, prefix, after=after, limit=limit)
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = 1000,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        """The system of record's entries (the cache holds only a subset)."""
+        return self.record.scan(namespace=namespace, owner=owner, batch_size=batch_size)
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        """Restore into the system of record, then drop the keys from the cache (restored
+        entries get new revisions; the feed fences older ones out too)."""
+        keys = [key for key, _ in items]
+        try:
+            written = await self.record.restore(items)
+        except BaseException:
+            for key in keys:
+                self._mark_dirty(key)
+            raise
+        for start in range(0, len(keys), REPAIR_CHUNK):
+            chunk = keys[start : start + REPAIR_CHUNK]
+            if not await self._usable() or (
+                await self._call(self.cache.invalidate(chunk)) is FAILED
+            ):
+                for key in chunk:
+                    self._mark_dirty(key)
+        return written
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: Key,
+        value: bytes,
+        *,
+        expected_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Entry:
+        writes = self._begin_write(key)
+        try:
+            if self.invalidate_before_write and await self._usable():
+                await self._call(self.cache.invalidate([key]))
+            entry = await self._committed(
+                key, self.record.put(key, value, expected_version=expected_version, ttl=ttl)
+            )
+            await self._update_cache(key, writes, entry.revision, entry)
+        finally:
+            self._end_write(key, writes)
+        return entry
+
+    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
+        writes = self._begin_write(key)
+        try:
+            revision = await self._committed(
+                key, self.record.delete(key, expected_version=expected_version)
+            )
+            if revision:
+                await self._update_cache(key, writes, revision, None)
+        finally:
+            self._end_write(key, writes)
+        return revision
+
+    async def delete_owner(self, owner: str) -> int:
+        self._wiping[owner] = self._wiping.get(owner, 0) + 1
+        writes = self._writes.get(owner)
+        if writes is not None:
+            writes.wiped = True
+        try:
+            try:
+                removed = await self.record.delete_owner(owner)
+            except BackendUnavailableError:
+                self._mark_owner_dirty(owner)  # the outcome is unknown: repair the cache
+                raise
+            if not await self._usable() or (
+                await self._call(self.cache.invalidate_owner(owner)) is FAILED
+            ):
+                self._mark_owner_dirty(owner)
+        finally:
+            self._wiping[owner] -= 1
+            if not self._wiping[owner]:
+                del self._wiping[owner]
+        return removed
+
+    async def _committed(self, key: Key, operation: Awaitable[T]) -> T:
+        """Run a system-of-record write. If it conflicts (the caller read something old) or
+        its outcome is unknown, the key is repaired from the system of record before the
+        cache serves it again."""
+        try:
+            return await operation
+        except BaseException:
+            self._mark_dirty(key)
+            raise
+
+    async def _update_cache(
+        self, key: Key, writes: _KeyWrites, revision: int, entry: Entry | None
+    ) -> None:
+        """Apply a committed write of ``revision`` (``entry``, or a delete) to the cache.
+        Any failure (error, timeout, cancellation) marks the key dirty before the write is
+        acknowledged. A revision from before the cache generation began only tombstones."""
+        try:
+            if not await self._usable():
+                self._bypassed += 1
+                self._mark_dirty(key, revision)
+                return
+            generation = self._generation
+            async with asyncio.timeout(self.cache_timeout), writes.lock:
+                if revision <= writes.applied:
+                    return  # a newer write of this key is in the cache already
+                if entry is None or generation is None or revision <= generation.floor:
+                    await self.cache.tombstones([(key, revision)], ttl=self.cache_ttl)
+                else:
+                    await self.cache.write(key, entry, ttl=self._ttl_for(entry))
+                writes.applied = revision
+        except BaseException as exc:
+            self._mark_dirty(key, revision)
+            if not isinstance(exc, Exception):
+                raise
+            self._failure(exc)
+        else:
+            self._breaker.succeeded()
+
+    def _ttl_for(self, entry: Entry) -> float:
+        if entry.expires_at is None:
+            return self.cache_ttl
+        remaining = (entry.expires_at - self.clock.now()).total_seconds()
+        return max(0.001, min(self.cache_ttl, remaining))
+
+    # -- writes in flight: ordering per key, overlap with delete_owner --------------
+
+    def _begin_write(self, key: Key) -> _KeyWrites:
+        owner = self._writes.get(key.owner)
+        if owner is None:
+            owner = self._writes[key.owner] = _OwnerWrites()
+        owner.count += 1
+        if key.owner in self._wiping:
+            owner.wiped = True
+        writes = self._key_writes.get(key)
+        if writes is None:
+            writes = self._key_writes[key] = _KeyWrites()
+        writes.count += 1
+        return writes
+
+    def _end_write(self, key: Key, writes: _KeyWrites) -> None:
+        """A write whose cache update may have landed after an overlapping
+        ``delete_owner`` invalidated the owner is repaired from the system of record."""
+        owner = self._writes[key.owner]
+        if owner.wiped:
+            self._mark_dirty(key)
+        owner.count -= 1
+        if not owner.count:
+            del self._writes[key.owner]
+        writes.count -= 1
+        if not writes.count:
+            del self._key_writes[key]
+
+    # -- dirty keys and their repair ---------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _mark_dirty(self, key: Key, revision: int = 0) -> None:
+        held = self._dirty.get(key)
+        self._dirty[key] = (self._next_seq(), max(revision, held[1] if held else 0))
+
+    def _mark_owner_dirty(self, owner: str) -> None:
+        self._dirty_owners[owner] = self._next_seq()
+
+    def _is_dirty(self, key: Key) -> bool:
+        return key in self._dirty or key.owner in self._dirty_owners
+
+    async def _repair(self) -> bool:
+        """Bring dirty keys' cache entries up to the system of record (every dirty owner and
+        up to :data:`REPAIR_BATCH` keys), then forget the marks that did not change meanwhile.
+        Returns whether the cache answered every call.
+
+        Keys are rewritten, not just invalidated: a cache command that timed out may still
+        run later (a frozen server thaws), and only a newer entry or tombstone fences it.
+        """
+        if self._repairing:
+            return False
+        self._repairing = True
+        try:
+            owners = dict(self._dirty_owners)
+            for owner, seq in owners.items():
+                if await self._call(self.cache.invalidate_owner(owner)) is FAILED:
+                    return False
+                if self._dirty_owners.get(owner) == seq:
+                    del self._dirty_owners[owner]
+            # A key with writes in flight stays dirty: their cache updates are ordered among
+            # themselves. The rest is repaired a bounded batch per call, oldest marks first.
+            idle = ((k, m) for k, m in self._dirty.items() if k not in self._key_writes)
+            marks = list(itertools.islice(idle, REPAIR_BATCH))
+            for start in range(0, len(marks), REPAIR_CHUNK):
+                if not await self._repair_keys(marks[start : start + REPAIR_CHUNK]):
+                    return False
+            return True
+        finally:
+            self._repairing = False
+
+    async def _repair_keys(self, marks: Sequence[tuple[Key, tuple[int, int]]]) -> bool:
+        try:
+            entries = await self.record.get_many([key for key, _ in marks])
+            head = self._follower.cursor if self._follower is not None else 0
+        except KVStoreError:
+            return False  # the system of record fails too: stay dirty, try again later
+        writes: list[Awaitable[object]] = []
+        tombstones: list[tuple[Key, int]] = []
+        for (key, (_, revision)), entry in zip(marks, entries, strict=True):
+            if entry is not None:
+                writes.append(self.cache.write(key, entry, ttl=self._ttl_for(entry)))
+            else:
+                # absent: a tombstone at least as new as anything this process wrote; too new
+                # a tombstone only costs misses (fills below it are refused), never staleness
+                tombstones.append((key, max(revision + 1, head)))
+        if tombstones:
+            writes.append(self.cache.tombstones(tombstones, ttl=self.cache_ttl))
+        if await self._call(asyncio.gather(*writes)) is FAILED:
+            return False
+        for key, (seq, _) in marks:
+            current = self._dirty.get(key)
+            if current is not None and current[0] == seq:
+                del self._dirty[key]
+        return True
+
+    # -- warm and verify (backends.tiered.upkeep) ---------------------------------------------
+
+    async def warm(
+        self, namespace: str = "state", *, owner: str | None = None, limit: int = 1000
+    ) -> int:
+        """Load the ``limit`` most recently updated records of ``namespace`` (of ``owner``
+        if given) into the cache through leases; return how many landed."""
+        return await upkeep.warm(self, namespace, owner, limit)
+
+    async def verify(
+        self, namespace: str, owner: str | None = None, *, repair: bool = False, limit: int = 10_000
+    ) -> upkeep.VerifyReport:
+        """Compare the cache with the system of record (see :func:`upkeep.verify`)."""
+        return await upkeep.verify(self, namespace, owner, repair=repair, limit=limit)
+
+    async def fill_keys(self, keys: Sequence[Key]) -> int:
+        """Fill ``keys`` from the system of record through leases (as misses do); return how
+        many landed. Dirty keys and keys held by other leases are skipped."""
+        keys = [key for key in keys if not self._is_dirty(key)]
+        for _ in range(2):  # once more if the cache turns out lost and a new generation begins
+            if not keys or not await self._usable():
+                return 0
+            lookups = await self._call(self.cache.lookup(keys, lease_ttl=self.lease_ttl))
+            if lookups is not FAILED:
+                break
+        else:
+            return 0
+        leased = [(k, a.lease) for k, a in zip(keys, lookups, strict=True) if a.lease]
+        if not leased:
+            return 0
+        entries = await self.record.get_many([key for key, _ in leased])
+        items = [
+            (key, entry, lease)
+            for (key, lease), entry in zip(leased, entries, strict=True)
+            if entry is not None and lease is not None
+        ]
+        before = self._fills
+        if items:
+            await self._fill(items)
+        return self._fills - before
+
+    async def cache_call(self, operation: Awaitable[T]) -> T | None:
+        """``operation`` on the cache under its deadline and breaker; ``None`` if it failed."""
+        result = await self._call(operation)
+        return None if result is FAILED else result
+
+    async def cache_done(self, operation: Awaitable[None]) -> bool:
+        """``operation`` on the cache under its deadline and breaker; whether it succeeded."""
+        return await self._call(operation) is not FAILED
+
+    # -- the change feed ------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        """Read the change feed and put a tombstone of each change's revision in the cache
+        (a no-op where the cache holds that revision or newer). Runs until closed."""
+        follower = self._follower
+        assert follower is not None
+        failing = False
+        while not self._closing:
+            try:
+                changes = await follower.poll()
+                failing = False
+            except KVStoreError as exc:
+                if not failing:
+                    logger.warning("change feed read failed (%s); retrying", type(exc).__name__)
+                failing = True
+                await asyncio.sleep(min(1.0, self.feed_interval * 10))
+                continue
+            self._feed_backlog.extend(changes)
+            await self._apply_feed()
+            if len(changes) < follower.batch:
+                await asyncio.sleep(self.feed_interval)
+
+    async def _apply_feed(self) -> None:
+        backlog = self._feed_backlog
+        if not backlog or not await self._usable():
+            if len(backlog) > FEED_BACKLOG_MAX:
+                self._feed_backlog = []
+                self._lost()  # the cache missed changes: begin anew when it answers
+            return
+        for start in range(0, len(backlog), REPAIR_CHUNK):
+            chunk = backlog[start : start + REPAIR_CHUNK]
+            items = [(change.key, change.revision) for change in chunk]
+            if await self._call(self.cache.tombstones(items, ttl=self.cache_ttl)) is FAILED:
+                del backlog[:start]
+                return
+            self._feed_changes += len(chunk)
+        backlog.clear()
+
+    # -- cache generations ------------------------------------------------------------------
+
+    async def _renew(self, *, replacing: int | None) -> bool:
+        """Move to the generation of the cache's current incarnation (a new one if
+        ``replacing`` names the one in use, or if the marker of the one on record is gone).
+        Returns whether the cache and the system of record both answered."""
+        incarnation = self.cache.seen_incarnation if replacing is not None else None
+        if incarnation is None:
+            asked = await self._call(self.cache.incarnation(), count=False)
+            if asked is FAILED:
+                return False
+            incarnation = asked
+        try:
+            generation = await self._generation_for(incarnation, replacing)
+            self.cache.use_generation(incarnation, generation.number)
+            intact = await self._call(self.cache.claim_generation(), count=False)
+            if intact is FAILED:
+                return False
+            if not intact and not generation.created and replacing is None:
+                # at start-up, the marker of the generation on record is gone: the cache lost
+                # keys while no process was looking
+                generation = await self._generation_for(incarnation, generation.number)
+                self.cache.use_generation(incarnation, generation.number)
+                if await self._call(self.cache.claim_generation(), count=False) is FAILED:
+                    return False
+        except KVStoreError:
+            return False
+        if self._generation is not None and generation.number != self._generation.number:
+            self._generation_changes += 1
+            logger.warning(
+                "cache lost what it held (restart, restore, failover or flush); now using "
+                "cache generation %d",
+                generation.number,
+            )
+        self._generation = generation
+        return True
+
+    async def _generation_for(self, incarnation: str, replacing: int | None) -> Generation:
+        if self.record.capabilities.feed:
+            return await self.record.cache_generation(
+                self.cache_name, incarnation, replacing=replacing
+            )
+        number = (self._generation.number if self._generation else 0) + (
+            replacing is not None or self._generation is None
+        )
+        return Generation(number=number, floor=0, created=True)
+
+    def _lost(self) -> None:
+        """The cache showed it lost what it held: stop using it until a new generation."""
+        if self._lost_at < 0:
+            self._lost_at = self.clock.monotonic()
+            self._lost_count += 1
+
+    # -- cache calls and the circuit breaker -------------------------------------------------
+
+    async def _usable(self) -> bool:
+        """Whether to use the cache now; runs the probe when the breaker is due for one, and
+        the move to a new generation when the cache was lost."""
+        if not self._breaker.closed:
+            return self._breaker.probe_due() and await self._probe()
+        if self._lost_at >= 0:
+            return await self._renewed()
+        return True
+
+    async def _renewed(self) -> bool:
+        """Move to a new generation: the first caller to find the cache lost does it (the
+        others bypass the cache meanwhile). Whether the cache is usable again."""
+        if self._renewing is not None and not self._renewing.done():
+            return False
+        losses = self._lost_count
+        if self._renewing is None:
+            replacing = self._generation.number if self._lost_at >= 0 and self._generation else None
+            self._renewing = asyncio.get_running_loop().create_task(
+                self._renew(replacing=replacing)
+            )
+        task = self._renewing
+        renewed = await asyncio.shield(task)
+        self._renewing = None
+        if renewed and self._lost_count == losses:
+            self._lost_at = -1.0
+        return self._lost_at < 0 and self._generation is not None
+
+    async def _probe(self) -> bool:
+        """Ping the cache (moving to a new generation first if it was lost) and repair the
+        dirty keys; the breaker closes if all succeed."""
+        self._breaker.start_probe()
+        healthy = False
+        try:
+            if self._generation is None or self._lost_at >= 0:
+                await self._renewed()
+            healthy = (
+                self._generation is not None
+                and self._lost_at < 0
+                and await self._call(self.cache.ping(), count=False) is not FAILED
+                and self._lost_at < 0
+                and await self._repair()
+            )
+            if not healthy and self._lost_at >= 0:
+                # the ping met a new incarnation: move now, then the probe holds
+                healthy = await self._renewed() and await self._repair()
+        finally:
+            self._breaker.finish_probe(healthy)
+        return healthy
+
+    async def _call(self, operation: Awaitable[T], *, count: bool = True) -> T | _Failed:
+        """``operation`` under the cache deadline; ``FAILED`` if it failed or timed out (the
+        failure is counted toward the breaker; a lost cache starts a new generation instead).
+        Cancellation propagates."""
+        try:
+            async with asyncio.timeout(self.cache_timeout):
+                result = await operation
+        except CacheLostError:
+            self._cache_errors += 1
+            self._lost()
+            return FAILED
+        except Exception as exc:  # noqa: BLE001 - a failing cache never fails the store
+            if count:
+                self._failure(exc)
+            else:
+                self._cache_errors += 1
+            return FAILED
+        self._breaker.succeeded()
+        return result
+
+    def _failure(self, exc: Exception) -> None:
+        if isinstance(exc, CacheLostError):
+            self._lost()
+            return
+        self._cache_errors += 1
+        self._breaker.failed(exc)

@@ -1,0 +1,146 @@
+"""Upkeep of the tiered store's cache: warm it, verify it against the system of record.
+
+Both read the cache through leases like any read, so neither ever serves or writes anything
+older than the system of record holds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import orjson
+
+from kvstore.errors import BackendUnavailableError, ConfigurationError
+from kvstore.keys import DEFAULT_PAGE_SIZE
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from backends.base import Entry
+    from backends.tiered.store import TieredBackend
+    from kvstore.keys import Key
+
+VERIFY_LEASE_TTL = 0.001
+"""``verify`` reads the cache with leases that expire at once: it never fills."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What :func:`verify` found."""
+
+    checked: int
+    """Keys of the system of record that were compared."""
+    stale: list[Key] = field(default_factory=list)
+    """Cached with another revision or value than the system of record holds."""
+    extra: list[Key] = field(default_factory=list)
+    """Cached, but absent from the system of record (only found if the cache can scan)."""
+    missing: int = 0
+    """In the system of record but not cached: normal for a cache."""
+    repaired: bool = False
+    """Whether stale and extra keys were invalidated."""
+
+
+@runtime_checkable
+class RecentSource(Protocol):
+    """A system of record that lists a namespace by most recent update (SQL provides it)."""
+
+    async def recent(
+        self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE
+    ) -> list[tuple[Key, Entry]]:
+        """Live entries of ``namespace`` (of ``owner`` if given), newest ``updated_at``
+        first, at most ``limit``."""
+        ...
+
+
+@runtime_checkable
+class ScannableCache(Protocol):
+    """A cache that can list the keys it holds (lets ``verify`` find extra entries)."""
+
+    async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
+        """Keys with a live entry in ``namespace`` (of ``owner`` if given)."""
+        ...
+
+
+async def warm(store: TieredBackend, namespace: str, owner: str | None, limit: int) -> int:
+    """Load the ``limit`` most recently updated records of ``namespace`` (of ``owner`` if
+    given) into the cache; return how many landed. Fills go through leases like any read
+    after a miss, so warming never overwrites a newer entry or resurrects a deleted one."""
+    rows = await recent(store, namespace, owner, limit)
+    return await store.fill_keys([key for key, _ in rows])
+
+
+async def verify(
+    store: TieredBackend, namespace: str, owner: str | None, *, repair: bool, limit: int
+) -> VerifyReport:
+    """Compare the cache with the system of record for ``namespace`` (or one owner's
+    records in it), at most ``limit`` records; report stale and extra cache entries and,
+    with ``repair``, invalidate them. Extra entries are only found if the cache can list its
+    keys (:class:`ScannableCache`)."""
+    truth: dict[Key, Entry | None] = dict(await recent(store, namespace, owner, limit))
+    if isinstance(store.cache, ScannableCache):
+        scanned = await store.cache_call(store.cache.cached_keys(namespace, owner))
+        if scanned is None:
+            raise BackendUnavailableError("the cache did not answer; nothing was verified")
+        others = [key for key in scanned if key not in truth]
+        truth.update(zip(others, await store.record.get_many(others), strict=True))
+    keys = [*truth]
+    if not keys:
+        return VerifyReport(checked=0, repaired=repair)
+    lookups = await store.cache_call(store.cache.lookup(keys, lease_ttl=VERIFY_LEASE_TTL))
+    if lookups is None:
+        raise BackendUnavailableError("the cache did not answer; nothing was verified")
+    stale: list[Key] = []
+    extra: list[Key] = []
+    missing = 0
+    for key, answer in zip(keys, lookups, strict=True):
+        cached, stored = answer.entry, truth[key]
+        if cached is None:
+            missing += stored is not None
+        elif stored is None:
+            extra.append(key)
+        elif cached.revision != stored.revision or not _same_value(cached.value, stored.value):
+            stale.append(key)
+    wrong = stale + extra
+    if repair and wrong and not await store.cache_done(store.cache.invalidate(wrong)):
+        raise BackendUnavailableError("the cache did not answer; nothing was repaired")
+    return VerifyReport(
+        checked=len(keys), stale=stale, extra=extra, missing=missing, repaired=repair
+    )
+
+
+async def recent(
+    store: TieredBackend, namespace: str, owner: str | None, limit: int
+) -> Sequence[tuple[Key, Entry]]:
+    """The ``limit`` most recently updated live entries: one query where the system of
+    record lists by recency (:class:`RecentSource`), else one scan keeping the newest."""
+    if limit <= 0:
+        raise ConfigurationError("limit must be positive")
+    if isinstance(store.record, RecentSource):
+        return await store.record.recent(namespace, owner=owner, limit=limit)
+    if not store.record.capabilities.bulk:
+        raise ConfigurationError(
+            f"{type(store.record).__name__} can neither list by recency nor stream"
+        )
+    newest: list[tuple[datetime, int, Key, Entry]] = []
+    tiebreak = itertools.count()
+    async for key, entry in store.record.scan(namespace=namespace, owner=owner):
+        item = (entry.updated_at, next(tiebreak), key, entry)
+        if len(newest) < limit:
+            heapq.heappush(newest, item)
+        elif item[0] > newest[0][0]:
+            heapq.heapreplace(newest, item)
+    return [(key, entry) for _, _, key, entry in sorted(newest, reverse=True)]
+
+
+def _same_value(cached: bytes, stored: bytes) -> bool:
+    """Equal bytes, or equal JSON (a system of record may normalize JSON it stores)."""
+    if cached == stored:
+        return True
+    try:
+        return bool(orjson.loads(cached) == orjson.loads(stored))
+    except orjson.JSONDecodeError:
+        return False
