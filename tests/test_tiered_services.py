@@ -48,7 +48,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-def tiered(postgres_url: str, cache_url: str, **options: float) -> tuple[Store, TieredBackend]:
+def tiered(
+    postgres_url: str, cache_url: str, *, follow_changes: bool = True, **options: float
+) -> tuple[Store, TieredBackend]:
     settings: dict[str, float] = {
         "cache_timeout": 0.1,
         "breaker_threshold": 2,
@@ -62,6 +64,7 @@ def tiered(postgres_url: str, cache_url: str, **options: float) -> tuple[Store, 
         cache_timeout=settings["cache_timeout"],
         breaker_threshold=int(settings["breaker_threshold"]),
         breaker_reset_after=settings["breaker_reset_after"],
+        follow_changes=follow_changes,
     )
     assert isinstance(db, Store)
     assert isinstance(db.backend, TieredBackend)
@@ -85,7 +88,9 @@ async def version_of(db: Store, user: str) -> int:
 async def test_hot_reads_come_from_redis_and_verify_repairs_a_changed_row(
     postgres_url: str, redis_server: RedisServer
 ) -> None:
-    db, backend = tiered(postgres_url, redis_server.url)
+    """Without the change feed (``follow_changes=False``), a row changed behind the store's
+    back stays cached until ``verify(repair=True)``; with it, see tests/test_coherence.py."""
+    db, backend = tiered(postgres_url, redis_server.url, follow_changes=False)
     user = new_user()
     async with db:
         await db.save_state(StateRecord(user_id=user, session_id="s1", state="CACHED"))

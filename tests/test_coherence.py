@@ -1,0 +1,283 @@
+"""The tiered store's coherence mechanisms on real servers: revisions from PostgreSQL, the
+change feed (plain-SQL writes, out-of-order commits), cache generations (a redis-server
+restored from an old snapshot, a flush), and clocks that disagree.
+
+Every wait is bounded (a hang guard or a deadline for something to happen), never a timing
+assertion; the measured feed lag lives in tests/test_history.py and the README."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from typing import TYPE_CHECKING
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from backends.base import Backend, Change
+from backends.sql import build_sql_backend
+from backends.tiered import TieredBackend
+from backends.tiered.feed import FeedFollower
+from kvstore import DatabaseType, StateRecord, create_database
+from kvstore.clock import SYSTEM_CLOCK, SkewedClock
+from kvstore.keys import Key
+from kvstore.store import Store
+from tests.redis_servers import REDIS_SERVER, RedisServer
+from tests.services import unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+    from pathlib import Path
+
+    from kvstore.clock import Clock
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+DEADLINE = 10.0
+"""Seconds something expected may take before the test fails (a hang guard)."""
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test alone; ``SAVE`` writes its snapshot to its directory,
+    which a restart loads."""
+    if REDIS_SERVER is None:
+        unavailable("redis-server is needed for the coherence tests")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def tiered(
+    postgres_url: str, cache_url: str, clock: Clock = SYSTEM_CLOCK, *, follow: bool = True
+) -> Store:
+    db = create_database(
+        DatabaseType.TIERED,
+        postgres_url,
+        cache_url=cache_url,
+        breaker_reset_after=0.2,
+        feed_interval=0.02,
+        follow_changes=follow,
+        clock=clock,
+    )
+    assert isinstance(db, Store)
+    return db
+
+
+def backend_of(db: Store) -> TieredBackend:
+    assert isinstance(db.backend, TieredBackend)
+    return db.backend
+
+
+def new_user() -> str:
+    return f"coherent-{uuid.uuid4().hex[:12]}"
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until ``check()`` holds (polling), failing after :data:`DEADLINE` seconds."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.01)
+
+
+async def state_of(db: Store, user: str) -> str | None:
+    record = await db.get_state(user, "s1")
+    return None if record is None else record.state
+
+
+async def test_revisions_come_from_postgresql_in_commit_statements(postgres_url: str) -> None:
+    db = tiered(postgres_url, "memory://")
+    user = new_user()
+    async with db:
+        first = await db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
+        second = await db.save_state(first.model_copy(update={"state": "B"}))
+        other = await db.save_state(StateRecord(user_id=user, session_id="s2", state="A"))
+        assert 0 < first.revision < second.revision < other.revision
+        read = await db.get_state(user, "s1")
+        assert read is not None
+        assert read.revision == second.revision
+        await db.delete_user(user)
+
+
+async def test_a_batch_jobs_plain_sql_update_and_delete_reach_the_cache(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """The feed repairs what the cache holds when SQL changes behind the store's back."""
+    db = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    async with db:
+        await db.save_state(StateRecord(user_id=user, session_id="s1", state="CACHED"))
+        assert await state_of(db, user) == "CACHED"
+        connection = await asyncpg.connect(postgres_url)
+        try:
+            await connection.execute(
+                'UPDATE kv_records SET value = value || \'{"state": "BATCH"}\'::jsonb '
+                "WHERE namespace = 'state' AND owner = $1",
+                user,
+            )
+            await eventually(lambda: _is(state_of(db, user), "BATCH"))
+            await connection.execute("DELETE FROM kv_records WHERE owner = $1", user)
+            await eventually(lambda: _is(state_of(db, user), None))
+        finally:
+            await connection.close()
+        assert backend_of(db).stats().feed_changes >= 2
+
+
+async def _is(value: Awaitable[str | None], expected: str | None) -> bool:
+    return await value == expected
+
+
+async def test_the_feed_delivers_a_revision_that_commits_after_a_newer_one(
+    postgres_url: str,
+) -> None:
+    """Sequence values commit out of order: T1 draws revision r, T2 draws r' > r and commits
+    first; the follower reads r' and must still deliver r when T1 commits."""
+    backend = build_sql_backend(postgres_url)
+    user = new_user()
+    try:
+        await backend.initialize()
+        await backend.put(Key("state", (user, "a")), b"{}")
+        await backend.put(Key("state", (user, "b")), b"{}")
+        follower = FeedFollower(backend, SYSTEM_CLOCK, recheck_interval=60.0)
+        await follower.start()
+        slow = await asyncpg.connect(postgres_url)
+        try:
+            transaction = slow.transaction()
+            await transaction.start()
+            await slow.execute(
+                "UPDATE kv_records SET value = '{\"n\": 1}' WHERE owner = $1 AND key = 'a'", user
+            )
+            fast = await backend.put(Key("state", (user, "b")), b'{"n": 2}')
+            seen = await _changes(follower, until=lambda c: fast.revision in c)
+            assert all(change.key.rest == ("b",) for change in seen)
+            await transaction.commit()
+        finally:
+            await slow.close()
+        late = await _changes(follower, until=lambda c: any(r < fast.revision for r in c))
+        assert [change.key.rest for change in late] == [("a",)]
+        assert late[0].revision < fast.revision
+        await backend.delete_owner(user)
+    finally:
+        await backend.close()
+
+
+async def _changes(follower: FeedFollower, *, until: Callable[[set[int]], bool]) -> list[Change]:
+    """The changes polled until ``until`` holds of their revisions."""
+    found: list[Change] = []
+    revisions: set[int] = set()
+    async with asyncio.timeout(DEADLINE):
+        while not until(revisions):
+            for change in await follower.poll():
+                found.append(change)
+                revisions.add(change.revision)
+            await asyncio.sleep(0.01)
+    return found
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["generation alone", "with the feed"])
+async def test_a_redis_restored_from_an_older_snapshot_never_serves_it(
+    postgres_url: str, redis_server: RedisServer, follow: bool
+) -> None:
+    """Save v1, snapshot, save v2, kill Redis and restart it from the snapshot: neither the
+    writing process nor a fresh one reads v1 (the new run_id starts a new generation; the
+    change feed is not needed for it)."""
+    db = tiered(postgres_url, redis_server.url, follow=follow)
+    user = new_user()
+    admin = Redis.from_url(redis_server.url)
+    async with db:
+        saved = await db.save_state(StateRecord(user_id=user, session_id="s1", state="V1"))
+        assert await state_of(db, user) == "V1"
+        await admin.save()
+        await db.save_state(saved.model_copy(update={"state": "V2"}))
+        assert await state_of(db, user) == "V2"
+        await admin.aclose()
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGKILL)
+        redis_server.process.wait()
+        redis_server.start()  # loads dump.rdb: the cache has gone back to V1
+        for _ in range(50):
+            assert await state_of(db, user) == "V2"
+        async with tiered(postgres_url, redis_server.url, follow=follow) as fresh:
+            for _ in range(50):
+                assert await state_of(fresh, user) == "V2"
+        stats = backend_of(db).stats()
+        assert stats.generation_changes >= 1
+        await db.delete_user(user)
+
+
+async def test_a_flushed_redis_starts_a_new_generation(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    db = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    admin = Redis.from_url(redis_server.url)
+    try:
+        async with db:
+            await db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
+            before = backend_of(db).stats().generation
+            await admin.flushall()
+            await eventually(lambda: _is(state_of(db, user), "A"))
+            await eventually(lambda: _generation_above(db, before))
+            hits = backend_of(db).stats().hits
+            assert await state_of(db, user) == "A"
+            assert await state_of(db, user) == "A"
+            assert backend_of(db).stats().hits > hits  # served from the cache again
+            await db.delete_user(user)
+    finally:
+        await admin.aclose()
+
+
+async def _generation_above(db: Store, before: int) -> bool:
+    await db.get_state("nobody", "s1")
+    return backend_of(db).stats().generation > before
+
+
+async def test_processes_noticing_a_new_incarnation_at_once_agree_on_one_generation(
+    postgres_url: str,
+) -> None:
+    backends: list[Backend] = [build_sql_backend(postgres_url) for _ in range(6)]
+    name = f"cache-{uuid.uuid4().hex[:8]}"
+    try:
+        first = await backends[0].cache_generation(name, "run-1")
+        assert first.created
+        chosen = await asyncio.gather(
+            *(backend.cache_generation(name, "run-2") for backend in backends)
+        )
+        assert {generation.number for generation in chosen} == {first.number + 1}
+        assert sum(generation.created for generation in chosen) == 1
+        replaced = await asyncio.gather(
+            *(
+                backend.cache_generation(name, "run-2", replacing=first.number + 1)
+                for backend in backends
+            )
+        )
+        assert {generation.number for generation in replaced} == {first.number + 2}
+    finally:
+        await asyncio.gather(*(backend.close() for backend in backends))
+
+
+@pytest.mark.parametrize("skew", [0.5, -0.5, 2.0])
+async def test_clocks_that_disagree_never_resurrect_a_deleted_record(
+    postgres_url: str, redis_server: RedisServer, skew: float
+) -> None:
+    """A record created by a process whose clock is off by ``skew`` seconds, deleted by one
+    with a correct clock: after the delete is acknowledged neither reads it."""
+    creator = tiered(postgres_url, redis_server.url, SkewedClock(skew))
+    deleter = tiered(postgres_url, redis_server.url)
+    async with creator, deleter:
+        for round_ in range(20):
+            user = new_user()
+            await creator.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
+            assert await state_of(deleter, user) == "A"
+            assert await state_of(creator, user) == "A"
+            assert await deleter.delete_state(user, "s1"), round_
+            assert await state_of(deleter, user) is None
+            assert await state_of(creator, user) is None
