@@ -149,6 +149,8 @@ class LoadReport:
     lost: int = 0
     stale: int = 0
     hit_ratio: float = 0.0
+    """Reads answered by the cache over every read (bypassed reads included)."""
+    bypassed: int = 0
     pool_peak: int = 0
     latencies: Latencies = field(default_factory=Latencies)
 
@@ -160,8 +162,9 @@ class LoadReport:
         rate = self.messages / self.seconds
         return [
             f"{self.sessions} sessions, {self.seconds:.0f} s: {self.messages:,} messages, "
-            f"{rate:,.0f} messages/s; cache hit ratio {self.hit_ratio:.1%}; "
-            f"SQL pool peak {self.pool_peak} connections",
+            f"{rate:,.0f} messages/s; reads answered by the cache {self.hit_ratio:.1%} "
+            f"(of every read; {self.bypassed:,} bypassed it); SQL pool peak "
+            f"{self.pool_peak} connections",
             f"chaos: {dict(self.chaos_events) or 'none'}; "
             f"errors (not acknowledged, retried): {dict(self.errors) or 'none'}",
             "",
@@ -257,7 +260,8 @@ async def _drive(
             redis.start()
         await _recovered(store, tiered)
         stats = tiered.stats()
-        report.hit_ratio = stats.hits / max(1, stats.hits + stats.misses)
+        report.hit_ratio = stats.hit_ratio
+        report.bypassed = stats.bypassed
         await _check(report, store, url, acked, uncertain)
 
 

@@ -24,7 +24,6 @@ import asyncpg
 from redis.asyncio import Redis
 
 from backends.base import utcnow
-from backends.sql import SQL
 from backends.sql_migrate import upgrade
 from backends.tiered import TieredBackend
 from benchmarks.common import session_record
@@ -59,6 +58,22 @@ async def _noreset(_connection: asyncpg.Connection) -> None:
     """Release without asyncpg's reset query (the fair pool baseline of BASELINES.md)."""
 
 
+RAW_TABLE = """
+CREATE TABLE raw_records (LIKE kv_records INCLUDING DEFAULTS INCLUDING CONSTRAINTS
+                          INCLUDING INDEXES)"""
+"""The raw baseline's table: kv_records' shape without its revision triggers (a plain
+upsert is what the raw driver does at its best)."""
+
+RAW_UPSERT = """
+INSERT INTO raw_records AS r
+    (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
+VALUES ($1, $2, $3, $4, 1, $5, $5, $6, 0)
+ON CONFLICT (namespace, owner, key) DO UPDATE SET
+    value = excluded.value, version = r.version + 1, updated_at = excluded.updated_at,
+    expires_at = excluded.expires_at
+RETURNING version, created_at"""
+
+
 def tiered(
     url: str, redis_url: str, prefix: str, *, invalidate_before_write: bool = False
 ) -> Store:
@@ -90,6 +105,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
     try:
         await db.initialize()
         await db_ibw.initialize()
+        await pool.execute(RAW_TABLE)
         saved = [await db.save_state(record) for record in RECORDS]
         for key, record in zip(raw_keys, saved, strict=True):
             await redis.set(key, serialize(record))
@@ -121,7 +137,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                 value = serialize(record)
                 async with pool.acquire() as connection:
                     await connection.fetch(
-                        SQL["put"],
+                        RAW_UPSERT,
                         "state",
                         record.user_id,
                         record.session_id,

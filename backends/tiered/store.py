@@ -20,9 +20,10 @@ tombstones by revision alone (:func:`backends.base.lands`); no wall clock orders
   (compare-and-set in SQL, so processes noticing at once agree), under which nothing older
   is reachable. Write-throughs of revisions committed before the generation began
   (``floor``) only put tombstones in it.
-* Every cache call has a deadline (``cache_timeout``); ``breaker_threshold`` consecutive
-  failures open a circuit breaker: the store serves from the system of record alone until a
-  probe after ``breaker_reset_after`` seconds succeeds.
+* Every cache call has a deadline (``cache_timeout``) that a stalled event loop does not use
+  up (:mod:`backends.deadline`): a busy caller is not a failing cache. ``breaker_threshold``
+  consecutive failures open a circuit breaker: the store serves from the system of record
+  alone until a probe after ``breaker_reset_after`` seconds succeeds.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, runtime_ch
 
 from backends.base import Backend, Capabilities, Entry, Generation
 from backends.breaker import BreakerState, CircuitBreaker
+from backends.deadline import deadline
 from backends.tiered import upkeep
 from backends.tiered.feed import FeedFollower
 from kvstore.clock import SYSTEM_CLOCK
@@ -438,7 +440,7 @@ class TieredBackend(Backend):
                 self._mark_dirty(key, revision)
                 return
             generation = self._generation
-            async with asyncio.timeout(self.cache_timeout), writes.lock:
+            async with deadline(self.cache_timeout), writes.lock:
                 if revision <= writes.applied:
                     return  # a newer write of this key is in the cache already
                 if entry is None or generation is None or revision <= generation.floor:
@@ -756,7 +758,7 @@ class TieredBackend(Backend):
         failure is counted toward the breaker; a lost cache starts a new generation instead).
         Cancellation propagates."""
         try:
-            async with asyncio.timeout(self.cache_timeout):
+            async with deadline(self.cache_timeout):
                 result = await operation
         except CacheLostError:
             self._cache_errors += 1
