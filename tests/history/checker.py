@@ -116,6 +116,13 @@ class Report:
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __repr__(self) -> str:  # short: pytest prints it in every failing frame
+        return (
+            f"Report({self.scenario!r}, reads={self.reads}, writes={self.writes}, "
+            f"stale={self.stale_reads}, worst_ms={self.worst_staleness_ms}, "
+            f"lost={self.lost_writes}, errors={self.errors})"
+        )
+
 
 # -- loading -----------------------------------------------------------------------------
 
@@ -333,7 +340,7 @@ def _stale(report: Report, stale_at: dict[Op, float], read: Op, missed: Op, orig
         "at_s": _at(read, origin),
         "read": read.version,
         "read_batch": read.batch,
-        "missed": missed.version if missed.op != "batch" else missed.batch,
+        "missed": {"batch": missed.batch, "delete": "delete"}.get(missed.op, missed.version),
         "missed_by": missed.w,
         "staleness_ms": round(staleness, 1),
     }
