@@ -131,8 +131,8 @@ def load_ops(
     paths: Iterable[Path], events: Iterable[Mapping[str, Any]] = (), *, killed: Iterable[str] = ()
 ) -> tuple[list[Op], list[dict[str, Any]]]:
     """The operations in the worker logs at ``paths`` plus the test's ``events``, and the
-    workers' ``stats`` records. Only the log of a worker in ``killed`` may end in a cut
-    line."""
+    workers' ``open`` and ``stats`` records (their stores' counters at start and at the end).
+    Only the log of a worker in ``killed`` may end in a cut line."""
     killed = set(killed)
     ops: list[Op] = []
     stats: list[dict[str, Any]] = []
@@ -146,7 +146,7 @@ def load_ops(
                 if last and path.stem in killed:
                     continue
                 raise HistoryError(f"{path}:{number + 1}: not JSON: {line[:200]!r}") from None
-            if record["op"] == "stats":
+            if record["op"] in ("open", "stats"):
                 stats.append(record)
             elif record["op"] in ("read", "write", "delete"):
                 ops.append(_op(record))
@@ -439,9 +439,17 @@ def _feed_lag(report: Report, ops: Sequence[Op]) -> None:
             )
 
 
-def _cache_stats(report: Report, stats: Sequence[Mapping[str, Any]]) -> None:
-    hits = [s["stats"].get("hits") for s in stats if isinstance(s.get("stats"), dict)]
-    misses = [s["stats"].get("misses") for s in stats if isinstance(s.get("stats"), dict)]
+def _cache_stats(report: Report, records: Sequence[Mapping[str, Any]]) -> None:
+    """Sum the workers' final cache counters; note a circuit breaker that was not closed
+    when a worker opened its store or at its end (its cache was bypassed meanwhile)."""
+    for record in records:
+        stats = record.get("stats")
+        if isinstance(stats, dict) and stats.get("breaker", "closed") != "closed":
+            when = "at start" if record["op"] == "open" else "at the end"
+            report.notes.append(f"{record['w']}: cache breaker {stats['breaker']} {when}")
+    final = [r for r in records if r["op"] == "stats"]
+    hits = [s["stats"].get("hits") for s in final if isinstance(s.get("stats"), dict)]
+    misses = [s["stats"].get("misses") for s in final if isinstance(s.get("stats"), dict)]
     if hits and all(isinstance(h, int) for h in hits):
         report.cache_hits = sum(hits)
     if misses and all(isinstance(m, int) for m in misses):

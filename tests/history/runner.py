@@ -49,6 +49,8 @@ class WorkerSpec:
     cache_url: str | None = None
     """Where this worker's cache is, if not the scenario's Redis (a proxy)."""
     read_ratio: float = 0.7
+    options: dict[str, object] = field(default_factory=dict)
+    """More ``create_database`` options of this worker's store (JSON values)."""
 
 
 class WorkerProcess:
@@ -68,6 +70,8 @@ class WorkerProcess:
             *("--keys", *spec.keys),
             *("--write-keys", *spec.write_keys),
         ]
+        for name, value in spec.options.items():
+            arguments += ["--option", f"{name}={json.dumps(value)}"]
         if spec.crash_after is not None:
             arguments += ["--crash-after", str(spec.crash_after)]
         with self.stderr_path.open("wb") as stderr:

@@ -128,16 +128,17 @@ class Worker:
         user, session = key_parts(key)
         return await self._op("delete", key, lambda: self.db.delete_state(user, session))
 
-    def stats(self) -> LogRecord:
+    def stats(self) -> dict[str, Any] | None:
         """The store's counters, if its backend keeps any (``stats()``), as plain data."""
         backend = getattr(self.db, "backend", None)
         stats = getattr(backend, "stats", None)
         if not callable(stats):
-            return self.record({"op": "stats", "stats": None})
+            return None
         value = stats()
         plain = asdict(value) if is_dataclass(value) and not isinstance(value, type) else {}
         cleaned = {k: (v.value if isinstance(v, Enum) else v) for k, v in plain.items()}
-        return self.record({"op": "stats", "stats": json.loads(json.dumps(cleaned, default=str))})
+        result: dict[str, Any] = json.loads(json.dumps(cleaned, default=str))
+        return result
 
 
 class Load:
@@ -199,7 +200,7 @@ def arm_crash(after: int) -> None:
 
 
 def open_database(args: argparse.Namespace) -> Database:
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(args.option)
     if args.skew:
         # The clock option is passed only when needed: a store without it refuses it with
         # ConfigurationError, which the worker reports instead of running unskewed.
@@ -237,7 +238,7 @@ async def serve(args: argparse.Namespace, log: TextIO) -> int:
         reply({"event": "failed", "error": type(exc).__name__, "message": str(exc)[:500]})
         return 3
     worker = Worker(args.name, db, log)
-    worker.record({"op": "open", "pid": os.getpid(), "skew": args.skew})
+    worker.record({"op": "open", "pid": os.getpid(), "skew": args.skew, "stats": worker.stats()})
     queue: asyncio.Queue[LogRecord] = asyncio.Queue()
     threading.Thread(
         target=read_commands, args=(asyncio.get_running_loop(), queue), daemon=True
@@ -275,10 +276,21 @@ async def serve(args: argparse.Namespace, log: TextIO) -> int:
         if load is not None and running is not None:
             load.stopping.set()
             await running
-        worker.stats()
+        worker.record({"op": "stats", "stats": worker.stats()})
         async with asyncio.timeout(CLOSE_DEADLINE):
             await db.close()
     return 0
+
+
+def store_option(text: str) -> tuple[str, Any]:
+    """``NAME=JSON`` as ``(name, value)``: ``cache_timeout=0.5``, ``autopipeline=false``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"an option is NAME=JSON, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{name}: {value!r} is not JSON") from exc
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -294,6 +306,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pause-ms", type=float, default=2.0, help="max pause between ops")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skew", type=float, default=0.0, help="wall clock offset, seconds")
+    parser.add_argument(
+        "--option",
+        action="append",
+        type=store_option,
+        default=[],
+        metavar="NAME=JSON",
+        help="a create_database option, e.g. cache_timeout=0.5 (repeatable)",
+    )
     parser.add_argument(
         "--crash-after", type=int, help="SIGKILL itself in the Nth cache update after a commit"
     )
