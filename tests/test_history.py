@@ -14,6 +14,10 @@ Every scenario prints its table (``pytest -s``) and merges it into the JSON file
 tiered store"): with no fault no read is stale; after a fault staleness is bounded by the
 change feed's lag (:data:`STALENESS_BOUND_MS`), never by the cache TTL; acknowledged writes
 are never lost. Scenarios 1, 5 and 8 must show no stale read at all.
+
+Run: ``.venv/bin/pytest tests/test_history.py -s`` (one scenario: ``-k test_5``). Each
+test's worker logs (``w*.jsonl``, ``w*.stderr``) and the test's own events
+(``test-events.jsonl``) stay in its ``tmp_path``/workers for inspection.
 """
 
 from __future__ import annotations
@@ -518,7 +522,8 @@ def test_6_writer_killed_between_commit_and_cache_update(
         key = keys.owned(crasher.name)
         record = asyncio.run(read_final(sql_url, [key]))[key]
         committed = None if record is None else record.version
-        run.observed(key, start, committed, None if record is None else record.marker)
+        if record is not None:
+            run.observed(key, start, record.version, record.marker)
         run.note("SQL read", version=committed)
         run.sleep_until(run.elapsed() + 2.5)
 
