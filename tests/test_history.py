@@ -161,11 +161,19 @@ class Keys:
         return [*self.shared, *(self.owned(w) for w in WORKERS)]
 
 
+PAUSES_MS = {"w0": 2.0, "w1": 2.0, "w2": 5.0, "w3": 20.0}
+"""The most each worker pauses between operations: busy processes and a quiet one (whose
+cache breaker, after a fault, opens and probes later than the others')."""
+
+
 def default_specs(keys: Keys, *, extra_reads: Iterable[str] = ()) -> list[WorkerSpec]:
     """Four workers: each reads every key and writes the shared keys and its own."""
     reads = [*keys.load, *extra_reads]
     return [
-        WorkerSpec(name=w, keys=reads, write_keys=[keys.owned(w), *keys.shared]) for w in WORKERS
+        WorkerSpec(
+            name=w, keys=reads, write_keys=[keys.owned(w), *keys.shared], pause_ms=PAUSES_MS[w]
+        )
+        for w in WORKERS
     ]
 
 
@@ -365,12 +373,12 @@ def test_2_flushall_every_50ms(
         run.note("flushing every 50 ms")
         flusher.start()
         try:
-            run.sleep_until(3.5)
+            run.sleep_until(3.0)
         finally:
             stop.set()
             flusher.join(timeout=10)
         run.note("flushing stopped", flushes=flushes)
-        run.sleep_until(4.0)
+        run.sleep_until(3.5)
 
     outcome = run_scenario(
         "2 flushall every 50 ms",
@@ -435,7 +443,7 @@ def test_4_redis_killed_restarted_empty(
         with redis_client(redis_server) as client:
             restored = int(client.dbsize())
         run.note("redis restarted empty", keys=restored)
-        run.sleep_until(4.5)
+        run.sleep_until(4.0)
 
     outcome = run_scenario(
         "4 redis killed, empty",
@@ -474,7 +482,7 @@ def test_5_redis_restarted_from_an_old_snapshot(
         with redis_client(redis_server) as client:
             restored = int(client.dbsize())
         run.note("redis restarted from the snapshot", keys=restored)
-        run.sleep_until(4.5)
+        run.sleep_until(4.0)
 
     outcome = run_scenario(
         "5 redis from old snapshot",
@@ -525,7 +533,7 @@ def test_6_writer_killed_between_commit_and_cache_update(
         if record is not None:
             run.observed(key, start, record.version, record.marker)
         run.note("SQL read", version=committed)
-        run.sleep_until(run.elapsed() + 2.5)
+        run.sleep_until(run.elapsed() + 2.0)
 
     outcome = run_scenario(
         "6 writer killed mid-write",
@@ -697,13 +705,13 @@ def test_10_batch_job_updates_a_cached_record(
         assert saved.get("version") == 1, f"harness: could not create the batch key: {saved}"
 
     def faults(run: Run) -> None:
-        run.sleep_until(1.5)
+        run.sleep_until(1.0)
         start = time.monotonic_ns()
         status = asyncio.run(batch_update(sql_url, batch_key, marker))
         run.batch_updated(batch_key, start, marker)
         run.note("batch UPDATE", status=status)
         assert status == "UPDATE 1", f"harness: the batch job's UPDATE said {status!r}"
-        run.sleep_until(1.5 + BATCH_WAIT)
+        run.sleep_until(1.0 + BATCH_WAIT)
 
     outcome = run_scenario(
         "10 batch job UPDATE",

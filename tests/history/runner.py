@@ -49,6 +49,8 @@ class WorkerSpec:
     cache_url: str | None = None
     """Where this worker's cache is, if not the scenario's Redis (a proxy)."""
     read_ratio: float = 0.7
+    pause_ms: float = 2.0
+    """The most a worker pauses between two operations (a random part of it)."""
     options: dict[str, object] = field(default_factory=dict)
     """More ``create_database`` options of this worker's store (JSON values)."""
 
@@ -67,6 +69,7 @@ class WorkerProcess:
             *("--name", spec.name, "--sql", sql_url, "--cache", spec.cache_url or cache_url),
             *("--log", str(self.log_path), "--seed", str(seed)),
             *("--read-ratio", str(spec.read_ratio), "--skew", str(spec.skew)),
+            *("--pause-ms", str(spec.pause_ms)),
             *("--keys", *spec.keys),
             *("--write-keys", *spec.write_keys),
         ]
