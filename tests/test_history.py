@@ -283,7 +283,7 @@ def assert_sound(outcome: Outcome) -> None:
     no version was given twice or read with another value, and no error of a type kvstore
     does not raise appeared. (Plain values in the asserts keep pytest's messages short.)"""
     r = outcome.report
-    unexpected = [note for note in r.notes if note.startswith("worker ")]
+    unexpected = [n for n in r.notes if n.startswith("worker ") or "still not closed" in n]
     assert not unexpected, f"harness: {unexpected}"
     workers, reads, writes, hits = r.workers, r.reads, r.writes, r.cache_hits
     assert workers == len(WORKERS), f"harness: only {workers} workers logged"

@@ -148,10 +148,12 @@ def test_feed_lag_of_a_batch_update() -> None:
 
 
 def test_logs_load_and_only_a_killed_worker_may_end_in_a_cut_line(tmp_path: Path) -> None:
-    opened = {"w": "w0", "op": "open", "stats": {"hits": 0, "misses": 0, "breaker": "open"}}
+    warmup = {"breaker": "open", "seconds": 2.1, "closed": True}
+    opened = {"w": "w0", "op": "open", "warmup": warmup, "stats": {"breaker": "closed"}}
+    opened_late = {"w": "w1", "op": "open", "stats": {"breaker": "open"}}
     record = {"w": "w0", "op": "read", "key": K, "start": 1, "end": 2, "version": None}
     stats = {"w": "w0", "op": "stats", "stats": {"hits": 3, "misses": 1, "breaker": "closed"}}
-    lines = "".join(json.dumps(line) + "\n" for line in (opened, record, stats))
+    lines = "".join(json.dumps(line) + "\n" for line in (opened, opened_late, record, stats))
     log = tmp_path / "w0.jsonl"
     log.write_text(lines + '{"w": "w0", "op')
     with pytest.raises(HistoryError, match="not JSON"):
@@ -160,7 +162,11 @@ def test_logs_load_and_only_a_killed_worker_may_end_in_a_cut_line(tmp_path: Path
     assert [op.op for op in ops] == ["read"]
     report = check("stats", ops, {K: None}, stats=loaded_stats)
     assert (report.cache_hits, report.cache_misses) == (3, 1)
-    assert report.notes == ["w0: cache breaker open at start"]
+    assert report.notes == [
+        "w0: cache breaker open after start-up; closed after 2.1 s of warm-up reads, before "
+        "the load",
+        "w1: cache breaker open at start",
+    ]
 
 
 def test_reports_merge_into_one_json_file(tmp_path: Path) -> None:

@@ -443,6 +443,13 @@ def _cache_stats(report: Report, records: Sequence[Mapping[str, Any]]) -> None:
     """Sum the workers' final cache counters; note a circuit breaker that was not closed
     when a worker opened its store or at its end (its cache was bypassed meanwhile)."""
     for record in records:
+        warmup = record.get("warmup")
+        if isinstance(warmup, dict):
+            report.notes.append(
+                f"{record['w']}: cache breaker {warmup.get('breaker')} after start-up; "
+                f"{'closed' if warmup.get('closed') else 'still not closed'} after "
+                f"{warmup.get('seconds')} s of warm-up reads, before the load"
+            )
         stats = record.get("stats")
         if isinstance(stats, dict) and stats.get("breaker", "closed") != "closed":
             when = "at start" if record["op"] == "open" else "at the end"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 HANG_GUARD = 5.0
 """Seconds one store call may take; a longer one is logged as error ``Hang`` (not a kvstore
 error type, so it fails the test: the store promises deadlines everywhere)."""
+SETTLE_DEADLINE = 15.0
+"""Seconds a store whose cache breaker opened at start-up may take to close it."""
 OPEN_DEADLINE = 60.0
 """Seconds to open the store (connect, create tables) before giving up."""
 CLOSE_DEADLINE = 15.0
@@ -127,6 +130,29 @@ class Worker:
     async def delete(self, key: str) -> LogRecord:
         user, session = key_parts(key)
         return await self._op("delete", key, lambda: self.db.delete_state(user, session))
+
+    async def settle(self, deadline: float) -> LogRecord | None:
+        """Reach the steady state before the test's load and fault: a tiered store whose
+        cache did not answer in time at start-up (a loaded machine) begins with its breaker
+        open and serves from SQL until a probe, ``breaker_reset_after`` later. Read a key of
+        this worker's own (outside the history) every 100 ms until the breaker is closed, at
+        most ``deadline`` seconds. Returns what it took, or ``None`` if nothing was needed."""
+        stats = self.stats()
+        if stats is None or stats.get("breaker", "closed") == "closed":
+            return None
+        began = time.monotonic()
+        while time.monotonic() - began < deadline:
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(HANG_GUARD):
+                    await self.db.get_state(f"warmup-{self.name}", "s1")
+            if (self.stats() or {}).get("breaker") == "closed":
+                break
+        return {
+            "breaker": stats.get("breaker"),
+            "seconds": round(time.monotonic() - began, 2),
+            "closed": (self.stats() or {}).get("breaker") == "closed",
+        }
 
     def stats(self) -> dict[str, Any] | None:
         """The store's counters, if its backend keeps any (``stats()``), as plain data."""
@@ -238,7 +264,9 @@ async def serve(args: argparse.Namespace, log: TextIO) -> int:
         reply({"event": "failed", "error": type(exc).__name__, "message": str(exc)[:500]})
         return 3
     worker = Worker(args.name, db, log)
-    worker.record({"op": "open", "pid": os.getpid(), "skew": args.skew, "stats": worker.stats()})
+    warmup = await worker.settle(SETTLE_DEADLINE)
+    opened = {"op": "open", "pid": os.getpid(), "skew": args.skew, "warmup": warmup}
+    worker.record({**opened, "stats": worker.stats()})
     queue: asyncio.Queue[LogRecord] = asyncio.Queue()
     threading.Thread(
         target=read_commands, args=(asyncio.get_running_loop(), queue), daemon=True
