@@ -161,7 +161,7 @@ class Keys:
         return [*self.shared, *(self.owned(w) for w in WORKERS)]
 
 
-PAUSES_MS = {"w0": 2.0, "w1": 2.0, "w2": 5.0, "w3": 20.0}
+PAUSES_MS = {"w0": 2.0, "w1": 2.0, "w2": 5.0, "w3": 100.0}
 """The most each worker pauses between operations: busy processes and a quiet one (whose
 cache breaker, after a fault, opens and probes later than the others')."""
 
