@@ -105,8 +105,6 @@ class Generation:
 
     number: int
     floor: int
-    created: bool = False
-    """Whether this call began it (rather than finding it on record)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +121,7 @@ class Capabilities:
     """Implements :meth:`Backend.scan` and :meth:`Backend.restore` (export, import, migrate)."""
     feed: bool = False
     """Implements the change feed and cache generations (:meth:`Backend.read_changes`,
-    :meth:`Backend.head`, :meth:`Backend.cache_generation`): the tiered store follows it to
+    :meth:`Backend.head`, :meth:`Backend.read_generation`): the tiered store follows it to
     repair its cache, across processes."""
 
 
@@ -227,13 +225,17 @@ class Backend(ABC):
         ``capabilities.feed``."""
         raise NotImplementedError(f"{type(self).__name__} has no change feed")
 
-    async def cache_generation(
-        self, cache: str, incarnation: str, *, replacing: int | None = None
-    ) -> Generation:
-        """The generation of cache ``cache`` for the cache server's ``incarnation``: the
-        one on record if it belongs to that incarnation and is not ``replacing``; otherwise a
-        new one (the number + 1), set with compare-and-set, so processes that notice a new
-        incarnation at once agree on one new generation. Only if ``capabilities.feed``."""
+    async def read_generation(self, cache: str) -> tuple[int, str] | None:
+        """The generation on record for cache ``cache`` and the cache incarnation it
+        belongs to, or ``None``. Only if ``capabilities.feed``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no cache generations")
+
+    async def advance_generation(
+        self, cache: str, incarnation: str, *, current: int | None, to: int
+    ) -> bool:
+        """Compare-and-set: record generation ``to`` of ``incarnation`` for cache ``cache``
+        if the one on record is still ``current`` (``None``: none on record); return
+        whether it was set. Only if ``capabilities.feed``."""
         raise NotImplementedError(f"{type(self).__name__} keeps no cache generations")
 
 

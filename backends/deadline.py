@@ -38,6 +38,7 @@ async def deadline(
     budget = 10 * seconds if max_extra is None else max_extra
     async with asyncio.timeout(None) as timeout:
         due = loop.time() + seconds
+        handle: asyncio.TimerHandle | None = None
 
         def check() -> None:
             nonlocal due, budget, handle

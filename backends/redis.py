@@ -232,16 +232,19 @@ class RedisBackend(Backend, VersionedCache):
         self, keys: Sequence[Key], *, marked: bool = False
     ) -> list[bytes | None]:
         """The raw values of ``keys``. ``marked``: also check the generation marker (a cache
-        on a standalone server) and raise :class:`CacheLostError` if it is gone."""
-        names = [self._layout.record(key) for key in keys]
+        on a standalone server) and raise :class:`CacheLostError` if it is gone, or if the
+        generation changed while the read was in flight (a retry may then have read the old
+        generation's keys from a new server incarnation)."""
+        layout = self._layout
+        names = [layout.record(key) for key in keys]
         pipe = self._ready()
         if not self._cluster:
             if marked:
-                names.append(self._layout.marker)
+                names.append(layout.marker)  # a Cluster keeps no marker
             values: list[bytes | None] = await self._idempotent(
                 "get_many", lambda: pipe.call("MGET", *names)
             )
-            if marked and values.pop() is None:
+            if marked and (values.pop() is None or self._layout is not layout):
                 raise CacheLostError("Redis lookup: the generation marker is gone")
             return values
         slots: dict[str, list[int]] = {}  # one MGET per owner: one hash slot each
@@ -252,6 +255,8 @@ class RedisBackend(Backend, VersionedCache):
         results = self._checked(
             "get_many", await self._idempotent("get_many", lambda: pipe.batch(commands))
         )
+        if marked and self._layout is not layout:
+            raise CacheLostError("Redis lookup: the cache generation changed meanwhile")
         out: list[bytes | None] = [None] * len(keys)
         for group, found in zip(groups, results, strict=True):
             for position, data in zip(group, found, strict=True):
@@ -531,7 +536,7 @@ class RedisBackend(Backend, VersionedCache):
             return []
         if not lease_ttl > 0:
             raise InvalidRecordError("lease_ttl must be positive seconds")
-        values = await self._read_values(keys, marked=self._marked)
+        values = await self._read_values(keys, marked=self._incarnation is not None)
         answers: Lookups = []
         misses: Positions = []
         for position, data in enumerate(values):

@@ -34,7 +34,6 @@ from backends.base import (
     Capabilities,
     Change,
     Entry,
-    Generation,
     Snapshot,
     check_listing,
     version_conflict,
@@ -437,18 +436,22 @@ class SQLBackend(Backend):
         rows = await self._run("read the head revision", "head", (), idempotent=True)
         return int(rows[0][2]), sql_feed.snapshot_of(rows)
 
-    async def cache_generation(
-        self, cache: str, incarnation: str, *, replacing: int | None = None
-    ) -> Generation:
-        args = (cache, incarnation, -1 if replacing is None else replacing)
-        rows = await self._run("set the cache generation", "generation", args, idempotent=False)
-        created = bool(rows)
-        if not created:  # the generation on record is the one asked for
-            rows = await self._run(
-                "read the cache generation", "current_generation", (cache,), idempotent=True
-            )
-        head, _ = await self.head()
-        return Generation(number=int(rows[0][0]), floor=head, created=created)
+    async def read_generation(self, cache: str) -> tuple[int, str] | None:
+        rows = await self._run(
+            "read the cache generation", "read_generation", (cache,), idempotent=True
+        )
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
+    async def advance_generation(
+        self, cache: str, incarnation: str, *, current: int | None, to: int
+    ) -> bool:
+        if current is None:
+            args: tuple[Any, ...] = (cache, incarnation, to)
+            name = "insert_generation"
+        else:
+            args, name = (cache, incarnation, to, current), "advance_generation"
+        rows = await self._run("set the cache generation", name, args, idempotent=False)
+        return bool(rows)
 
     # -- everything else: SQLAlchemy Core ---------------------------------------------------
 

@@ -15,6 +15,8 @@ from typing import Final
 
 import asyncpg
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
 
 from kvstore.errors import BackendUnavailableError, KVStoreError, SerializationError
 
@@ -30,7 +32,17 @@ class Failure(Enum):
     FAILED = "failed"
 
 
+def _dbapi_error(dialect: type[sa.engine.Dialect]) -> type[BaseException]:
+    """The PEP 249 ``Error`` class a dialect's DBAPI raises (SQLAlchemy's adapter for an
+    async driver raises its own, which is no ``SQLAlchemyError``: e.g. from a pooled
+    connection opened while PostgreSQL is shutting down or starting up)."""
+    error: type[BaseException] = dialect.import_dbapi().Error
+    return error
+
+
 DRIVER_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    _dbapi_error(postgresql_asyncpg.dialect),
+    _dbapi_error(sqlite_aiosqlite.dialect),
     sa.exc.SQLAlchemyError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,

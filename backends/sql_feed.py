@@ -39,14 +39,13 @@ POSTGRES: Final = {
                GREATEST((SELECT max(revision) FROM kv_records),
                         (SELECT max(revision) FROM kv_tombstones), 0)
         FROM s""",
-    "generation": """
-        INSERT INTO kv_cache_generations AS g (name, generation, incarnation, changed_at)
-        VALUES ($1, 1, $2, now())
-        ON CONFLICT (name) DO UPDATE SET generation = g.generation + 1,
-            incarnation = excluded.incarnation, changed_at = excluded.changed_at
-        WHERE g.incarnation <> excluded.incarnation OR g.generation = $3
-        RETURNING generation""",
-    "current_generation": "SELECT generation FROM kv_cache_generations WHERE name = $1",
+    "read_generation": "SELECT generation, incarnation FROM kv_cache_generations WHERE name = $1",
+    "insert_generation": """
+        INSERT INTO kv_cache_generations (name, generation, incarnation, changed_at)
+        VALUES ($1, $3, $2, now()) ON CONFLICT (name) DO NOTHING RETURNING generation""",
+    "advance_generation": """
+        UPDATE kv_cache_generations SET generation = $3, incarnation = $2, changed_at = now()
+        WHERE name = $1 AND generation = $4 RETURNING generation""",
 }
 """Statements in PostgreSQL's ``$n`` style."""
 
@@ -59,14 +58,14 @@ SQLITE: Final = {
             SELECT revision, namespace, owner, key, 1 FROM kv_tombstones WHERE revision > ?1
         ) ORDER BY revision LIMIT ?2""",
     "head": "SELECT NULL, NULL, value FROM kv_revision WHERE id = 1",
-    "generation": """
-        INSERT INTO kv_cache_generations AS g (name, generation, incarnation)
-        VALUES (?1, 1, ?2)
-        ON CONFLICT (name) DO UPDATE SET generation = g.generation + 1,
-            incarnation = excluded.incarnation, changed_at = excluded.changed_at
-        WHERE g.incarnation <> excluded.incarnation OR g.generation = ?3
-        RETURNING generation""",
-    "current_generation": "SELECT generation FROM kv_cache_generations WHERE name = ?1",
+    "read_generation": "SELECT generation, incarnation FROM kv_cache_generations WHERE name = ?1",
+    "insert_generation": """
+        INSERT INTO kv_cache_generations (name, generation, incarnation)
+        VALUES (?1, ?3, ?2) ON CONFLICT (name) DO NOTHING RETURNING generation""",
+    "advance_generation": """
+        UPDATE kv_cache_generations SET generation = ?3, incarnation = ?2,
+            changed_at = strftime('%Y-%m-%d %H:%M:%f000', 'now')
+        WHERE name = ?1 AND generation = ?4 RETURNING generation""",
 }
 """The same for SQLite (``?n`` style)."""
 

@@ -240,26 +240,24 @@ async def _generation_above(db: Store, before: int) -> bool:
     return backend_of(db).stats().generation > before
 
 
-async def test_processes_noticing_a_new_incarnation_at_once_agree_on_one_generation(
+async def test_generations_advance_by_compare_and_set_one_winner_at_a_time(
     postgres_url: str,
 ) -> None:
     backends: list[Backend] = [build_sql_backend(postgres_url) for _ in range(6)]
     name = f"cache-{uuid.uuid4().hex[:8]}"
     try:
-        first = await backends[0].cache_generation(name, "run-1")
-        assert first.created
-        chosen = await asyncio.gather(
-            *(backend.cache_generation(name, "run-2") for backend in backends)
+        assert await backends[0].read_generation(name) is None
+        created = await asyncio.gather(
+            *(b.advance_generation(name, "run-1", current=None, to=1) for b in backends)
         )
-        assert {generation.number for generation in chosen} == {first.number + 1}
-        assert sum(generation.created for generation in chosen) == 1
-        replaced = await asyncio.gather(
-            *(
-                backend.cache_generation(name, "run-2", replacing=first.number + 1)
-                for backend in backends
-            )
+        assert sorted(created) == [False] * 5 + [True]
+        assert await backends[1].read_generation(name) == (1, "run-1")
+        moved = await asyncio.gather(
+            *(b.advance_generation(name, "run-2", current=1, to=2) for b in backends)
         )
-        assert {generation.number for generation in replaced} == {first.number + 2}
+        assert sorted(moved) == [False] * 5 + [True]
+        assert await backends[2].read_generation(name) == (2, "run-2")
+        assert not await backends[3].advance_generation(name, "run-3", current=1, to=2)
     finally:
         await asyncio.gather(*(backend.close() for backend in backends))
 

@@ -111,6 +111,8 @@ class TieredStats:
     """Changes read from the change feed and applied to the cache."""
     feed_backlog: int
     """Changes read from the feed and not yet applied (the cache did not answer)."""
+    feed_errors: int
+    """Reads of the change feed that failed (retried)."""
 
     @property
     def hit_ratio(self) -> float:
@@ -194,7 +196,9 @@ class TieredBackend(Backend):
         self._follow_task: asyncio.Task[None] | None = None
         self._closing = False
         self._feed_backlog: list[Change] = []
+        self._feed_lock = asyncio.Lock()
         self._generation: Generation | None = None
+        self._local_generation: tuple[int, str] | None = None
         self._renewing: asyncio.Task[bool] | None = None
         self._lost_at = -1.0
         self._lost_count = 0
@@ -207,7 +211,7 @@ class TieredBackend(Backend):
         self._wiping: dict[str, int] = {}
         self._reads = self._hits = self._misses = self._fills = self._fill_dropped = 0
         self._cache_errors = self._bypassed = self._generation_changes = 0
-        self._feed_changes = 0
+        self._feed_changes = self._feed_errors = 0
 
     def __repr__(self) -> str:
         return (
@@ -260,6 +264,7 @@ class TieredBackend(Backend):
             generation_changes=self._generation_changes,
             feed_changes=self._feed_changes,
             feed_backlog=len(self._feed_backlog),
+            feed_errors=self._feed_errors,
         )
 
     @property
@@ -434,6 +439,7 @@ class TieredBackend(Backend):
         """Apply a committed write of ``revision`` (``entry``, or a delete) to the cache.
         Any failure (error, timeout, cancellation) marks the key dirty before the write is
         acknowledged. A revision from before the cache generation began only tombstones."""
+        generation = self._generation
         try:
             if not await self._usable():
                 self._bypassed += 1
@@ -452,7 +458,7 @@ class TieredBackend(Backend):
             self._mark_dirty(key, revision)
             if not isinstance(exc, Exception):
                 raise
-            self._failure(exc)
+            self._failure(exc, generation)
         else:
             self._breaker.succeeded()
 
@@ -622,39 +628,53 @@ class TieredBackend(Backend):
             try:
                 changes = await follower.poll()
                 failing = False
-            except KVStoreError as exc:
-                if not failing:
-                    logger.warning("change feed read failed (%s); retrying", type(exc).__name__)
+            except Exception as exc:
+                if not failing:  # logged once per outage, counted always
+                    logger.warning(
+                        "change feed read failed (%s); retrying",
+                        type(exc).__name__,
+                        exc_info=not isinstance(exc, KVStoreError),
+                    )
                 failing = True
+                self._feed_errors += 1
                 await asyncio.sleep(min(1.0, self.feed_interval * 10))
                 continue
             self._feed_backlog.extend(changes)
-            await self._apply_feed()
+            if self._feed_backlog and await self._usable():
+                await self._apply_feed()
             if len(changes) < follower.batch:
                 await asyncio.sleep(self.feed_interval)
 
-    async def _apply_feed(self) -> None:
-        backlog = self._feed_backlog
-        if not backlog or not await self._usable():
+    async def _apply_feed(self) -> bool:
+        """Put the backlog's tombstones in the cache; whether all of it landed. Changes stay
+        in the backlog until they do (at most :data:`FEED_BACKLOG_MAX`: past that the cache
+        is presumed to have missed them and a new generation begins)."""
+        async with self._feed_lock:
+            backlog = self._feed_backlog
             if len(backlog) > FEED_BACKLOG_MAX:
                 self._feed_backlog = []
-                self._lost()  # the cache missed changes: begin anew when it answers
-            return
-        for start in range(0, len(backlog), REPAIR_CHUNK):
-            chunk = backlog[start : start + REPAIR_CHUNK]
-            items = [(change.key, change.revision) for change in chunk]
-            if await self._call(self.cache.tombstones(items, ttl=self.cache_ttl)) is FAILED:
-                del backlog[:start]
-                return
-            self._feed_changes += len(chunk)
-        backlog.clear()
+                self._lost(self._generation)
+                return False
+            while backlog:
+                chunk = backlog[:REPAIR_CHUNK]
+                items = [(change.key, change.revision) for change in chunk]
+                if await self._call(self.cache.tombstones(items, ttl=self.cache_ttl)) is FAILED:
+                    return False
+                del backlog[: len(chunk)]
+                self._feed_changes += len(chunk)
+            return True
 
     # -- cache generations ------------------------------------------------------------------
 
     async def _renew(self, *, replacing: int | None) -> bool:
-        """Move to the generation of the cache's current incarnation (a new one if
-        ``replacing`` names the one in use, or if the marker of the one on record is gone).
-        Returns whether the cache and the system of record both answered."""
+        """Move to the generation of the cache's current incarnation: the one on record if
+        it belongs to that incarnation, is not ``replacing`` and its marker is in the cache;
+        otherwise a new one. Returns whether the cache and the system of record answered.
+
+        A new generation's marker is put in the cache *before* the generation is recorded
+        (compare-and-set), so a generation on record without its marker means the cache
+        lost keys (flushed) and is replaced too; processes that notice a loss at once agree
+        on one new generation."""
         incarnation = self.cache.seen_incarnation if replacing is not None else None
         if incarnation is None:
             asked = await self._call(self.cache.incarnation(), count=False)
@@ -662,42 +682,74 @@ class TieredBackend(Backend):
                 return False
             incarnation = asked
         try:
-            generation = await self._generation_for(incarnation, replacing)
-            self.cache.use_generation(incarnation, generation.number)
-            intact = await self._call(self.cache.claim_generation(), count=False)
-            if intact is FAILED:
+            for _ in range(8):
+                number = await self._settle_generation(incarnation, replacing)
+                if number is not None:
+                    head = await self._head()
+                    break
+            else:
                 return False
-            if not intact and not generation.created and replacing is None:
-                # at start-up, the marker of the generation on record is gone: the cache lost
-                # keys while no process was looking
-                generation = await self._generation_for(incarnation, generation.number)
-                self.cache.use_generation(incarnation, generation.number)
-                if await self._call(self.cache.claim_generation(), count=False) is FAILED:
-                    return False
         except KVStoreError:
             return False
-        if self._generation is not None and generation.number != self._generation.number:
+        if self._generation is not None and number != self._generation.number:
             self._generation_changes += 1
             logger.warning(
                 "cache lost what it held (restart, restore, failover or flush); now using "
                 "cache generation %d",
-                generation.number,
+                number,
             )
-        self._generation = generation
+        self._generation = Generation(number=number, floor=head)
         return True
 
-    async def _generation_for(self, incarnation: str, replacing: int | None) -> Generation:
-        if self.record.capabilities.feed:
-            return await self.record.cache_generation(
-                self.cache_name, incarnation, replacing=replacing
-            )
-        number = (self._generation.number if self._generation else 0) + (
-            replacing is not None or self._generation is None
-        )
-        return Generation(number=number, floor=0, created=True)
+    async def _settle_generation(self, incarnation: str, replacing: int | None) -> int | None:
+        """One attempt of :meth:`_renew`: the generation to use, or ``None`` to try again
+        (another process moved first). Raises :class:`KVStoreError` if a tier fails."""
+        on_record = await self._read_generation()
+        if on_record is not None:
+            number, owner = on_record
+            if owner == incarnation and number != replacing:
+                self.cache.use_generation(incarnation, number)
+                if await self._cache_step(self.cache.claim_generation()):
+                    return number  # the marker was there: the generation is intact
+                replacing = number  # on record, marker gone: the cache lost keys
+        current = on_record[0] if on_record is not None else None
+        target = (current or 0) + 1
+        self.cache.use_generation(incarnation, target)
+        await self._cache_step(self.cache.claim_generation())
+        if await self._advance_generation(incarnation, current, target):
+            return target
+        return None
 
-    def _lost(self) -> None:
-        """The cache showed it lost what it held: stop using it until a new generation."""
+    async def _cache_step(self, operation: Awaitable[T]) -> T:
+        result = await self._call(operation, count=False)
+        if result is FAILED:
+            raise BackendUnavailableError("the cache did not answer")
+        return result
+
+    async def _read_generation(self) -> tuple[int, str] | None:
+        if self.record.capabilities.feed:
+            return await self.record.read_generation(self.cache_name)
+        return self._local_generation
+
+    async def _advance_generation(self, incarnation: str, current: int | None, to: int) -> bool:
+        if self.record.capabilities.feed:
+            return await self.record.advance_generation(
+                self.cache_name, incarnation, current=current, to=to
+            )
+        self._local_generation = (to, incarnation)  # one process: no one to agree with
+        return True
+
+    async def _head(self) -> int:
+        if self.record.capabilities.feed:
+            head, _ = await self.record.head()
+            return head
+        return 0
+
+    def _lost(self, generation: Generation | None) -> None:
+        """The cache showed it lost what it held during a call made in ``generation``: stop
+        using it until a new generation (unless one began since that call started)."""
+        if generation is not self._generation:
+            return
         if self._lost_at < 0:
             self._lost_at = self.clock.monotonic()
             self._lost_count += 1
@@ -714,26 +766,31 @@ class TieredBackend(Backend):
         return True
 
     async def _renewed(self) -> bool:
-        """Move to a new generation: the first caller to find the cache lost does it (the
-        others bypass the cache meanwhile). Whether the cache is usable again."""
-        if self._renewing is not None and not self._renewing.done():
-            return False
+        """Move to a new generation (the first caller to find the cache lost starts it; the
+        others wait for it, up to ``cache_timeout``, then bypass the cache). Whether the
+        cache is usable again."""
         losses = self._lost_count
-        if self._renewing is None:
+        task = self._renewing
+        if task is None:
             replacing = self._generation.number if self._lost_at >= 0 and self._generation else None
-            self._renewing = asyncio.get_running_loop().create_task(
+            task = self._renewing = asyncio.get_running_loop().create_task(
                 self._renew(replacing=replacing)
             )
-        task = self._renewing
-        renewed = await asyncio.shield(task)
-        self._renewing = None
+        try:
+            async with deadline(self.cache_timeout):
+                renewed = await asyncio.shield(task)
+        except TimeoutError:
+            return False
+        if self._renewing is task:
+            self._renewing = None
         if renewed and self._lost_count == losses:
             self._lost_at = -1.0
         return self._lost_at < 0 and self._generation is not None
 
     async def _probe(self) -> bool:
-        """Ping the cache (moving to a new generation first if it was lost) and repair the
-        dirty keys; the breaker closes if all succeed."""
+        """Ping the cache (moving to a new generation first if it was lost), repair the
+        dirty keys and apply the change feed's backlog (what other processes wrote while the
+        cache was out of use); the breaker closes if all succeed."""
         self._breaker.start_probe()
         healthy = False
         try:
@@ -745,10 +802,13 @@ class TieredBackend(Backend):
                 and await self._call(self.cache.ping(), count=False) is not FAILED
                 and self._lost_at < 0
                 and await self._repair()
+                and await self._apply_feed()
             )
             if not healthy and self._lost_at >= 0:
                 # the ping met a new incarnation: move now, then the probe holds
-                healthy = await self._renewed() and await self._repair()
+                healthy = (
+                    await self._renewed() and await self._repair() and await self._apply_feed()
+                )
         finally:
             self._breaker.finish_probe(healthy)
         return healthy
@@ -757,25 +817,26 @@ class TieredBackend(Backend):
         """``operation`` under the cache deadline; ``FAILED`` if it failed or timed out (the
         failure is counted toward the breaker; a lost cache starts a new generation instead).
         Cancellation propagates."""
+        generation = self._generation
         try:
             async with deadline(self.cache_timeout):
                 result = await operation
         except CacheLostError:
             self._cache_errors += 1
-            self._lost()
+            self._lost(generation)
             return FAILED
         except Exception as exc:  # noqa: BLE001 - a failing cache never fails the store
             if count:
-                self._failure(exc)
+                self._failure(exc, generation)
             else:
                 self._cache_errors += 1
             return FAILED
         self._breaker.succeeded()
         return result
 
-    def _failure(self, exc: Exception) -> None:
+    def _failure(self, exc: Exception, generation: Generation | None) -> None:
         if isinstance(exc, CacheLostError):
-            self._lost()
+            self._lost(generation)
             return
         self._cache_errors += 1
         self._breaker.failed(exc)
