@@ -60,9 +60,10 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
-STALENESS_BOUND_MS = 1000
-"""The worst staleness a fault may cause: the change feed's lag bounds it (to be tightened
-to the measured lag)."""
+STALENESS_BOUND_MS = 500
+"""The worst staleness a fault may cause: the change feed's lag bounds it. Measured here
+(``python -m benchmarks.feed_lag``): p50 30 ms, p99 53 ms; the bound leaves room for a
+2-core machine whose cores are both busy."""
 
 WORKERS = ("w0", "w1", "w2", "w3")
 SHARED_KEYS = 4

@@ -411,8 +411,9 @@ def _check_sequential(
 
 
 def _feed_lag(report: Report, ops: Sequence[Op]) -> None:
-    """For each batch update: the time from its commit until every worker's reads of that
-    key show it for good (from the first read after its last read that did not)."""
+    """For each batch update: how long after its commit a read could still start and return
+    the old value (the start of the last such read; 0 if none), provided every worker's
+    reads show the new value for good in the end."""
     for batch in (op for op in ops if op.op == "batch"):
         lag = 0.0
         converged = True
@@ -429,7 +430,8 @@ def _feed_lag(report: Report, ops: Sequence[Op]) -> None:
             if first_good == len(reads):
                 converged = False
                 continue
-            lag = max(lag, _ms(reads[first_good].start - batch.end))
+            if behind:
+                lag = max(lag, _ms(reads[behind[-1]].start - batch.end))
         report.feed_converged = converged
         report.feed_lag_ms = round(lag, 1) if converged else None
         window = max(op.start for reads in readers.values() for op in reads) - batch.end

@@ -1,0 +1,142 @@
+"""Deadlines that a stalled event loop does not use up, and a tiered store whose breaker a
+busy caller cannot trip while a frozen cache still does.
+
+Stalls are real: ``time.sleep`` blocks the loop, as a long GC or CPU-heavy request does."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+
+from backends.breaker import BreakerState
+from backends.deadline import deadline
+from backends.tiered import TieredBackend
+from kvstore import DatabaseType, StateRecord, create_database
+from kvstore.store import Store
+from tests.conftest import REDIS_TEST_URL
+from tests.redis_servers import REDIS_SERVER, RedisServer
+from tests.services import unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+async def test_a_reply_that_arrived_during_a_stall_is_not_a_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[str] = loop.create_future()
+    loop.call_later(0.01, reply.set_result, "answer")
+
+    async def stall() -> None:
+        await asyncio.sleep(0)
+        time.sleep(0.15)  # noqa: ASYNC251 - the stall is the point: the reply is ready
+
+    staller = asyncio.create_task(stall())
+    async with deadline(0.05):
+        assert await reply == "answer"
+    await staller
+
+
+async def test_a_call_that_never_answers_times_out_on_a_free_loop() -> None:
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    with pytest.raises(TimeoutError):
+        async with deadline(0.05):
+            await never
+
+
+async def test_stalls_are_granted_back_only_up_to_max_extra() -> None:
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def stall_often() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            time.sleep(0.06)  # noqa: ASYNC251 - a stall
+
+    staller = asyncio.create_task(stall_often())
+    with pytest.raises(TimeoutError):
+        async with deadline(0.05, max_extra=0.1):
+            await never
+    staller.cancel()
+
+
+def tiered(tmp_path: Path, cache_url: str, **options: float) -> tuple[Store, TieredBackend]:
+    db = create_database(
+        DatabaseType.TIERED,
+        f"sqlite:///{tmp_path / 'kv.db'}",
+        cache_url=cache_url,
+        key_prefix=f"stall-{uuid.uuid4().hex[:8]}:",
+        cache_timeout=0.1,
+        breaker_threshold=int(options.get("breaker_threshold", 5)),
+        breaker_reset_after=10.0,
+    )
+    assert isinstance(db, Store)
+    assert isinstance(db.backend, TieredBackend)
+    return db, db.backend
+
+
+@pytest.mark.redis
+async def test_a_stalled_loop_keeps_the_breaker_closed_and_the_cache_serving(
+    tmp_path: Path,
+) -> None:
+    """64 readers of cached records while the loop is blocked 150 ms every 300 ms: every
+    read in flight during a stall misses a 100 ms deadline on the loop's clock."""
+    db, backend = tiered(tmp_path, REDIS_TEST_URL)
+    async with db:
+        users = [f"u{n}" for n in range(64)]
+        for user in users:
+            await db.save_state(StateRecord(user_id=user, session_id="s", state="A"))
+        before = backend.stats()
+        stop = asyncio.Event()
+
+        async def read(user: str) -> None:
+            while not stop.is_set():
+                assert await db.get_state(user, "s") is not None
+
+        async def stall() -> None:
+            for _ in range(8):
+                await asyncio.sleep(0.3)
+                time.sleep(0.15)  # noqa: ASYNC251 - a stall, as a long GC
+            stop.set()
+
+        await asyncio.gather(stall(), *(read(user) for user in users))
+        after = backend.stats()
+        reads = after.reads - before.reads
+        hits = after.hits - before.hits
+        assert after.breaker is BreakerState.CLOSED
+        assert reads > 1000
+        assert hits / reads >= 0.99, (hits, reads, after)
+        await db.delete_user("u0")
+
+
+@pytest.fixture
+def frozen_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    if REDIS_SERVER is None:
+        unavailable("redis-server is needed to freeze a cache")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+@pytest.mark.redis
+async def test_a_frozen_cache_still_opens_the_breaker(
+    tmp_path: Path, frozen_redis: RedisServer
+) -> None:
+    db, backend = tiered(tmp_path, frozen_redis.url, breaker_threshold=3)
+    async with db:
+        await db.save_state(StateRecord(user_id="u1", session_id="s", state="A"))
+        assert frozen_redis.process is not None
+        frozen_redis.process.send_signal(signal.SIGSTOP)
+        for _ in range(5):
+            async with asyncio.timeout(5):
+                assert await db.get_state("u1", "s") is not None  # served from SQL
+        assert backend.stats().breaker is BreakerState.OPEN
+        frozen_redis.process.send_signal(signal.SIGCONT)
