@@ -46,6 +46,7 @@ from backends.sql_schema import (
     key_parts,
     key_text,
     kv_records,
+    kv_tombstones,
     parse_sqlite_time,
     sqlite_time,
     stored_key,
@@ -72,6 +73,9 @@ MAX_ATTEMPTS: Final = 3
 """Tries of a retryable operation (the first included)."""
 GET_MANY_CHUNK: Final = 500
 DEFAULT_STREAM_BATCH: Final = 1000
+TOMBSTONE_RETENTION: Final = 7 * 86400.0
+"""Seconds ``purge_expired`` keeps the tombstone of a deletion: change-feed followers read
+only the last moments, batch jobs a week's watermark."""
 
 _UPSERT: Final = """
 INSERT INTO kv_records AS r
@@ -562,10 +566,29 @@ class SQLBackend(Backend):
         rows = await self._query("delete_owner", statement, write=True)
         return sum(1 for row in rows if _live_at(row.expires_at, now))
 
-    async def purge_expired(self, batch_size: int = 1000) -> int:
-        """Delete expired rows, ``batch_size`` per transaction; return how many."""
+    async def purge_expired(
+        self, batch_size: int = 1000, *, tombstones_older_than: float = TOMBSTONE_RETENTION
+    ) -> int:
+        """Delete expired rows, ``batch_size`` per transaction, and the tombstones of
+        deletions older than ``tombstones_older_than`` seconds (the change feed reads only
+        recent ones); return how many rows were deleted."""
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        dead = kv_tombstones
+        cutoff = self.clock.now() - timedelta(seconds=tombstones_older_than)
+        old = sa.select(dead.c.namespace, dead.c.owner, dead.c.key).where(
+            dead.c.deleted_at < cutoff
+        )
+        while True:
+            statement = (
+                sa.delete(dead)
+                .where(
+                    sa.tuple_(dead.c.namespace, dead.c.owner, dead.c.key).in_(old.limit(batch_size))
+                )
+                .returning(dead.c.revision)
+            )
+            if len(await self._query("purge_expired", statement, write=True)) < batch_size:
+                break
         t = kv_records
         total = 0
         while True:

@@ -185,6 +185,44 @@ async def _flush(url: str) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.redis
+def test_cache_follow_applies_a_batch_jobs_change_to_the_cache(tiered_env: str) -> None:
+    record = {"user_id": "u1", "session_id": "s", "state": "A"}
+    assert invoke("put", "state", stdin=orjson.dumps(record).decode())[0] == 0
+    assert orjson.loads(invoke("get", "state", "u1", "s")[1])["state"] == "A"  # cached
+    follower = subprocess.Popen(  # a process of its own, as it runs in a deployment
+        [
+            sys.executable,
+            "-c",
+            "from kvstore.cli import main; main()",
+            "cache",
+            "follow",
+            "--seconds",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert follower.stdout is not None
+        started = follower.stdout.readline()  # it follows from here on
+        assert b"following" in started, started
+        asyncio.run(
+            postgres.execute(
+                tiered_env,
+                "UPDATE kv_records SET value = jsonb_set(value, '{state}', '\"B\"') "
+                "WHERE owner = 'u1'",
+            )
+        )
+        output, _ = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, output
+    assert b"applied" in output
+    code, output_text = invoke("get", "state", "u1", "s")
+    assert code == 0, output_text
+    assert orjson.loads(output_text)["state"] == "B"
+
+
 def test_cache_verify_finds_and_repairs_a_difference_then_warm(tiered_env: str) -> None:
     for n in range(5):
         record = {"user_id": f"u{n}", "session_id": "s", "state": "A"}

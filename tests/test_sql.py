@@ -271,3 +271,14 @@ async def test_hot_calls_and_listings_share_a_small_pool(sql_url: str) -> None:
         results = await asyncio.gather(*calls)
         assert all(result is not None for result in results)
         assert len(await db.list_sessions("u1")) == 11
+
+
+async def test_purge_expired_drops_tombstones_past_their_retention(backend: SQLBackend) -> None:
+    for name in ("a", "b"):
+        await backend.put(Key("notes", ("u1", name)), b"{}")
+        assert await backend.delete(Key("notes", ("u1", name)))
+    assert await rows(backend, "SELECT key FROM kv_tombstones ORDER BY key") == [("a",), ("b",)]
+    await backend.purge_expired()  # a week's retention: both stay
+    assert len(await rows(backend, "SELECT key FROM kv_tombstones")) == 2
+    await backend.purge_expired(batch_size=1, tombstones_older_than=0)
+    assert await rows(backend, "SELECT key FROM kv_tombstones") == []

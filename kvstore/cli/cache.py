@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import click
 import orjson
 from rich.console import Console
@@ -26,6 +28,40 @@ def _tiered(url: str | None, cache_url: str | None) -> tuple[Store, TieredBacken
 @main.group()
 def cache() -> None:
     """The tiered store's cache: warm it up, check it against SQL."""
+
+
+@cache.command()
+@url_options
+@click.option("--seconds", type=float, help="Stop after this long (default: until Ctrl-C).")
+def follow(url: str | None, cache_url: str | None, seconds: float | None) -> None:
+    """Apply SQL's change feed to the cache until interrupted: for deployments whose service
+    processes run with follow_changes=False. Prints what it applied when it stops.
+
+    \b
+    Example:
+      kvstore cache follow --url postgresql://... --cache-url redis://cache:6379/0
+    """
+    console = Console()
+
+    async def work() -> None:
+        database, backend = _tiered(url, cache_url)
+        async with database:
+            if backend.feed is None:
+                raise ConfigurationError("this system of record has no change feed")
+            console.print("following the change feed (Ctrl-C stops)")
+            try:
+                if seconds is None:
+                    await asyncio.Event().wait()
+                else:
+                    await asyncio.sleep(seconds)
+            finally:
+                stats = backend.stats()
+                console.print(
+                    f"applied {stats.feed_changes} changes; backlog {stats.feed_backlog}, "
+                    f"feed read errors {stats.feed_errors}, cache generation {stats.generation}"
+                )
+
+    run(console, work)
 
 
 @cache.command()
