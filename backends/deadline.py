@@ -17,42 +17,53 @@ deadline expires, as :func:`asyncio.timeout` would.
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from types import TracebackType
 
 STALL = 0.02
 """Seconds a timer may fire late before the loop counts as stalled."""
 
 
-@asynccontextmanager
-async def deadline(
-    seconds: float, *, stall: float = STALL, max_extra: float | None = None
-) -> AsyncIterator[None]:
+class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline(0.1):``
     """Raise :class:`TimeoutError` if the block takes longer than ``seconds`` of time the
     event loop was able to run (see the module docstring); ``max_extra`` (default ten times
-    ``seconds``) bounds the time granted back for stalls."""
-    loop = asyncio.get_running_loop()
-    budget = 10 * seconds if max_extra is None else max_extra
-    async with asyncio.timeout(None) as timeout:
-        due = loop.time() + seconds
-        handle: asyncio.TimerHandle | None = None
+    ``seconds``) bounds the time granted back for stalls. A class rather than a generator:
+    it sits on every cache call."""
 
-        def check() -> None:
-            nonlocal due, budget, handle
-            late = loop.time() - due
-            if late > stall and budget > 0:
-                granted = min(late, budget)
-                budget -= granted
-                due = loop.time() + granted
-                handle = loop.call_at(due, check)
-            else:
-                timeout.reschedule(loop.time())
+    __slots__ = ("_budget", "_due", "_handle", "_loop", "_seconds", "_stall", "_timeout")
 
-        handle = loop.call_at(due, check)
-        try:
-            yield
-        finally:
-            handle.cancel()
+    def __init__(
+        self, seconds: float, *, stall: float = STALL, max_extra: float | None = None
+    ) -> None:
+        self._seconds = seconds
+        self._stall = stall
+        self._budget = 10 * seconds if max_extra is None else max_extra
+
+    async def __aenter__(self) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        self._timeout = asyncio.timeout(None)
+        await self._timeout.__aenter__()
+        self._due = loop.time() + self._seconds
+        self._handle = loop.call_at(self._due, self._check)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._handle.cancel()
+        await self._timeout.__aexit__(exc_type, exc, traceback)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        late = now - self._due
+        if late > self._stall and self._budget > 0:
+            granted = min(late, self._budget)
+            self._budget -= granted
+            self._due = now + granted
+            self._handle = self._loop.call_at(self._due, self._check)
+        else:
+            self._timeout.reschedule(now)
