@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -211,6 +212,21 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
     try:
         yield server
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test alone, to kill, freeze (SIGSTOP) and restart; ``SAVE``
+    writes its snapshot to its directory, which a restart loads."""
+    if REDIS_SERVER is None:
+        unavailable("redis-server is needed for tests that stop or freeze their own Redis")
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.process.send_signal(signal.SIGCONT)
         server.stop()
 
 

@@ -24,12 +24,10 @@ from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.clock import SYSTEM_CLOCK, SkewedClock
 from kvstore.keys import Key
 from kvstore.store import Store
-from tests.redis_servers import REDIS_SERVER, RedisServer
-from tests.services import unavailable
+from tests.redis_servers import RedisServer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
-    from pathlib import Path
+    from collections.abc import Awaitable, Callable
 
     from kvstore.clock import Clock
 
@@ -37,21 +35,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 DEADLINE = 10.0
 """Seconds something expected may take before the test fails (a hang guard)."""
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A ``redis-server`` of this test alone; ``SAVE`` writes its snapshot to its directory,
-    which a restart loads."""
-    if REDIS_SERVER is None:
-        unavailable("redis-server is needed for the coherence tests")
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            server.process.send_signal(signal.SIGCONT)
-        server.stop()
 
 
 def tiered(

@@ -19,11 +19,9 @@ from backends.tiered import TieredBackend
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.store import Store
 from tests.conftest import REDIS_TEST_URL
-from tests.redis_servers import REDIS_SERVER, RedisServer
-from tests.services import unavailable
+from tests.redis_servers import RedisServer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 
@@ -113,30 +111,17 @@ async def test_a_stalled_loop_keeps_the_breaker_closed_and_the_cache_serving(
         await db.delete_user("u0")
 
 
-@pytest.fixture
-def frozen_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        unavailable("redis-server is needed to freeze a cache")
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            server.process.send_signal(signal.SIGCONT)
-        server.stop()
-
-
 @pytest.mark.redis
 async def test_a_frozen_cache_still_opens_the_breaker(
-    tmp_path: Path, frozen_redis: RedisServer
+    tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    db, backend = tiered(tmp_path, frozen_redis.url, breaker_threshold=3)
+    db, backend = tiered(tmp_path, redis_server.url, breaker_threshold=3)
     async with db:
         await db.save_state(StateRecord(user_id="u1", session_id="s", state="A"))
-        assert frozen_redis.process is not None
-        frozen_redis.process.send_signal(signal.SIGSTOP)
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)
         for _ in range(5):
             async with asyncio.timeout(5):
                 assert await db.get_state("u1", "s") is not None  # served from SQL
         assert backend.stats().breaker is BreakerState.OPEN
-        frozen_redis.process.send_signal(signal.SIGCONT)
+        redis_server.process.send_signal(signal.SIGCONT)

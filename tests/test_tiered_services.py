@@ -23,7 +23,7 @@ from tests.services import unavailable
 from tests.tiered_stress import run_stress
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Iterator
+    from collections.abc import Awaitable
     from pathlib import Path
 
 T = TypeVar("T")
@@ -32,20 +32,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 HANG_GUARD = 2.0
 """Seconds any single store call may take before the test calls it a hang."""
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A ``redis-server`` of this test alone."""
-    if REDIS_SERVER is None:
-        unavailable("redis-server is needed for the tiered fault tests")
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        if server.process is not None:
-            server.process.send_signal(signal.SIGCONT)
-        server.stop()
 
 
 def tiered(
