@@ -185,9 +185,13 @@ async def test_expired_index_members_are_cleaned_lazily(server: RedisServer) -> 
 async def test_erasing_a_large_user_and_refusing_a_stale_view() -> None:
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     backend = build_redis_backend(None, {"redis_client": client})
-    keys = [Key("notes", ("u1", f"n{i:04d}")) for i in range(1203)]
+    keys = [Key("notes", ("u1", f"n{i:04d}")) for i in range(1203)]  # past ERASE's 1000
     try:
-        await asyncio.gather(*(backend.put(key, b"x") for key in keys))
+        # One put at a time: every put is one call under its own deadline. Gathering them
+        # all would queue 1200 scripts into one pipeline that fakeredis runs on this very
+        # event loop, so each caller's deadline would pay for everyone else's scripts.
+        for key in keys:
+            await backend.put(key, b"x")
         await backend.put(Key("user", ("u1",)), b"me")
         layout = backend._layout
         ns_set = layout.namespaces("u1")
