@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any, TypeVar
 
 import fakeredis
 import pytest
+from aiosqlite.core import _connection_worker_thread
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -45,6 +48,46 @@ _MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
 
 REDIS_TEST_URL = os.environ.get("KVSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 """The shared Redis of this machine, on a database number of the tests' own (flushed)."""
+
+
+SQLITE_THREADS_GRACE = 10.0
+"""Seconds a test's aiosqlite worker threads get to end after its fixtures are torn down."""
+
+
+def _sqlite_workers() -> set[threading.Thread]:
+    """The live aiosqlite worker threads: one per connection, ending after its close (or
+    after a failed connect). ``_target`` is cleared once the thread's function returns."""
+    return {
+        thread
+        for thread in threading.enumerate()
+        if getattr(thread, "_target", None) is _connection_worker_thread
+    }
+
+
+@pytest.fixture(autouse=True)
+async def sqlite_threads_end_with_the_test() -> AsyncIterator[None]:
+    """Every aiosqlite worker thread a test starts ends before the test's event loop closes.
+
+    A worker's last act is a call into the loop of the connection's future. aiosqlite does
+    not wait for it after a failed connect (it queues ``stop()`` and raises) nor after
+    SQLAlchemy terminates a connection, so on a busy machine the test's loop can close
+    first: the thread then raises "Event loop is closed", and pytest fails whichever test
+    runs next. This waits for those threads. One still alive after the grace period is a
+    connection the test left open, and fails this test, not a later one. Async, so that it
+    is torn down after every other fixture of the test and before its loop closes."""
+    before = _sqlite_workers()
+    yield
+    left = _sqlite_workers() - before
+    deadline = time.monotonic() + SQLITE_THREADS_GRACE
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        left = {thread for thread in left if thread.is_alive()}
+    if left:
+        pytest.fail(
+            f"{len(left)} SQLite connection(s) left open by this test (aiosqlite worker "
+            f"threads still running {SQLITE_THREADS_GRACE:.0f} s after its teardown)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, ())) for name in BACKENDS])
