@@ -48,9 +48,11 @@ async def test_upgrade_from_empty_reaches_head_and_is_idempotent(empty_url: str)
 async def test_upgrade_from_the_first_revision_keeps_data(empty_url: str) -> None:
     assert await upgrade(empty_url, FIRST_REVISION) == FIRST_REVISION
     old = build_sql_backend(empty_url)
-    await old.initialize()  # brings it to head, which keeps what the first revision stored
-    await old.put(Key("state", ("u1", "s1")), b'{"state": "A"}')
-    await old.close()
+    try:
+        await old.initialize()  # brings it to head, which keeps what the first revision stored
+        await old.put(Key("state", ("u1", "s1")), b'{"state": "A"}')
+    finally:
+        await old.close()
     assert await upgrade(empty_url) == head_revision()
     backend = build_sql_backend(empty_url)
     try:
