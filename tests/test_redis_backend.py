@@ -78,8 +78,10 @@ async def test_scripts_survive_script_flush_on_the_cluster(
             await backend.put(key, b"1")
         for node in redis_cluster.nodes:
             admin = Redis(port=node.port)
-            await admin.script_flush()
-            await admin.aclose()
+            try:
+                await admin.script_flush()
+            finally:
+                await admin.aclose()
         stored = await asyncio.gather(*(backend.put(key, b"2") for key in keys))
         assert {entry.version for entry in stored} == {2}
     finally:
@@ -114,11 +116,13 @@ async def test_an_unreachable_server_raises_backend_unavailable() -> None:
         f"redis://127.0.0.1:{free_port()}/0",
         **FAST,  # type: ignore[arg-type]
     )
-    with pytest.raises(BackendUnavailableError):
-        await db.get_state("u1", "s1")
-    with pytest.raises(BackendUnavailableError):
-        await db.initialize()
-    await db.close()
+    try:
+        with pytest.raises(BackendUnavailableError):
+            await db.get_state("u1", "s1")
+        with pytest.raises(BackendUnavailableError):
+            await db.initialize()
+    finally:
+        await db.close()
 
 
 async def test_a_server_that_never_answers_times_out() -> None:
@@ -148,9 +152,11 @@ async def test_a_server_that_never_answers_times_out() -> None:
 
 async def test_nothing_uses_keys_or_scan(server: RedisServer) -> None:
     admin = Redis(port=server.port)
-    with pytest.raises(Exception, match="unknown command"):
-        await admin.execute_command("KEYS", "*")  # type: ignore[no-untyped-call]
-    await admin.aclose()
+    try:
+        with pytest.raises(Exception, match="unknown command"):
+            await admin.execute_command("KEYS", "*")  # type: ignore[no-untyped-call]
+    finally:
+        await admin.aclose()
     async with create_database(DatabaseType.REDIS, server.url) as db:
         for weird in WEIRD:
             await db.save_state(StateRecord(user_id="u*", session_id=weird, state="A"))
@@ -244,16 +250,20 @@ async def test_unix_socket_urls_work(tmp_path: Path) -> None:
 
 
 async def test_sentinel_urls_find_the_master(tmp_path: Path) -> None:
-    master = RedisServer(tmp_path / "master").start()
-    sentinel = RedisSentinel(tmp_path / "sentinel", master.port).start()
+    master = RedisServer(tmp_path / "master")
+    sentinel = RedisSentinel(tmp_path / "sentinel", master.port)
     try:
+        master.start()
+        sentinel.start()
         url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/3"
         async with create_database(DatabaseType.REDIS, url) as db:
             saved = await db.save_state(StateRecord(user_id="u", session_id="s", state="A"))
             assert await db.get_state("u", "s") == saved
         admin = Redis(port=master.port, db=3)
-        assert await admin.exists("kv:{u}:state:s") == 1
-        await admin.aclose()
+        try:
+            assert await admin.exists("kv:{u}:state:s") == 1
+        finally:
+            await admin.aclose()
     finally:
         sentinel.stop()
         master.stop()
@@ -264,12 +274,14 @@ async def test_passwords_never_show(tmp_path: Path) -> None:
     url = f"redis://:wrongpass-s3cret@127.0.0.1:{private.port}/0"
     try:
         db = create_database(DatabaseType.REDIS, url, **FAST)  # type: ignore[arg-type]
-        assert "s3cret" not in repr(db)
-        with pytest.raises(BackendUnavailableError) as failed:
-            await db.get_state("u1", "s1")
+        try:
+            assert "s3cret" not in repr(db)
+            with pytest.raises(BackendUnavailableError) as failed:
+                await db.get_state("u1", "s1")
+        finally:
+            await db.close()
         assert "s3cret" not in str(failed.value)
         assert "***" in str(failed.value)
-        await db.close()
         async with create_database(
             DatabaseType.REDIS, f"redis://:rightpass@127.0.0.1:{private.port}/0"
         ) as good:
@@ -283,23 +295,28 @@ async def test_passwords_never_show(tmp_path: Path) -> None:
 
 async def test_an_injected_client_is_used_and_left_open() -> None:
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    async with create_database(DatabaseType.REDIS, redis_client=client) as db:
-        await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
-    assert await client.ping()
-    assert await client.exists("kv:{u1}:state:s1") == 1
-    await client.aclose()
+    try:
+        async with create_database(DatabaseType.REDIS, redis_client=client) as db:
+            await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
+        assert await client.ping()
+        assert await client.exists("kv:{u1}:state:s1") == 1
+    finally:
+        await client.aclose()
 
 
 async def test_clients_that_decode_responses_still_work(server: RedisServer) -> None:
     fake = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
     real = Redis(port=server.port, decode_responses=True)
-    for client in (fake, real):
-        async with create_database(DatabaseType.REDIS, redis_client=client) as db:
-            saved = await db.save_state(StateRecord(user_id="u1", session_id="é", state="A"))
-            assert await db.get_state("u1", "é") == saved
-            assert [s.session_id for s in await db.list_sessions("u1")] == ["é"]
-            assert await db.delete_user("u1") == 1
-        await client.aclose()
+    try:
+        for client in (fake, real):
+            async with create_database(DatabaseType.REDIS, redis_client=client) as db:
+                saved = await db.save_state(StateRecord(user_id="u1", session_id="é", state="A"))
+                assert await db.get_state("u1", "é") == saved
+                assert [s.session_id for s in await db.list_sessions("u1")] == ["é"]
+                assert await db.delete_user("u1") == 1
+    finally:
+        await fake.aclose()
+        await real.aclose()
 
 
 def test_configuration_errors_are_typed() -> None:
@@ -328,9 +345,11 @@ async def test_every_url_scheme_builds_a_client_without_io() -> None:
         "redis+cluster://localhost:7000",
     ):
         client, closers = connect(url, settings)
-        await client.aclose()
-        for close in closers:
-            await close()
+        try:
+            await client.aclose()
+        finally:
+            for close in closers:
+                await close()
 
 
 @pytest.mark.redis
@@ -361,11 +380,13 @@ async def test_scan_finds_every_owner_whatever_its_id() -> None:
             Key("state", (o, "s")) for o in by_bytes
         ]
         copy = build_redis_backend(REDIS_TEST_URL, {"key_prefix": "copy:"})
-        items = [item async for item in backend.scan()]
-        assert await copy.restore(items) == len(items)
-        assert await copy.restore(items) == 0
-        assert [item async for item in copy.scan()] == items
-        await copy.close()
+        try:
+            items = [item async for item in backend.scan()]
+            assert await copy.restore(items) == len(items)
+            assert await copy.restore(items) == 0
+            assert [item async for item in copy.scan()] == items
+        finally:
+            await copy.close()
     finally:
         await backend.close()
         await flushed_redis(REDIS_TEST_URL)
@@ -415,6 +436,8 @@ async def test_tls_connections_with_the_servers_certificate(
         f"rediss://127.0.0.1:{server.port}/0",  # TLS without trusting the certificate
     ):
         db = create_database(DatabaseType.REDIS, wrong, **FAST)  # type: ignore[arg-type]
-        with pytest.raises(BackendUnavailableError):
-            await db.get_state("u1", "s1")
-        await db.close()
+        try:
+            with pytest.raises(BackendUnavailableError):
+                await db.get_state("u1", "s1")
+        finally:
+            await db.close()

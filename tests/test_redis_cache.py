@@ -49,14 +49,18 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[RedisBackend]:
         servers: RedisClusterServers = request.getfixturevalue("redis_cluster")
         for node in servers.nodes:
             client = Redis(port=node.port)
-            await client.flushall()
-            await client.aclose()
+            try:
+                await client.flushall()
+            finally:
+                await client.aclose()
         backend = build_redis_backend(servers.url, {})
-    await backend.initialize()
-    yield backend
-    await backend.close()
-    if fake is not None:
-        await fake.aclose()
+    try:
+        await backend.initialize()
+        yield backend
+    finally:
+        await backend.close()
+        if fake is not None:
+            await fake.aclose()
 
 
 def entry(version: int, *, created_delta: float = 0.0, value: bytes = b"{}") -> Entry:
