@@ -5,7 +5,10 @@ empty-enough databases (no I/O until first use)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -48,6 +51,9 @@ _MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
 
 REDIS_TEST_URL = os.environ.get("KVSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 """The shared Redis of this machine, on a database number of the tests' own (flushed)."""
+
+SHARED_REDIS_WAIT = 60.0
+"""Seconds a test waits for another test run to finish its test on ``REDIS_TEST_URL``."""
 
 
 SQLITE_THREADS_GRACE = 10.0
@@ -182,10 +188,40 @@ async def flushed_redis(url: str) -> None:
 
 
 @pytest.fixture
-async def make_db_redis() -> MakeDb:
+def shared_redis_url() -> Iterator[str]:
+    """``REDIS_TEST_URL``, held by this test alone while it runs.
+
+    Every run of this suite on the machine (CI, each developer's worktree) uses and flushes
+    that one database, so two runs at once wiped each other's data mid-test. A test that
+    uses it holds an exclusive lock on a file named after the URL; a test of another run
+    waits for it (at most ``SHARED_REDIS_WAIT`` seconds, then fails saying why)."""
+    digest = hashlib.sha256(REDIS_TEST_URL.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"kvstore-tests-redis-{digest}.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + SHARED_REDIS_WAIT
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"another test run held the shared Redis test database for "
+                        f"{SHARED_REDIS_WAIT:.0f} s (lock file {path})",
+                        pytrace=False,
+                    )
+                time.sleep(0.05)
+        yield REDIS_TEST_URL
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+@pytest.fixture
+async def make_db_redis(shared_redis_url: str) -> MakeDb:
     """Databases on the real Redis, database 13 (``$KVSTORE_TEST_REDIS_URL``), flushed."""
-    await flushed_redis(REDIS_TEST_URL)
-    return lambda: create_database(DatabaseType.REDIS, REDIS_TEST_URL)
+    await flushed_redis(shared_redis_url)
+    return lambda: create_database(DatabaseType.REDIS, shared_redis_url)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from backends.redis_format import member_key
 from kvstore import BackendUnavailableError, ConfigurationError, DatabaseType, create_database
 from kvstore.keys import Key
 from kvstore.models import StateRecord
-from tests.conftest import REDIS_TEST_URL, flushed_redis
+from tests.conftest import flushed_redis
 from tests.redis_servers import RedisSentinel, RedisServer, free_port
 
 if TYPE_CHECKING:
@@ -353,11 +353,11 @@ async def test_every_url_scheme_builds_a_client_without_io() -> None:
 
 
 @pytest.mark.redis
-async def test_the_shared_server_uses_only_its_own_database() -> None:
-    await flushed_redis(REDIS_TEST_URL)
-    async with create_database(DatabaseType.REDIS, REDIS_TEST_URL, key_prefix="t:") as db:
+async def test_the_shared_server_uses_only_its_own_database(shared_redis_url: str) -> None:
+    await flushed_redis(shared_redis_url)
+    async with create_database(DatabaseType.REDIS, shared_redis_url, key_prefix="t:") as db:
         await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
-    admin = Redis.from_url(REDIS_TEST_URL)
+    admin = Redis.from_url(shared_redis_url)
     try:
         assert await admin.exists("t:{u1}:state:s1") == 1
     finally:
@@ -366,9 +366,9 @@ async def test_the_shared_server_uses_only_its_own_database() -> None:
 
 
 @pytest.mark.redis
-async def test_scan_finds_every_owner_whatever_its_id() -> None:
-    await flushed_redis(REDIS_TEST_URL)
-    backend = build_redis_backend(REDIS_TEST_URL, {"key_prefix": "scan:"})
+async def test_scan_finds_every_owner_whatever_its_id(shared_redis_url: str) -> None:
+    await flushed_redis(shared_redis_url)
+    backend = build_redis_backend(shared_redis_url, {"key_prefix": "scan:"})
     owners = ["*", "?", "[x]", "{tag}", "}{", "a:b", "back\\slash", "u1", "u10", "é"]
     try:
         for owner in owners:
@@ -379,7 +379,7 @@ async def test_scan_finds_every_owner_whatever_its_id() -> None:
         assert scanned == [Key("notes", (o, "n")) for o in by_bytes] + [
             Key("state", (o, "s")) for o in by_bytes
         ]
-        copy = build_redis_backend(REDIS_TEST_URL, {"key_prefix": "copy:"})
+        copy = build_redis_backend(shared_redis_url, {"key_prefix": "copy:"})
         try:
             items = [item async for item in backend.scan()]
             assert await copy.restore(items) == len(items)
@@ -389,7 +389,7 @@ async def test_scan_finds_every_owner_whatever_its_id() -> None:
             await copy.close()
     finally:
         await backend.close()
-        await flushed_redis(REDIS_TEST_URL)
+        await flushed_redis(shared_redis_url)
 
 
 @pytest.fixture
