@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import fakeredis
 import pytest
 from aiosqlite.core import _connection_worker_thread
+from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -29,6 +30,12 @@ from tests.services import REQUIRED, unavailable
 
 MakeDb = Callable[[], Database]
 T = TypeVar("T")
+
+# Hypothesis checks properties here, not speed: its default 200 ms deadline per example and
+# its too-slow health check are timing assertions, which fail when the machine is busy with
+# other work (timings belong in benchmarks/).
+settings.register_profile("kvstore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("kvstore")
 
 BACKENDS = [
     "memory",
