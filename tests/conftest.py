@@ -5,8 +5,13 @@ empty-enough databases (no I/O until first use)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import os
 import signal
+import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +19,8 @@ from typing import Any, TypeVar
 
 import fakeredis
 import pytest
+from aiosqlite.core import _connection_worker_thread
+from hypothesis import HealthCheck, settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -24,6 +31,12 @@ from tests.services import REQUIRED, unavailable
 
 MakeDb = Callable[[], Database]
 T = TypeVar("T")
+
+# Hypothesis checks properties here, not speed: its default 200 ms deadline per example and
+# its too-slow health check are timing assertions, which fail when the machine is busy with
+# other work (timings belong in benchmarks/).
+settings.register_profile("kvstore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("kvstore")
 
 BACKENDS = [
     "memory",
@@ -46,6 +59,49 @@ _MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
 
 REDIS_TEST_URL = os.environ.get("KVSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 """The shared Redis of this machine, on a database number of the tests' own (flushed)."""
+
+SHARED_REDIS_WAIT = 60.0
+"""Seconds a test waits for another test run to finish its test on ``REDIS_TEST_URL``."""
+
+
+SQLITE_THREADS_GRACE = 10.0
+"""Seconds a test's aiosqlite worker threads get to end after its fixtures are torn down."""
+
+
+def _sqlite_workers() -> set[threading.Thread]:
+    """The live aiosqlite worker threads: one per connection, ending after its close (or
+    after a failed connect). ``_target`` is cleared once the thread's function returns."""
+    return {
+        thread
+        for thread in threading.enumerate()
+        if getattr(thread, "_target", None) is _connection_worker_thread
+    }
+
+
+@pytest.fixture(autouse=True)
+async def sqlite_threads_end_with_the_test() -> AsyncIterator[None]:
+    """Every aiosqlite worker thread a test starts ends before the test's event loop closes.
+
+    A worker's last act is a call into the loop of the connection's future. aiosqlite does
+    not wait for it after a failed connect (it queues ``stop()`` and raises) nor after
+    SQLAlchemy terminates a connection, so on a busy machine the test's loop can close
+    first: the thread then raises "Event loop is closed", and pytest fails whichever test
+    runs next. This waits for those threads. One still alive after the grace period is a
+    connection the test left open, and fails this test, not a later one. Async, so that it
+    is torn down after every other fixture of the test and before its loop closes."""
+    before = _sqlite_workers()
+    yield
+    left = _sqlite_workers() - before
+    deadline = time.monotonic() + SQLITE_THREADS_GRACE
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        left = {thread for thread in left if thread.is_alive()}
+    if left:
+        pytest.fail(
+            f"{len(left)} SQLite connection(s) left open by this test (aiosqlite worker "
+            f"threads still running {SQLITE_THREADS_GRACE:.0f} s after its teardown)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, ())) for name in BACKENDS])
@@ -140,10 +196,40 @@ async def flushed_redis(url: str) -> None:
 
 
 @pytest.fixture
-async def make_db_redis() -> MakeDb:
+def shared_redis_url() -> Iterator[str]:
+    """``REDIS_TEST_URL``, held by this test alone while it runs.
+
+    Every run of this suite on the machine (CI, each developer's worktree) uses and flushes
+    that one database, so two runs at once wiped each other's data mid-test. A test that
+    uses it holds an exclusive lock on a file named after the URL; a test of another run
+    waits for it (at most ``SHARED_REDIS_WAIT`` seconds, then fails saying why)."""
+    digest = hashlib.sha256(REDIS_TEST_URL.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"kvstore-tests-redis-{digest}.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + SHARED_REDIS_WAIT
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"another test run held the shared Redis test database for "
+                        f"{SHARED_REDIS_WAIT:.0f} s (lock file {path})",
+                        pytrace=False,
+                    )
+                time.sleep(0.05)
+        yield REDIS_TEST_URL
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+@pytest.fixture
+async def make_db_redis(shared_redis_url: str) -> MakeDb:
     """Databases on the real Redis, database 13 (``$KVSTORE_TEST_REDIS_URL``), flushed."""
-    await flushed_redis(REDIS_TEST_URL)
-    return lambda: create_database(DatabaseType.REDIS, REDIS_TEST_URL)
+    await flushed_redis(shared_redis_url)
+    return lambda: create_database(DatabaseType.REDIS, shared_redis_url)
 
 
 @pytest.fixture(scope="session")

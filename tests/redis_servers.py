@@ -54,7 +54,11 @@ def _spawn(arguments: list[str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [REDIS_SERVER, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    _wait_listening(port, time.monotonic() + 10)
+    try:
+        _wait_listening(port, time.monotonic() + 10)
+    except BaseException:
+        _terminate(process)  # a server that never listened is not left running either
+        raise
     return process
 
 

@@ -163,8 +163,10 @@ def test_invalid_records_are_rejected_by_pydantic(build: Callable[[], object]) -
 
 async def test_a_closed_database_refuses_everything(make_db: MakeDb) -> None:
     db = make_db()
-    await db.save_state(StateRecord(user_id="victim", session_id="s1", state="A"))
-    await db.close()
+    try:
+        await db.save_state(StateRecord(user_id="victim", session_id="s1", state="A"))
+    finally:
+        await db.close()
     for operation in (
         db.get_state("victim", "s1"),
         db.save_state(StateRecord(user_id="victim", session_id="s1", state="B")),
@@ -177,16 +179,19 @@ async def test_a_closed_database_refuses_everything(make_db: MakeDb) -> None:
 
 async def test_close_during_operations_gives_typed_errors_or_results(make_db: MakeDb) -> None:
     db = make_db()
-    await db.initialize()
 
     async def save(n: int) -> object:
         await asyncio.sleep(0)
         return await db.save_state(StateRecord(user_id="victim", session_id=f"s{n}", state="A"))
 
-    outcomes = await asyncio.wait_for(
-        asyncio.gather(*(save(n) for n in range(50)), db.close(), return_exceptions=True),
-        timeout=30,
-    )
+    try:
+        await db.initialize()
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(save(n) for n in range(50)), db.close(), return_exceptions=True),
+            timeout=30,
+        )
+    finally:
+        await db.close()  # idempotent; closes it if the gather never got to
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             assert isinstance(outcome, DatabaseClosedError | BackendUnavailableError), outcome

@@ -371,10 +371,12 @@ async def test_older_schema_versions_are_upgraded_on_read(db: Database) -> None:
 
 async def test_lifecycle_is_idempotent_and_closed_database_refuses(make_db: MakeDb) -> None:
     database = make_db()
-    assert await database.get_state("u1", "s1") is None  # lazy initialization
-    await database.initialize()
-    await database.initialize()
-    await database.close()
+    try:
+        assert await database.get_state("u1", "s1") is None  # lazy initialization
+        await database.initialize()
+        await database.initialize()
+    finally:
+        await database.close()
     await database.close()
     with pytest.raises(DatabaseClosedError):
         await database.get_state("u1", "s1")

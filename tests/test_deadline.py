@@ -18,7 +18,6 @@ from backends.deadline import deadline
 from backends.tiered import TieredBackend
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.store import Store
-from tests.conftest import REDIS_TEST_URL
 from tests.redis_servers import RedisServer
 
 if TYPE_CHECKING:
@@ -79,11 +78,11 @@ def tiered(tmp_path: Path, cache_url: str, **options: float) -> tuple[Store, Tie
 
 @pytest.mark.redis
 async def test_a_stalled_loop_keeps_the_breaker_closed_and_the_cache_serving(
-    tmp_path: Path,
+    tmp_path: Path, shared_redis_url: str
 ) -> None:
     """64 readers of cached records while the loop is blocked 150 ms every 300 ms: every
     read in flight during a stall misses a 100 ms deadline on the loop's clock."""
-    db, backend = tiered(tmp_path, REDIS_TEST_URL)
+    db, backend = tiered(tmp_path, shared_redis_url)
     async with db:
         users = [f"u{n}" for n in range(64)]
         for user in users:

@@ -26,19 +26,21 @@ async def test_readme_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KVSTORE_URL", raising=False)
     namespace: dict[str, object] = {"__name__": "readme"}
-    for number, source in enumerate(python_blocks(), start=1):
-        code = compile(
-            source,
-            f"README.md block {number}",
-            "exec",
-            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
-            dont_inherit=True,  # not our `from __future__ import annotations`
-        )
-        result = eval(code, namespace)
-        if inspect.iscoroutine(result):
-            await result
-    closers = [value for value in namespace.values() if hasattr(value, "close")]
-    for value in closers:
-        close = value.close
-        if inspect.iscoroutinefunction(close):
-            await close()
+    try:
+        for number, source in enumerate(python_blocks(), start=1):
+            code = compile(
+                source,
+                f"README.md block {number}",
+                "exec",
+                flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
+                dont_inherit=True,  # not our `from __future__ import annotations`
+            )
+            result = eval(code, namespace)
+            if inspect.iscoroutine(result):
+                await result
+    finally:  # what the examples opened is closed even when one of them fails
+        closers = [value for value in namespace.values() if hasattr(value, "close")]
+        for value in closers:
+            close = value.close
+            if inspect.iscoroutinefunction(close):
+                await close()

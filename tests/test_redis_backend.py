@@ -19,7 +19,7 @@ from backends.redis_format import member_key
 from kvstore import BackendUnavailableError, ConfigurationError, DatabaseType, create_database
 from kvstore.keys import Key
 from kvstore.models import StateRecord
-from tests.conftest import REDIS_TEST_URL, flushed_redis
+from tests.conftest import flushed_redis
 from tests.redis_servers import RedisSentinel, RedisServer, free_port
 
 if TYPE_CHECKING:
@@ -79,8 +79,10 @@ async def test_scripts_survive_script_flush_on_the_cluster(
             await backend.put(key, b"1")
         for node in redis_cluster.nodes:
             admin = Redis(port=node.port)
-            await admin.script_flush()
-            await admin.aclose()
+            try:
+                await admin.script_flush()
+            finally:
+                await admin.aclose()
         stored = await asyncio.gather(*(backend.put(key, b"2") for key in keys))
         assert {entry.version for entry in stored} == {2}
     finally:
@@ -115,11 +117,13 @@ async def test_an_unreachable_server_raises_backend_unavailable() -> None:
         f"redis://127.0.0.1:{free_port()}/0",
         **FAST,  # type: ignore[arg-type]
     )
-    with pytest.raises(BackendUnavailableError):
-        await db.get_state("u1", "s1")
-    with pytest.raises(BackendUnavailableError):
-        await db.initialize()
-    await db.close()
+    try:
+        with pytest.raises(BackendUnavailableError):
+            await db.get_state("u1", "s1")
+        with pytest.raises(BackendUnavailableError):
+            await db.initialize()
+    finally:
+        await db.close()
 
 
 async def test_a_server_that_never_answers_times_out() -> None:
@@ -149,9 +153,11 @@ async def test_a_server_that_never_answers_times_out() -> None:
 
 async def test_nothing_uses_keys_or_scan(server: RedisServer) -> None:
     admin = Redis(port=server.port)
-    with pytest.raises(Exception, match="unknown command"):
-        await admin.execute_command("KEYS", "*")  # type: ignore[no-untyped-call]
-    await admin.aclose()
+    try:
+        with pytest.raises(Exception, match="unknown command"):
+            await admin.execute_command("KEYS", "*")  # type: ignore[no-untyped-call]
+    finally:
+        await admin.aclose()
     async with create_database(DatabaseType.REDIS, server.url) as db:
         for weird in WEIRD:
             await db.save_state(StateRecord(user_id="u*", session_id=weird, state="A"))
@@ -186,9 +192,13 @@ async def test_expired_index_members_are_cleaned_lazily(server: RedisServer) -> 
 async def test_erasing_a_large_user_and_refusing_a_stale_view() -> None:
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     backend = build_redis_backend(None, {"redis_client": client})
-    keys = [Key("notes", ("u1", f"n{i:04d}")) for i in range(1203)]
+    keys = [Key("notes", ("u1", f"n{i:04d}")) for i in range(1203)]  # past ERASE's 1000
     try:
-        await asyncio.gather(*(backend.put(key, b"x") for key in keys))
+        # One put at a time: every put is one call under its own deadline. Gathering them
+        # all would queue 1200 scripts into one pipeline that fakeredis runs on this very
+        # event loop, so each caller's deadline would pay for everyone else's scripts.
+        for key in keys:
+            await backend.put(key, b"x")
         await backend.put(Key("user", ("u1",)), b"me")
         layout = backend._layout
         ns_set = layout.namespaces("u1")
@@ -241,16 +251,20 @@ async def test_unix_socket_urls_work(tmp_path: Path) -> None:
 
 
 async def test_sentinel_urls_find_the_master(tmp_path: Path) -> None:
-    master = RedisServer(tmp_path / "master").start()
-    sentinel = RedisSentinel(tmp_path / "sentinel", master.port).start()
+    master = RedisServer(tmp_path / "master")
+    sentinel = RedisSentinel(tmp_path / "sentinel", master.port)
     try:
+        master.start()
+        sentinel.start()
         url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/3"
         async with create_database(DatabaseType.REDIS, url) as db:
             saved = await db.save_state(StateRecord(user_id="u", session_id="s", state="A"))
             assert await db.get_state("u", "s") == saved
         admin = Redis(port=master.port, db=3)
-        assert await admin.exists("kv:{u}:state:s") == 1
-        await admin.aclose()
+        try:
+            assert await admin.exists("kv:{u}:state:s") == 1
+        finally:
+            await admin.aclose()
     finally:
         sentinel.stop()
         master.stop()
@@ -261,12 +275,14 @@ async def test_passwords_never_show(tmp_path: Path) -> None:
     url = f"redis://:wrongpass-s3cret@127.0.0.1:{private.port}/0"
     try:
         db = create_database(DatabaseType.REDIS, url, **FAST)  # type: ignore[arg-type]
-        assert "s3cret" not in repr(db)
-        with pytest.raises(BackendUnavailableError) as failed:
-            await db.get_state("u1", "s1")
+        try:
+            assert "s3cret" not in repr(db)
+            with pytest.raises(BackendUnavailableError) as failed:
+                await db.get_state("u1", "s1")
+        finally:
+            await db.close()
         assert "s3cret" not in str(failed.value)
         assert "***" in str(failed.value)
-        await db.close()
         async with create_database(
             DatabaseType.REDIS, f"redis://:rightpass@127.0.0.1:{private.port}/0"
         ) as good:
@@ -280,23 +296,28 @@ async def test_passwords_never_show(tmp_path: Path) -> None:
 
 async def test_an_injected_client_is_used_and_left_open() -> None:
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    async with create_database(DatabaseType.REDIS, redis_client=client) as db:
-        await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
-    assert await client.ping()
-    assert await client.exists("kv:{u1}:state:s1") == 1
-    await client.aclose()
+    try:
+        async with create_database(DatabaseType.REDIS, redis_client=client) as db:
+            await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
+        assert await client.ping()
+        assert await client.exists("kv:{u1}:state:s1") == 1
+    finally:
+        await client.aclose()
 
 
 async def test_clients_that_decode_responses_still_work(server: RedisServer) -> None:
     fake = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
     real = Redis(port=server.port, decode_responses=True)
-    for client in (fake, real):
-        async with create_database(DatabaseType.REDIS, redis_client=client) as db:
-            saved = await db.save_state(StateRecord(user_id="u1", session_id="é", state="A"))
-            assert await db.get_state("u1", "é") == saved
-            assert [s.session_id for s in await db.list_sessions("u1")] == ["é"]
-            assert await db.delete_user("u1") == 1
-        await client.aclose()
+    try:
+        for client in (fake, real):
+            async with create_database(DatabaseType.REDIS, redis_client=client) as db:
+                saved = await db.save_state(StateRecord(user_id="u1", session_id="é", state="A"))
+                assert await db.get_state("u1", "é") == saved
+                assert [s.session_id for s in await db.list_sessions("u1")] == ["é"]
+                assert await db.delete_user("u1") == 1
+    finally:
+        await fake.aclose()
+        await real.aclose()
 
 
 def test_configuration_errors_are_typed() -> None:
@@ -325,17 +346,19 @@ async def test_every_url_scheme_builds_a_client_without_io() -> None:
         "redis+cluster://localhost:7000",
     ):
         client, closers = connect(url, settings)
-        await client.aclose()
-        for close in closers:
-            await close()
+        try:
+            await client.aclose()
+        finally:
+            for close in closers:
+                await close()
 
 
 @pytest.mark.redis
-async def test_the_shared_server_uses_only_its_own_database() -> None:
-    await flushed_redis(REDIS_TEST_URL)
-    async with create_database(DatabaseType.REDIS, REDIS_TEST_URL, key_prefix="t:") as db:
+async def test_the_shared_server_uses_only_its_own_database(shared_redis_url: str) -> None:
+    await flushed_redis(shared_redis_url)
+    async with create_database(DatabaseType.REDIS, shared_redis_url, key_prefix="t:") as db:
         await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
-    admin = Redis.from_url(REDIS_TEST_URL)
+    admin = Redis.from_url(shared_redis_url)
     try:
         assert await admin.exists("t:{u1}:state:s1") == 1
     finally:
@@ -344,9 +367,9 @@ async def test_the_shared_server_uses_only_its_own_database() -> None:
 
 
 @pytest.mark.redis
-async def test_scan_finds_every_owner_whatever_its_id() -> None:
-    await flushed_redis(REDIS_TEST_URL)
-    backend = build_redis_backend(REDIS_TEST_URL, {"key_prefix": "scan:"})
+async def test_scan_finds_every_owner_whatever_its_id(shared_redis_url: str) -> None:
+    await flushed_redis(shared_redis_url)
+    backend = build_redis_backend(shared_redis_url, {"key_prefix": "scan:"})
     owners = ["*", "?", "[x]", "{tag}", "}{", "a:b", "back\\slash", "u1", "u10", "é"]
     try:
         for owner in owners:
@@ -357,17 +380,19 @@ async def test_scan_finds_every_owner_whatever_its_id() -> None:
         assert scanned == [Key("notes", (o, "n")) for o in by_bytes] + [
             Key("state", (o, "s")) for o in by_bytes
         ]
-        copy = build_redis_backend(REDIS_TEST_URL, {"key_prefix": "copy:"})
-        items = [item async for item in backend.scan()]
-        assert await copy.restore(items) == len(items)
-        assert await copy.restore(items) == 0
-        copied = [item async for item in copy.scan()]
-        unrevised = [(key, dataclasses.replace(entry, revision=0)) for key, entry in items]
-        assert [(k, dataclasses.replace(e, revision=0)) for k, e in copied] == unrevised
-        await copy.close()
+        copy = build_redis_backend(shared_redis_url, {"key_prefix": "copy:"})
+        try:
+            items = [item async for item in backend.scan()]
+            assert await copy.restore(items) == len(items)
+            assert await copy.restore(items) == 0
+            copied = [item async for item in copy.scan()]
+            unrevised = [(key, dataclasses.replace(entry, revision=0)) for key, entry in items]
+            assert [(k, dataclasses.replace(e, revision=0)) for k, e in copied] == unrevised
+        finally:
+            await copy.close()
     finally:
         await backend.close()
-        await flushed_redis(REDIS_TEST_URL)
+        await flushed_redis(shared_redis_url)
 
 
 @pytest.fixture
@@ -414,6 +439,8 @@ async def test_tls_connections_with_the_servers_certificate(
         f"rediss://127.0.0.1:{server.port}/0",  # TLS without trusting the certificate
     ):
         db = create_database(DatabaseType.REDIS, wrong, **FAST)  # type: ignore[arg-type]
-        with pytest.raises(BackendUnavailableError):
-            await db.get_state("u1", "s1")
-        await db.close()
+        try:
+            with pytest.raises(BackendUnavailableError):
+                await db.get_state("u1", "s1")
+        finally:
+            await db.close()

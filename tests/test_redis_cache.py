@@ -17,7 +17,7 @@ from backends.base import Entry, utcnow
 from backends.redis import build_redis_backend
 from backends.redis_format import LEASE_SUFFIX, Layout
 from kvstore.keys import Key, decode_redis_key, redis_key
-from tests.conftest import REDIS_TEST_URL, flushed_redis
+from tests.conftest import flushed_redis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -43,20 +43,25 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[RedisBackend]:
         fake = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         backend = build_redis_backend(None, {"redis_client": fake})
     elif request.param == "redis":
-        await flushed_redis(REDIS_TEST_URL)
-        backend = build_redis_backend(REDIS_TEST_URL, {})
+        url: str = request.getfixturevalue("shared_redis_url")
+        await flushed_redis(url)
+        backend = build_redis_backend(url, {})
     else:
         servers: RedisClusterServers = request.getfixturevalue("redis_cluster")
         for node in servers.nodes:
             client = Redis(port=node.port)
-            await client.flushall()
-            await client.aclose()
+            try:
+                await client.flushall()
+            finally:
+                await client.aclose()
         backend = build_redis_backend(servers.url, {})
-    await backend.initialize()
-    yield backend
-    await backend.close()
-    if fake is not None:
-        await fake.aclose()
+    try:
+        await backend.initialize()
+        yield backend
+    finally:
+        await backend.close()
+        if fake is not None:
+            await fake.aclose()
 
 
 def entry(version: int, *, revision: int | None = None, value: bytes = b"{}") -> Entry:

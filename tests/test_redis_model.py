@@ -95,9 +95,13 @@ class RedisAgreesWithMemory(RuleBasedStateMachine):
         assert got == want
 
     def teardown(self) -> None:
-        self.loop.run_until_complete(self.redis.close())
-        self.loop.run_until_complete(self.client.aclose())
-        self.loop.close()
+        try:
+            self.loop.run_until_complete(self.redis.close())
+        finally:
+            try:
+                self.loop.run_until_complete(self.client.aclose())
+            finally:
+                self.loop.close()
 
 
 OWNERS_ALL = ["u1", "u10", "u:1", "u*", "}{", "{t}"]

@@ -45,9 +45,11 @@ async def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def backend(sql_url: str) -> AsyncIterator[SQLBackend]:
     """An initialized SQL backend, closed afterwards."""
     sql = build_sql_backend(sql_url)
-    await sql.initialize()
-    yield sql
-    await sql.close()
+    try:
+        await sql.initialize()
+        yield sql
+    finally:
+        await sql.close()
 
 
 async def rows(backend: SQLBackend, sql: str) -> list[tuple[object, ...]]:

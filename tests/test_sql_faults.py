@@ -25,12 +25,14 @@ def state(name: str = "A") -> StateRecord:
 
 async def test_unreachable_server_is_backend_unavailable_without_the_password() -> None:
     db = create_database(DatabaseType.SQL, "postgresql://coach:s3cret@127.0.0.1:1/coach")
-    with pytest.raises(BackendUnavailableError) as error:
-        await db.get_state("u1", "s1")
+    try:
+        with pytest.raises(BackendUnavailableError) as error:
+            await db.get_state("u1", "s1")
+    finally:
+        await db.close()
     assert "s3cret" not in str(error.value)
     assert "***" in str(error.value)
     assert isinstance(error.value.__cause__, OSError)
-    await db.close()
 
 
 async def test_a_server_that_never_answers_times_out_at_the_connect_timeout() -> None:
@@ -40,10 +42,12 @@ async def test_a_server_that_never_answers_times_out_at_the_connect_timeout() ->
         port = silent.getsockname()[1]
         url = f"postgresql://coach:s3cret@127.0.0.1:{port}/coach"
         db = create_database(DatabaseType.SQL, url, connect_timeout=0.3)
-        with pytest.raises(BackendUnavailableError, match="timed out") as error:
-            await db.get_state("u1", "s1")
+        try:
+            with pytest.raises(BackendUnavailableError, match="timed out") as error:
+                await db.get_state("u1", "s1")
+        finally:
+            await db.close()
         assert "s3cret" not in str(error.value)
-        await db.close()
 
 
 @pytest.fixture

@@ -33,7 +33,16 @@ class StoreMachine(RuleBasedStateMachine):
         self.other = self.user + "0"  # a user whose id extends ours must never be touched
         self.states: dict[str, tuple[int, str]] = {}
         self.identities: dict[str, int] = {}
-        self.run(self.db.save_state(StateRecord(user_id=self.other, session_id="s1", state="X")))
+        try:
+            self.run(
+                self.db.save_state(StateRecord(user_id=self.other, session_id="s1", state="X"))
+            )
+        except BaseException:  # no teardown() for a machine that was never built
+            try:
+                self.run(self.db.close())
+            finally:
+                self.loop.close()
+            raise
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
@@ -42,9 +51,11 @@ class StoreMachine(RuleBasedStateMachine):
         try:
             self.run(self.db.delete_user(self.other))
             self.run(self.db.delete_user(self.user))
-            self.run(self.db.close())
         finally:
-            self.loop.close()
+            try:
+                self.run(self.db.close())
+            finally:
+                self.loop.close()
 
     @rule(session=SESSIONS, state=STATES)
     def save(self, session: str, state: str) -> None:
