@@ -640,6 +640,10 @@ class TieredBackend(Backend):
                 await asyncio.sleep(min(1.0, self.feed_interval * 10))
                 continue
             self._feed_backlog.extend(changes)
+            if len(self._feed_backlog) > FEED_BACKLOG_MAX:
+                # the cache has been out of use too long to catch up: begin anew instead
+                self._feed_backlog = []
+                self._lost(self._generation)
             if self._feed_backlog and await self._usable():
                 await self._apply_feed()
             if len(changes) < follower.batch:
@@ -651,10 +655,6 @@ class TieredBackend(Backend):
         is presumed to have missed them and a new generation begins)."""
         async with self._feed_lock:
             backlog = self._feed_backlog
-            if len(backlog) > FEED_BACKLOG_MAX:
-                self._feed_backlog = []
-                self._lost(self._generation)
-                return False
             while backlog:
                 chunk = backlog[:REPAIR_CHUNK]
                 items = [(change.key, change.revision) for change in chunk]
