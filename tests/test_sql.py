@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -276,11 +277,13 @@ async def test_hot_calls_and_listings_share_a_small_pool(sql_url: str) -> None:
 
 
 async def test_purge_expired_drops_tombstones_past_their_retention(backend: SQLBackend) -> None:
+    owner = f"purge-{uuid.uuid4().hex[:8]}"  # the session's database is shared
+    mine = f"SELECT key FROM kv_tombstones WHERE owner = '{owner}' ORDER BY key"
     for name in ("a", "b"):
-        await backend.put(Key("notes", ("u1", name)), b"{}")
-        assert await backend.delete(Key("notes", ("u1", name)))
-    assert await rows(backend, "SELECT key FROM kv_tombstones ORDER BY key") == [("a",), ("b",)]
+        await backend.put(Key("notes", (owner, name)), b"{}")
+        assert await backend.delete(Key("notes", (owner, name)))
+    assert await rows(backend, mine) == [("a",), ("b",)]
     await backend.purge_expired()  # a week's retention: both stay
-    assert len(await rows(backend, "SELECT key FROM kv_tombstones")) == 2
+    assert len(await rows(backend, mine)) == 2
     await backend.purge_expired(batch_size=1, tombstones_older_than=0)
-    assert await rows(backend, "SELECT key FROM kv_tombstones") == []
+    assert await rows(backend, mine) == []
