@@ -498,7 +498,10 @@ def test_5_redis_restarted_from_an_old_snapshot(
     assert saved > 0, "harness: the snapshot was empty"
     assert restored > 0, "harness: the restarted Redis did not load the snapshot"
     assert_sound(outcome)
-    assert_never_stale(outcome.report)
+    # Nothing from the snapshot is served (0 stale in every run on an idle machine). On a
+    # saturated one, a worker's breaker can open during the restart's outage; its writes
+    # then bypass the cache and others see them within the feed's lag (issue 16's breaker).
+    assert_staleness_bounded(outcome.report)
 
 
 CRASH_AFTER = 100
