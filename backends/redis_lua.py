@@ -71,7 +71,8 @@ if expected >= 0 and expected ~= version then return {0, version, '', 0} end
 version = version + 1
 local created_s = created or now
 local revision = redis.call('INCR', KEYS[4])
-local value = 'e2:' .. revision .. ':' .. string.format('%d', version) .. ':' .. created_s
+local value = 'e2:' .. string.format('%d', revision) .. ':' .. string.format('%d', version)
+  .. ':' .. created_s
   .. ':' .. now .. ':' .. expires .. ':' .. ARGV[2]
 store(KEYS[1], value, px, KEYS[2], ARGV[3], KEYS[3], ARGV[4], cur)
 return {1, version, created_s, revision}
@@ -193,7 +194,7 @@ RESTORE = Script(
 local cur = redis.call('GET', KEYS[1])
 local tag, _, version = parse(cur)
 if tag == 'e' and version >= tonumber(ARGV[3]) then return 0 end
-local value = 'e2:' .. redis.call('INCR', KEYS[4]) .. ':' .. ARGV[1]
+local value = 'e2:' .. string.format('%d', redis.call('INCR', KEYS[4])) .. ':' .. ARGV[1]
 store(KEYS[1], value, ARGV[2], KEYS[2], ARGV[4], KEYS[3], ARGV[5], cur)
 return 1
 """
