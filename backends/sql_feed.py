@@ -4,7 +4,7 @@ Changes are read by revision from ``kv_records`` (saves, including plain-SQL wri
 jobs: a trigger gives every written row a new revision) and ``kv_tombstones`` (deletes). On
 PostgreSQL revisions are drawn from a sequence, so a transaction can commit a revision
 lower than one already visible; each read also returns its snapshot (``xmin``, ``xmax``),
-which lets the follower (:class:`backends.tiered_feed.FeedFollower`) tell a revision still
+which lets the follower (:class:`backends.tiered.feed.FeedFollower`) tell a revision still
 in flight from one that will never appear. On SQLite one writer commits at a time, so
 revisions commit in order and no snapshot is needed.
 """
