@@ -3,6 +3,8 @@
 ``threshold`` consecutive failures open the breaker (one warning in the log); while open,
 callers skip the dependency. After ``reset_after`` seconds one caller probes; a healthy
 probe closes the breaker (one info line), a failed one keeps it open for another period.
+A call that goes through while the breaker is open (a caller that may not skip the
+dependency) makes the probe due at once.
 """
 
 from __future__ import annotations
@@ -64,8 +66,11 @@ class CircuitBreaker:
         )
 
     def succeeded(self) -> None:
-        """A call went through: the run of failures ends."""
+        """A call went through: the run of failures ends, and an open breaker probes at the
+        next chance instead of waiting out ``reset_after``."""
         self._failures = 0
+        if self.state is BreakerState.OPEN:
+            self._opened_at = float("-inf")
 
     def failed(self, exc: BaseException) -> None:
         """A call failed; the ``threshold``-th failure in a row opens the breaker."""

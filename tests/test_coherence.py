@@ -196,6 +196,41 @@ async def test_a_redis_restored_from_an_older_snapshot_never_serves_it(
         await db.delete_user(user)
 
 
+async def test_a_write_that_meets_a_restarted_redis_lands_in_the_new_generation(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """The first call after Redis came back from a snapshot is a save: it finds the new
+    incarnation, moves to a new generation and writes there before it is acknowledged (a
+    write left only in SQL would let another process fill the old version meanwhile)."""
+    db = tiered(postgres_url, redis_server.url, follow=False)
+    user = new_user()
+    admin = Redis.from_url(redis_server.url)
+    async with db:
+        saved = await db.save_state(StateRecord(user_id=user, session_id="s1", state="V1"))
+        key = Key("state", (user, "s1"))
+        v1 = await backend_of(db).record.get(key)
+        assert v1 is not None
+        await admin.save()
+        await admin.aclose()
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGKILL)
+        redis_server.process.wait()
+        redis_server.start()
+        await db.save_state(saved.model_copy(update={"state": "V2"}))
+        stats = backend_of(db).stats()
+        assert (stats.generation_changes, stats.dirty, stats.breaker.value) == (1, 0, "closed")
+        # V2 committed before the new generation began, so the write left its tombstone
+        # there: a fill of V1 read from SQL before the commit cannot land
+        cache = backend_of(db).cache
+        [answer] = await cache.lookup([key], lease_ttl=1)
+        assert answer.entry is None
+        assert answer.lease is not None
+        assert await cache.fill([(key, v1, answer.lease)]) == 0
+        async with tiered(postgres_url, redis_server.url, follow=False) as other:
+            assert await state_of(other, user) == "V2"
+        await db.delete_user(user)
+
+
 async def test_a_flushed_redis_starts_a_new_generation(
     postgres_url: str, redis_server: RedisServer
 ) -> None:

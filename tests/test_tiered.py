@@ -156,7 +156,10 @@ async def test_a_failing_cache_never_fails_a_write_and_is_bypassed(
             assert await read_state(r.db) == f"V{n}"
     stats = r.backend.stats()
     assert stats.breaker is BreakerState.OPEN
-    assert stats.cache_errors == 2  # then the breaker stops calling the cache
+    # the write of V2 and the repair before reading it open the breaker; then reads skip
+    # the cache and only writes (V3..V5) still try to update it
+    assert stats.cache_errors == 2 + 3
+    assert stats.reads == stats.bypassed == 4
     assert stats.dirty == 1
     warnings = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -186,6 +189,33 @@ async def test_the_breaker_probes_repairs_dirty_keys_then_closes(
     [cached] = await r.cache.lookup([KEY], lease_ttl=1)
     assert cached.entry is not None
     assert cached.entry.version == 3  # repaired by rewriting from the system of record
+
+
+async def test_a_write_that_reaches_the_cache_while_the_breaker_is_open_closes_it_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An open breaker does not keep a cache that is back out of use for
+    ``breaker_reset_after``: writes still try it, and the first that lands makes the probe
+    due, so the next read repairs the dirty keys and closes the breaker."""
+    r = rig(breaker_reset_after=60)
+    await r.db.save_state(state("V1"))
+    r.faults.mode = "down"
+    await r.db.save_state(state("V2"))
+    await r.db.save_state(state("V3"))
+    assert r.backend.stats().breaker is BreakerState.OPEN
+    r.faults.mode = "ok"
+    await r.db.save_state(state("V4", session_id="s2"))  # lands in the cache
+    [written] = await r.cache.lookup([Key("state", ("u1", "s2"))], lease_ttl=1)
+    assert written.entry is not None
+    with caplog.at_level(logging.INFO, logger="kvstore.tiered"):
+        assert await read_state(r.db) == "V3"
+    stats = r.backend.stats()
+    assert stats.breaker is BreakerState.CLOSED
+    assert stats.dirty == 0
+    assert "cache answers again; circuit breaker closed" in caplog.messages
+    [cached] = await r.cache.lookup([KEY], lease_ttl=1)
+    assert cached.entry is not None
+    assert cached.entry.version == 3
 
 
 async def test_a_long_outage_backlog_is_repaired_a_bounded_batch_per_call() -> None:

@@ -22,8 +22,11 @@ tombstones by revision alone (:func:`backends.base.lands`); no wall clock orders
   (``floor``) only put tombstones in it.
 * Every cache call has a deadline (``cache_timeout``) that a stalled event loop does not use
   up (:mod:`backends.deadline`): a busy caller is not a failing cache. ``breaker_threshold``
-  consecutive failures open a circuit breaker: the store serves from the system of record
-  alone until a probe after ``breaker_reset_after`` seconds succeeds.
+  consecutive failures open a circuit breaker: reads are served from the system of record
+  alone until a probe after ``breaker_reset_after`` seconds succeeds. Writes' cache updates
+  and the change feed still try the cache while it is open (skipping a cache that others
+  read would leave them the old version); the first that goes through makes the probe due
+  at once, so a cache that comes back is used again within one call.
 """
 
 from __future__ import annotations
@@ -361,7 +364,7 @@ class TieredBackend(Backend):
             raise
         for start in range(0, len(keys), REPAIR_CHUNK):
             chunk = keys[start : start + REPAIR_CHUNK]
-            if not await self._usable() or (
+            if not await self._usable(writing=True) or (
                 await self._call(self.cache.invalidate(chunk)) is FAILED
             ):
                 for key in chunk:
@@ -413,7 +416,7 @@ class TieredBackend(Backend):
             except BackendUnavailableError:
                 self._mark_owner_dirty(owner)  # the outcome is unknown: repair the cache
                 raise
-            if not await self._usable() or (
+            if not await self._usable(writing=True) or (
                 await self._call(self.cache.invalidate_owner(owner)) is FAILED
             ):
                 self._mark_owner_dirty(owner)
@@ -437,30 +440,41 @@ class TieredBackend(Backend):
         self, key: Key, writes: _KeyWrites, revision: int, entry: Entry | None
     ) -> None:
         """Apply a committed write of ``revision`` (``entry``, or a delete) to the cache.
-        Any failure (error, timeout, cancellation) marks the key dirty before the write is
-        acknowledged. A revision from before the cache generation began only tombstones."""
-        generation = self._generation
-        try:
-            if not await self._usable():
-                self._bypassed += 1
-                self._mark_dirty(key, revision)
-                return
+        It is tried even while the breaker is open (a write that skipped a cache other
+        processes read would leave them the old version); a cache found lost moves to a new
+        generation and the write is tried there once more. Any other failure (error,
+        timeout, cancellation) marks the key dirty before the write is acknowledged. A
+        revision from before the cache generation began only tombstones."""
+        for last_try in (False, True):
             generation = self._generation
-            async with deadline(self.cache_timeout), writes.lock:
-                if revision <= writes.applied:
-                    return  # a newer write of this key is in the cache already
-                if entry is None or generation is None or revision <= generation.floor:
-                    await self.cache.tombstones([(key, revision)], ttl=self.cache_ttl)
-                else:
-                    await self.cache.write(key, entry, ttl=self._ttl_for(entry))
-                writes.applied = revision
-        except BaseException as exc:
-            self._mark_dirty(key, revision)
-            if not isinstance(exc, Exception):
-                raise
-            self._failure(exc, generation)
-        else:
-            self._breaker.succeeded()
+            try:
+                if not await self._usable(writing=True):
+                    self._bypassed += 1
+                    self._mark_dirty(key, revision)
+                    return
+                generation = self._generation
+                async with deadline(self.cache_timeout), writes.lock:
+                    if revision <= writes.applied:
+                        return  # a newer write of this key is in the cache already
+                    if entry is None or generation is None or revision <= generation.floor:
+                        await self.cache.tombstones([(key, revision)], ttl=self.cache_ttl)
+                    else:
+                        await self.cache.write(key, entry, ttl=self._ttl_for(entry))
+                    writes.applied = revision
+            except CacheLostError:
+                self._cache_errors += 1
+                self._lost(generation)
+                if last_try:
+                    self._mark_dirty(key, revision)
+            except BaseException as exc:
+                self._mark_dirty(key, revision)
+                if not isinstance(exc, Exception):
+                    raise
+                self._failure(exc, generation)
+                return
+            else:
+                self._breaker.succeeded()
+                return
 
     def _ttl_for(self, entry: Entry) -> float:
         if entry.expires_at is None:
@@ -644,7 +658,7 @@ class TieredBackend(Backend):
                 # the cache has been out of use too long to catch up: begin anew instead
                 self._feed_backlog = []
                 self._lost(self._generation)
-            if self._feed_backlog and await self._usable():
+            if self._feed_backlog and await self._usable(writing=True):
                 await self._apply_feed()
             if len(changes) < follower.batch:
                 await asyncio.sleep(self.feed_interval)
@@ -756,11 +770,16 @@ class TieredBackend(Backend):
 
     # -- cache calls and the circuit breaker -------------------------------------------------
 
-    async def _usable(self) -> bool:
+    async def _usable(self, *, writing: bool = False) -> bool:
         """Whether to use the cache now; runs the probe when the breaker is due for one, and
-        the move to a new generation when the cache was lost."""
+        the move to a new generation when the cache was lost. A ``writing`` caller uses the
+        cache even while the breaker is open (its update is what keeps other processes from
+        reading the old version); reads skip it."""
         if not self._breaker.closed:
-            return self._breaker.probe_due() and await self._probe()
+            if self._breaker.probe_due():
+                return await self._probe()
+            if not writing:
+                return False
         if self._lost_at >= 0:
             return await self._renewed()
         return True
