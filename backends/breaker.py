@@ -52,11 +52,20 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at = 0.0
+        self._out_since = 0.0
+        self._out_total = 0.0
 
     @property
     def closed(self) -> bool:
         """Whether callers use the dependency."""
         return self.state is BreakerState.CLOSED
+
+    def open_seconds(self) -> float:
+        """Seconds spent open or half-open since the breaker was built (the time callers
+        skipped the dependency), the current stretch included."""
+        if self.closed:
+            return self._out_total
+        return self._out_total + self._clock.monotonic() - self._out_since
 
     def probe_due(self) -> bool:
         """Whether the breaker is open and has waited long enough for a probe."""
@@ -103,10 +112,13 @@ class CircuitBreaker:
         if healthy:
             self.state = BreakerState.CLOSED
             self._failures = 0
+            self._out_total += self._clock.monotonic() - self._out_since
             self._logger.info("cache answers again; circuit breaker closed")
         else:
             self._open()
 
     def _open(self) -> None:
+        if self.closed:
+            self._out_since = self._clock.monotonic()
         self.state = BreakerState.OPEN
         self._opened_at = self._clock.monotonic()

@@ -12,6 +12,12 @@ by more than ``stall`` seconds, the loop was stalled for that long: the time is 
 again (up to ``max_extra`` seconds in all) and the replies that arrived meanwhile get their
 turn. A timer that fires on time means the loop ran and the answer did not come: the
 deadline expires, as :func:`asyncio.timeout` would.
+
+A saturated loop (a thousand tasks, each with a little CPU work) never stalls long in one
+callback, yet a call waits behind all of them. Given ``progress`` (a counter of answers the
+dependency gave any caller), a deadline whose time is up while that counter moved grants
+another ``seconds``: the dependency answers, the caller is what is slow. Both grants come
+out of the same ``max_extra``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
 STALL = 0.02
@@ -28,18 +35,35 @@ STALL = 0.02
 
 class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline(0.1):``
     """Raise :class:`TimeoutError` if the block takes longer than ``seconds`` of time the
-    event loop was able to run (see the module docstring); ``max_extra`` (default ten times
-    ``seconds``) bounds the time granted back for stalls. A class rather than a generator:
-    it sits on every cache call."""
+    event loop was able to run, or than ``seconds`` without ``progress()`` moving (see the
+    module docstring); ``max_extra`` (default ten times ``seconds``) bounds the time granted
+    back. A class rather than a generator: it sits on every cache call."""
 
-    __slots__ = ("_budget", "_due", "_handle", "_loop", "_seconds", "_stall", "_timeout")
+    __slots__ = (
+        "_budget",
+        "_due",
+        "_handle",
+        "_loop",
+        "_progress",
+        "_seconds",
+        "_seen",
+        "_stall",
+        "_timeout",
+    )
 
     def __init__(
-        self, seconds: float, *, stall: float = STALL, max_extra: float | None = None
+        self,
+        seconds: float,
+        *,
+        stall: float = STALL,
+        max_extra: float | None = None,
+        progress: Callable[[], int] | None = None,
     ) -> None:
         self._seconds = seconds
         self._stall = stall
         self._budget = 10 * seconds if max_extra is None else max_extra
+        self._progress = progress
+        self._seen = progress() if progress is not None else 0
 
     async def __aenter__(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
@@ -60,8 +84,15 @@ class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline
     def _check(self) -> None:
         now = self._loop.time()
         late = now - self._due
-        if late > self._stall and self._budget > 0:
-            granted = min(late, self._budget)
+        if late > self._stall:
+            granted = late  # the loop was stalled
+        elif self._progress is not None and self._progress() != self._seen:
+            self._seen = self._progress()
+            granted = self._seconds  # the dependency answered others meanwhile
+        else:
+            granted = 0.0
+        granted = min(granted, self._budget)
+        if granted > 0:
             self._budget -= granted
             self._due = now + granted
             self._handle = self._loop.call_at(self._due, self._check)

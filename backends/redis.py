@@ -35,6 +35,7 @@ from backends.base import (
     check_listing,
     version_conflict,
 )
+from backends.deadline import deadline
 from backends.redis_connect import Closer, ConnectionSettings, check_url, connect
 from backends.redis_format import (
     DEFAULT_KEY_PREFIX,
@@ -195,7 +196,7 @@ class RedisBackend(Backend, VersionedCache):
     async def _idempotent(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
         """Run ``make()`` under the deadline, retried with backoff on connection errors."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with self._deadline():
                 return await self._retry.call_with_retry(make, _ignore)
         except _DRIVER_ERRORS as exc:
             raise self._unavailable(op, exc) from exc
@@ -203,10 +204,15 @@ class RedisBackend(Backend, VersionedCache):
     async def _once(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
         """Run ``make()`` under the deadline, never retried (not idempotent)."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with self._deadline():
                 return await make()
         except _DRIVER_ERRORS as exc:
             raise self._unavailable(op, exc) from exc
+
+    def _deadline(self) -> deadline:
+        """``socket_timeout`` for one operation, not used up while the caller's loop stalls
+        or while the server answers other calls (see :mod:`backends.deadline`)."""
+        return deadline(self._timeout, progress=self._ready().replies)
 
     def _checked(self, op: str, results: list[Any]) -> list[Any]:
         for result in results:

@@ -27,6 +27,8 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, ResponseError
 
+from backends.deadline import deadline
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -55,7 +57,13 @@ class AutoPipeline:
         )
         self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
         self._in_flight = 0
+        self._replies = 0
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def replies(self) -> int:
+        """Round trips answered so far, on any connection (the progress a deadline watches:
+        a server that answers others is not the one that is slow)."""
+        return self._replies
 
     async def call(self, *command: EncodableT) -> Any:
         """Run one command; its result, or its error raised."""
@@ -64,7 +72,9 @@ class AutoPipeline:
             try:
                 if self._pool is not None:
                     return (await self._wire([command], raise_on_error=True))[0]
-                return await self.client.execute_command(*command, **_RAW)
+                result = await self.client.execute_command(*command, **_RAW)
+                self._replies += 1
+                return result
             finally:
                 self._in_flight -= 1
         loop = asyncio.get_running_loop()
@@ -99,6 +109,7 @@ class AutoPipeline:
             results: list[Any] = await pipe.execute(raise_on_error=False)
         finally:
             self._in_flight -= 1
+        self._replies += 1
         return results
 
     async def scripts(
@@ -132,7 +143,7 @@ class AutoPipeline:
         if not live:
             return
         try:
-            async with asyncio.timeout(self.timeout):
+            async with deadline(self.timeout, progress=self.replies):
                 results = await self._send_live([command for command, _ in live])
         except BaseException as exc:
             for _, future in live:
@@ -167,6 +178,7 @@ class AutoPipeline:
                     if raise_on_error:
                         raise
                     results.append(exc)
+            self._replies += 1
             return results
         except ResponseError:
             raise
@@ -183,7 +195,9 @@ class AutoPipeline:
         try:
             if self._pool is not None:
                 return await self._wire(commands, raise_on_error=False)
-            return [await self.client.execute_command(*commands[0], **_RAW)]
+            result = await self.client.execute_command(*commands[0], **_RAW)
+            self._replies += 1
+            return [result]
         except Exception as exc:  # noqa: BLE001 - handed to the caller as its result
             return [exc]
         finally:

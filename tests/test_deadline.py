@@ -61,6 +61,34 @@ async def test_stalls_are_granted_back_only_up_to_max_extra() -> None:
     staller.cancel()
 
 
+async def test_a_dependency_that_answers_others_extends_the_deadline_up_to_max_extra() -> None:
+    """While other calls get answers, a call still waiting is queued behind them, not
+    facing a dead dependency: its deadline is extended, within ``max_extra``."""
+    loop = asyncio.get_running_loop()
+    answers = 0
+
+    def answer_others() -> None:
+        nonlocal answers
+        answers += 1
+
+    ticker = [loop.call_later(0.01 * n, answer_others) for n in range(1, 40)]
+    reply: asyncio.Future[str] = loop.create_future()
+    loop.call_later(0.15, reply.set_result, "late answer")
+    async with deadline(0.05, progress=lambda: answers):
+        assert await reply == "late answer"  # 3x the deadline: others were answered
+
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        async with deadline(0.05, max_extra=0.1, progress=lambda: answers):
+            await loop.create_future()
+    assert loop.time() - started < 0.3
+    for handle in ticker:
+        handle.cancel()
+    with pytest.raises(TimeoutError):  # nobody answered anyone: it expires on time
+        async with deadline(0.05, progress=lambda: answers):
+            await loop.create_future()
+
+
 def tiered(tmp_path: Path, cache_url: str, **options: float) -> tuple[Store, TieredBackend]:
     db = create_database(
         DatabaseType.TIERED,
@@ -108,6 +136,72 @@ async def test_a_stalled_loop_keeps_the_breaker_closed_and_the_cache_serving(
         assert reads > 1000
         assert hits / reads >= 0.99, (hits, reads, after)
         await db.delete_user("u0")
+
+
+READERS = 1000
+"""Readers in the saturation tests: far more than the cache's 64 connections."""
+
+
+async def saturate(db: Store, users: list[str], stop: asyncio.Event) -> None:
+    """``READERS`` tasks reading flat out, each burning 0.1 ms of CPU per read (the
+    request's own work), until ``stop`` is set."""
+
+    async def read(user: str) -> None:
+        while not stop.is_set():
+            await db.get_state(user, "s")
+            busy_until = time.perf_counter() + 0.0001
+            while time.perf_counter() < busy_until:
+                pass
+
+    await asyncio.gather(*(read(users[n % len(users)]) for n in range(READERS)))
+
+
+@pytest.mark.redis
+async def test_a_saturated_caller_keeps_the_breaker_closed_and_the_cache_serving(
+    tmp_path: Path, shared_redis_url: str
+) -> None:
+    """A caller at 100% CPU with 1,000 tasks: a cache call waits behind the others' work
+    far longer than its deadline, though the cache answers every call in microseconds.
+    Timeouts while the cache answers other calls are not cache failures."""
+    db, backend = tiered(tmp_path, shared_redis_url)
+    async with db:
+        users = [f"sat{n}" for n in range(100)]
+        for user in users:
+            await db.save_state(StateRecord(user_id=user, session_id="s", state="A"))
+        before = backend.stats()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(3.0, stop.set)
+        await saturate(db, users, stop)
+        after = backend.stats()
+        reads = after.reads - before.reads
+        assert after.breaker_open_seconds == 0.0, after
+        assert reads > 1000
+        assert (after.hits - before.hits) / reads >= 0.99, after
+        for user in users:
+            await db.delete_user(user)
+
+
+@pytest.mark.redis
+async def test_a_frozen_cache_opens_the_breaker_under_saturation(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    db, backend = tiered(tmp_path, redis_server.url)
+    async with db:
+        users = [f"sat{n}" for n in range(100)]
+        for user in users:
+            await db.save_state(StateRecord(user_id=user, session_id="s", state="A"))
+        assert redis_server.process is not None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, redis_server.process.send_signal, signal.SIGSTOP)
+        loop.call_later(2.0, stop.set)
+        try:
+            await saturate(db, users, stop)
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        stats = backend.stats()
+        assert stats.breaker is BreakerState.OPEN, stats
+        assert stats.breaker_open_seconds > 0.5, stats
 
 
 @pytest.mark.redis

@@ -20,8 +20,9 @@ tombstones by revision alone (:func:`backends.base.lands`); no wall clock orders
   (compare-and-set in SQL, so processes noticing at once agree), under which nothing older
   is reachable. Write-throughs of revisions committed before the generation began
   (``floor``) only put tombstones in it.
-* Every cache call has a deadline (``cache_timeout``) that a stalled event loop does not use
-  up (:mod:`backends.deadline`): a busy caller is not a failing cache. ``breaker_threshold``
+* Every cache call has a deadline (``cache_timeout``) that a stalled event loop, or a
+  saturated one while the cache answers other calls, does not use up
+  (:mod:`backends.deadline`): a busy caller is not a failing cache. ``breaker_threshold``
   consecutive failures open a circuit breaker: reads are served from the system of record
   alone until a probe after ``breaker_reset_after`` seconds succeeds. Writes' cache updates
   and the change feed still try the cache while it is open (skipping a cache that others
@@ -95,15 +96,20 @@ class TieredStats:
     misses: int
     """Keys the cache did not hold (read from the system of record)."""
     bypassed: int
-    """Keys read or written without the cache (breaker open, cache lost, or the key dirty)."""
+    """Keys read without the cache (breaker open, cache lost, or the key dirty)."""
     fills: int
     """Entries put into the cache after a miss."""
     fill_dropped: int
     """Fills the cache refused: lease lost (a write, eviction or flush came first) or older."""
     cache_errors: int
     """Cache calls that failed or timed out."""
+    busy_timeouts: int
+    """Of those, calls that timed out while the cache answered others meanwhile (a
+    saturated caller, not a failing cache: not counted toward the breaker)."""
     breaker: BreakerState
     """The circuit breaker's state now."""
+    breaker_open_seconds: float
+    """Seconds the breaker has been open (or probing) in all, the current stretch included."""
     dirty: int
     """Keys and owners waiting for their cache entries to be repaired."""
     generation: int
@@ -214,6 +220,7 @@ class TieredBackend(Backend):
         self._wiping: dict[str, int] = {}
         self._reads = self._hits = self._misses = self._fills = self._fill_dropped = 0
         self._cache_errors = self._bypassed = self._generation_changes = 0
+        self._answered = self._busy_timeouts = 0
         self._feed_changes = self._feed_errors = 0
 
     def __repr__(self) -> str:
@@ -261,7 +268,9 @@ class TieredBackend(Backend):
             fills=self._fills,
             fill_dropped=self._fill_dropped,
             cache_errors=self._cache_errors,
+            busy_timeouts=self._busy_timeouts,
             breaker=self._breaker.state,
+            breaker_open_seconds=self._breaker.open_seconds(),
             dirty=len(self._dirty) + len(self._dirty_owners),
             generation=self._generation.number if self._generation else 0,
             generation_changes=self._generation_changes,
@@ -447,13 +456,13 @@ class TieredBackend(Backend):
         revision from before the cache generation began only tombstones."""
         for last_try in (False, True):
             generation = self._generation
+            answered = self._answered
             try:
                 if not await self._usable(writing=True):
-                    self._bypassed += 1
                     self._mark_dirty(key, revision)
                     return
                 generation = self._generation
-                async with deadline(self.cache_timeout), writes.lock:
+                async with deadline(self.cache_timeout, progress=self._answers), writes.lock:
                     if revision <= writes.applied:
                         return  # a newer write of this key is in the cache already
                     if entry is None or generation is None or revision <= generation.floor:
@@ -470,10 +479,10 @@ class TieredBackend(Backend):
                 self._mark_dirty(key, revision)
                 if not isinstance(exc, Exception):
                     raise
-                self._failure(exc, generation)
+                self._failure(exc, generation, answered)
                 return
             else:
-                self._breaker.succeeded()
+                self._succeeded()
                 return
 
     def _ttl_for(self, entry: Entry) -> float:
@@ -837,8 +846,9 @@ class TieredBackend(Backend):
         failure is counted toward the breaker; a lost cache starts a new generation instead).
         Cancellation propagates."""
         generation = self._generation
+        answered = self._answered
         try:
-            async with deadline(self.cache_timeout):
+            async with deadline(self.cache_timeout, progress=self._answers):
                 result = await operation
         except CacheLostError:
             self._cache_errors += 1
@@ -846,16 +856,30 @@ class TieredBackend(Backend):
             return FAILED
         except Exception as exc:  # noqa: BLE001 - a failing cache never fails the store
             if count:
-                self._failure(exc, generation)
+                self._failure(exc, generation, answered)
             else:
                 self._cache_errors += 1
             return FAILED
-        self._breaker.succeeded()
+        self._succeeded()
         return result
 
-    def _failure(self, exc: Exception, generation: Generation | None) -> None:
+    def _succeeded(self) -> None:
+        self._answered += 1
+        self._breaker.succeeded()
+
+    def _answers(self) -> int:
+        """Cache calls answered so far (the progress a cache deadline watches)."""
+        return self._answered
+
+    def _failure(self, exc: Exception, generation: Generation | None, answered: int) -> None:
+        """Count a failed cache call. A call that timed out while the cache answered other
+        calls (``answered`` is the count of answers when it began) met a saturated caller,
+        not a failing cache: it does not count toward the breaker."""
         if isinstance(exc, CacheLostError):
             self._lost(generation)
             return
         self._cache_errors += 1
+        if isinstance(exc, TimeoutError) and self._answered > answered:
+            self._busy_timeouts += 1
+            return
         self._breaker.failed(exc)
