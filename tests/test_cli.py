@@ -117,6 +117,53 @@ def test_put_get_ls_delete(store_url: str) -> None:
     assert invoke("get", "state", "u1", "s1")[0] == 4
 
 
+@pytest.mark.parametrize("user", ["[/b]", "u[x]", "[bold]me", ":smile:", "a\\[b]"])
+def test_ids_and_values_are_printed_literally(sqlite_url: str, user: str) -> None:
+    """Square brackets and emoji codes in what a user typed or stored are never read as
+    markup: no traceback, nothing eaten."""
+    record = {"user_id": user, "session_id": "s[1]", "state": "[red]X[/]"}
+    code, output = invoke("put", "state", stdin=orjson.dumps(record).decode())
+    assert code == 0, output
+    assert f"saved state {user} s[1] version 1" in output
+    code, output = invoke("get", "state", user, "s[1]")
+    assert code == 0, output
+    assert orjson.loads(output)["state"] == "[red]X[/]"
+    code, output = invoke("ls", "state", user)
+    assert code == 0, output
+    assert "s[1]" in output
+    code, output = invoke("ls", "state", "[bad]")
+    assert code == 0, output
+    code, output = invoke("delete", "state", user, "s[1]")
+    assert (code, output.strip()) == (0, f"deleted state {user} s[1]")
+    code, output = invoke("get", "state", user, "s[1]")
+    assert (code, output.strip()) == (4, f"no record state {user} s[1]")
+
+
+def test_an_error_message_shows_the_pattern_it_names(sqlite_url: str) -> None:
+    code, output = invoke("ls", "no/such[ns]", "u1")
+    assert code != 0
+    assert "no/such[ns]" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("put", "state", "--url", "postgresql://u:s3cret@db/x?sslmod=disable"),
+        ("get", "state", "u1", "s1", "--url", "redis://:s3cret@cache/0?poolsize=3"),
+        ("purge-expired", "--url", "redis://127.0.0.1:6379/9"),
+        ("purge-expired", "--url", "mysql://u:s3cret@db/x"),
+        ("ls", "state", "u1", "--url", "postgresql://u:s3cret@db:99999/x"),
+    ],
+)
+def test_a_bad_url_is_one_line_without_the_password(args: tuple[str, ...]) -> None:
+    code, output = invoke(*args, stdin="{}")
+    assert code == 1
+    assert output.startswith("error: ConfigurationError: ")
+    assert "Traceback" not in output
+    assert "s3cret" not in output
+
+
 def test_export_import_round_trip_with_rejects(store_url: str, tmp_path: Path) -> None:
     for n in range(20):
         record = {"user_id": f"u{n}", "session_id": "s", "state": "A"}

@@ -7,14 +7,14 @@ import asyncio
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
+from rich.console import Console
+from rich.text import Text
 
 from kvstore.errors import KVStoreError
 from kvstore.factory import DatabaseType, create_database
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-    from rich.console import Console
 
     from kvstore.interface import Database
 
@@ -46,6 +46,12 @@ def open_database(url: str | None, cache_url: str | None = None) -> Database:
     return create_database(DatabaseType.SQL, url)
 
 
+def literal_console(*, stderr: bool = False) -> Console:
+    """A console that prints text as given: no markup, emoji codes or highlighting, so
+    what a user typed or stored (an id like ``u[x]`` or ``[/b]``) shows literally."""
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
+
+
 def run(console: Console, work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work`` on a fresh event loop; a kvstore error becomes a clean exit code 1."""
     try:
@@ -56,7 +62,7 @@ def run(console: Console, work: Callable[[], Awaitable[T]]) -> T:
 
 def fail(console: Console, error: KVStoreError) -> NoReturn:
     """Print a kvstore error (never a traceback or a password) and exit with code 1."""
-    console.print(f"[red]error:[/] {type(error).__name__}: {error}")
+    console.print(Text.assemble(("error:", "red"), f" {type(error).__name__}: {error}"))
     raise SystemExit(1) from None
 
 
@@ -64,7 +70,18 @@ async def _call(work: Callable[[], Awaitable[T]]) -> T:
     return await work()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class KVStoreGroup(click.Group):
+    """The command group: a kvstore error raised anywhere in a command (building the store
+    from a bad URL included) ends in one line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KVStoreError as error:
+            fail(literal_console(stderr=True), error)
+
+
+@click.group(cls=KVStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kvstore")
 def main() -> None:
     """kvstore: typed records in SQL, Redis, or Redis in front of SQL.

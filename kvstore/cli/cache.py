@@ -6,11 +6,10 @@ import asyncio
 
 import click
 import orjson
-from rich.console import Console
 from rich.table import Table
 
 from backends.tiered import TieredBackend
-from kvstore.cli.app import main, open_database, run, url_options
+from kvstore.cli.app import literal_console, main, open_database, run, url_options
 from kvstore.errors import ConfigurationError
 from kvstore.store import Store
 
@@ -41,7 +40,7 @@ def follow(url: str | None, cache_url: str | None, seconds: float | None) -> Non
     Example:
       kvstore cache follow --url postgresql://... --cache-url redis://cache:6379/0
     """
-    console = Console()
+    console = literal_console()
 
     async def work() -> None:
         database, backend = _tiered(url, cache_url)
@@ -79,7 +78,7 @@ def warm(
     Example:
       kvstore cache warm --namespace state --limit 5000
     """
-    console = Console()
+    console = literal_console()
 
     async def work() -> None:
         database, backend = _tiered(url, cache_url)
@@ -114,7 +113,7 @@ def verify(
       kvstore cache verify --namespace state
       kvstore cache verify --user user-1 --repair
     """
-    console = Console()
+    console = literal_console()
 
     async def work() -> int:
         database, backend = _tiered(url, cache_url)

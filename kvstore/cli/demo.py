@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from kvstore import demo as demo_module
 from kvstore.cli.app import fail, main, open_database, run, url_options
@@ -24,7 +25,7 @@ def demo(url: str | None, cache_url: str | None, turns: int, reset: bool) -> Non
         database = open_database(url, cache_url)
     except KVStoreError as error:
         fail(console, error)
-    console.print(f"[dim]store: {database!r} {mask_url(url) if url else ''}[/]")
+    console.print(Text(f"store: {database!r} {mask_url(url) if url else ''}", style="dim"))
 
     async def work() -> None:
         async with database:

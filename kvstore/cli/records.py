@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,9 +20,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from backends.tiered import TieredBackend
-from kvstore.cli.app import fail, main, open_database, run, url_options
+from kvstore.cli.app import fail, literal_console, main, open_database, run, url_options
 from kvstore.errors import ConfigurationError, InvalidRecordError
 from kvstore.keys import Key, check_namespace
 from kvstore.migrate import migrate_collection
@@ -31,6 +31,8 @@ from kvstore.store import Store
 from kvstore.transfer import export_lines, import_lines, open_text
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from backends.base import Entry
     from kvstore.interface import Database
 
@@ -77,7 +79,7 @@ def get(url: str | None, cache_url: str | None, namespace: str, key: tuple[str, 
       kvstore get state user-1 session-1
       kvstore get user user-1
     """
-    console = Console(stderr=True)
+    console = literal_console(stderr=True)
 
     async def work() -> int:
         async with _store(open_database(url, cache_url)) as store:
@@ -111,7 +113,7 @@ def put(
     Example:
       echo '{"user_id": "u1", "session_id": "s1", "state": "CHAT"}' | kvstore put state
     """
-    console = Console(stderr=True)
+    console = literal_console(stderr=True)
     database = _store(open_database(url, cache_url))
     collection = database.built_in[namespace]
     try:
@@ -150,7 +152,7 @@ def delete(
     Example:
       kvstore delete identity user-1 calm-leader
     """
-    console = Console(stderr=True)
+    console = literal_console(stderr=True)
 
     async def work() -> int:
         async with _store(open_database(url, cache_url)) as store:
@@ -185,7 +187,7 @@ def list_records(
       kvstore ls state user-1            the user's sessions
       kvstore ls identity user-1 --json
     """
-    console = Console()
+    console = literal_console()
 
     async def work() -> None:
         async with _store(open_database(url, cache_url)) as store:
@@ -242,7 +244,7 @@ def export_command(
       kvstore export -o backup.jsonl.gz
       kvstore export --user user-1 -o user-1.jsonl
     """
-    console = Console(stderr=True)
+    console = literal_console(stderr=True)
 
     async def work() -> int:
         count = 0
@@ -290,7 +292,7 @@ def import_command(
       kvstore import backup.jsonl.gz
       kvstore import backup.jsonl --dry-run
     """
-    console = Console(stderr=True)
+    console = literal_console(stderr=True)
     rejects_path = rejects or source.with_name(source.name + ".rejects.jsonl")
 
     async def work() -> int:
@@ -311,7 +313,7 @@ def import_command(
                     progress=lambda n: progress.advance(task, n),
                 )
         for number, reason in report.rejected[:50]:
-            console.print(f"[red]line {number}:[/] {reason}")
+            console.print(Text.assemble((f"line {number}:", "red"), f" {reason}"))
         if len(report.rejected) > 50:
             console.print(f"... and {len(report.rejected) - 50} more in {rejects_path}")
         verb = "would write" if dry_run else "written"
@@ -352,7 +354,7 @@ def migrate(
     Example:
       kvstore records migrate --namespace state
     """
-    console = Console(stderr=True)
+    console = literal_console(stderr=True)
 
     async def work() -> None:
         async with _store(open_database(url, cache_url)) as store:
@@ -383,7 +385,7 @@ def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
     Example:
       kvstore stats --json
     """
-    console = Console()
+    console = literal_console()
 
     async def work() -> None:
         async with _store(open_database(url, cache_url)) as store:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 
 import click
-from rich.console import Console
 
 from backends.sql import build_sql_backend
 from backends.sql_migrate import current_revision, head_revision, upgrade
-from kvstore.cli.app import main, run
+from kvstore.cli.app import literal_console, main, run
 from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.urls import mask_url
 
@@ -34,7 +33,7 @@ def upgrade_command(url: str | None) -> None:
     Example:
       KVSTORE_URL=postgresql://coach@db/coach kvstore db upgrade
     """
-    console = Console()
+    console = literal_console()
     target = _sql_url(url)
 
     async def work() -> None:
@@ -48,7 +47,7 @@ def upgrade_command(url: str | None) -> None:
 @click.option("--url", envvar="KVSTORE_URL", help=SQL_URL_HELP)
 def current_command(url: str | None) -> None:
     """Print the database's schema revision (exit code 2 if it is behind the code's)."""
-    console = Console()
+    console = literal_console()
     target = _sql_url(url)
 
     async def work() -> int:
@@ -71,10 +70,10 @@ def purge_expired(url: str | None, batch_size: int) -> None:
     Example:
       kvstore purge-expired --batch-size 5000
     """
-    console = Console()
-    backend = build_sql_backend(_sql_url(url))
+    console = literal_console()
 
     async def work() -> None:
+        backend = build_sql_backend(_sql_url(url))
         try:
             deleted = await backend.purge_expired(batch_size=batch_size)
         finally:
