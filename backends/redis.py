@@ -23,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from backends import redis_lua as lua
 from backends.base import (
@@ -81,7 +81,9 @@ Positions = list[int]
 DEFAULT_TOMBSTONE_TTL: Final = 3600.0
 """Seconds a tombstone lives when neither the call nor the backend gives a cache TTL."""
 
-_DRIVER_ERRORS: Final = (RedisError, OSError)  # OSError covers asyncio's TimeoutError
+_DRIVER_ERRORS: Final = (RedisError, RedisClusterException, OSError)
+"""What redis-py raises (a Cluster client's start-up failures are not RedisErrors); OSError
+covers asyncio's TimeoutError."""
 _ERASE_ATTEMPTS: Final = 8
 
 

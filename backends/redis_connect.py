@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, unquote
 
 from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 
 from kvstore.errors import ConfigurationError
 from kvstore.urls import mask_url, split_url
@@ -110,11 +111,28 @@ class WaitingPool(BlockingConnectionPool):
         self._available_connections.append(connection)
 
 
+QUERY_PARAMETERS: Final = frozenset(URL_QUERY_ARGUMENT_PARSERS) | {
+    "client_name",
+    "username",
+    "password",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_ca_data",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_password",
+    "ssl_cert_reqs",
+}
+"""URL query parameters redis-py's connections take (its own parsed ones, and the
+connection and TLS keywords it passes through); Sentinel URLs take ``sentinel_password``."""
+
+
 def check_url(url: str) -> str:
-    """Validate the scheme of ``url``; return it unchanged."""
+    """Validate the scheme, host and query parameters of ``url``; return it unchanged."""
     scheme = url.partition("://")[0] if isinstance(url, str) else ""
     if scheme.endswith("+sentinel"):
         parse_sentinel_url(url)
+        _check_query(url, frozenset({"sentinel_password"}))
         return url
     parts = split_url(url)
     if parts.scheme not in SCHEMES:
@@ -122,7 +140,20 @@ def check_url(url: str) -> str:
         raise ConfigurationError(f"unsupported Redis URL scheme in {mask_url(url)}; use {choices}")
     if not parts.scheme.startswith("unix") and not parts.hostname:
         raise ConfigurationError(f"Redis URL {mask_url(url)} names no host")
+    _check_query(url, QUERY_PARAMETERS)
     return url
+
+
+def _check_query(url: str, accepted: frozenset[str]) -> None:
+    """A query parameter no connection takes is an error now, not a ``TypeError`` at the
+    first command."""
+    names = {name for name, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True)}
+    strangers = sorted(names - accepted)
+    if strangers:
+        raise ConfigurationError(
+            f"unknown query parameter {', '.join(map(repr, strangers))} in {mask_url(url)}; "
+            f"accepted: {', '.join(sorted(accepted))}"
+        )
 
 
 Closer = Callable[[], Awaitable[None]]

@@ -2,7 +2,11 @@
 
 ``postgresql://`` / ``postgres://`` mean asyncpg, ``sqlite:///path`` means aiosqlite.
 Options come from :class:`kvstore.options.SQLOptions` keywords or URL query parameters of
-the same name (keywords win); other query parameters go to the driver unchanged.
+the same name (keywords win). The driver's own parameters that a URL can carry pass through
+(PostgreSQL: asyncpg's ``password`` and ``ssl``, with libpq's ``sslmode`` as its alias,
+``target_session_attrs``, ``passfile``, ``krbsrvname``, ``gsslib``, and SQLAlchemy's
+``prepared_statement_cache_size``); any other is a :class:`ConfigurationError`, not a
+``TypeError`` at the first connection.
 """
 
 from __future__ import annotations
@@ -40,6 +44,23 @@ _DRIVER_NAMES: Final[dict[Dialect, str]] = {
     "postgresql": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
 }
+DRIVER_PARAMETERS: Final[dict[Dialect, frozenset[str]]] = {
+    "postgresql": frozenset(
+        {
+            "password",
+            "ssl",
+            "target_session_attrs",
+            "passfile",
+            "krbsrvname",
+            "gsslib",
+            "prepared_statement_cache_size",
+        }
+    ),
+    "sqlite": frozenset(),
+}
+"""URL query parameters that go to the driver, per dialect."""
+_ALIASES: Final[dict[str, str]] = {"sslmode": "ssl"}
+"""libpq's spelling -> asyncpg's (which takes the same mode names)."""
 READ_ONLY: Final = "kvstore_read_only"
 """Execution option: on SQLite, open the transaction with a plain ``BEGIN`` (no write lock)."""
 
@@ -64,7 +85,7 @@ class SQLConfig:
     @property
     def masked_url(self) -> str:
         """The URL without its password, for messages and reprs."""
-        return self.url.render_as_string(hide_password=True)
+        return mask_url(self.url.render_as_string(hide_password=False))
 
 
 _DEFAULTS: Final = {field.name: field.default for field in fields(SQLConfig)}
@@ -87,8 +108,21 @@ def parse_sql_url(url: str, options: SQLOptions | None = None) -> SQLConfig:
             "SQLite needs a file (sqlite:///path/to/file.db); for an in-memory store use "
             "DatabaseType.MEMORY"
         )
-    query = dict(parsed.query)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise ConfigurationError(f"the port in {mask_url(url)} must be 1-65535")
+    query = {_ALIASES.get(name, name): value for name, value in parsed.query.items()}
     from_query = {name: query.pop(name) for name in list(query) if name in SQL_OPTIONS}
+    strangers = sorted(set(query) - DRIVER_PARAMETERS[dialect])
+    if strangers:
+        accepted = sorted(SQL_OPTIONS | DRIVER_PARAMETERS[dialect])
+        raise ConfigurationError(
+            f"unknown query parameter {', '.join(map(repr, strangers))} in {mask_url(url)}; "
+            f"accepted: {', '.join(accepted)}"
+        )
     parsed = parsed.set(drivername=_DRIVER_NAMES[dialect], query=query)
     config = SQLConfig(url=parsed, dialect=dialect)
     values: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from kvstore.errors import ConfigurationError
 
@@ -10,16 +10,28 @@ MASK = "***"
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``; safe for logs, reprs and errors."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    userinfo, at, hostinfo = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
+    """``url`` with any password replaced by ``***`` (in the user info, even one holding an
+    unescaped ``/``, and in query parameters whose name contains "password"); safe for
+    logs, reprs and errors. Works on the text, so a malformed URL is masked too."""
+    if not isinstance(url, str):
+        return "<not a url>"
+    scheme, separator, rest = url.partition("://")
+    if not separator:
         return url
-    username = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{username}:{MASK}@{hostinfo}"))
+    location, question, query = rest.partition("?")
+    userinfo, at, hostinfo = location.rpartition("@")
+    if at and ":" in userinfo:
+        location = f"{userinfo.split(':', 1)[0]}:{MASK}@{hostinfo}"
+    if question:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_secret(name) for name, _ in pairs):
+            masked = [(name, MASK if _secret(name) else value) for name, value in pairs]
+            query = urlencode(masked, safe="*")
+    return f"{scheme}://{location}{question}{query}"
+
+
+def _secret(name: str) -> bool:
+    return "password" in name.lower()
 
 
 def split_url(url: str) -> SplitResult:
@@ -29,6 +41,9 @@ def split_url(url: str) -> SplitResult:
     try:
         parts = urlsplit(url)
         _ = parts.port  # validates the port
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed connection URL {mask_url(url)}: {exc}") from None
+    except ValueError:  # its message may quote a password (a '/' in it ends the host)
+        raise ConfigurationError(
+            f"malformed connection URL {mask_url(url)}: the host or port cannot be read, or "
+            "the port is outside 1-65535 (percent-encode '/', '?', '#' and '@' in a password)"
+        ) from None
     return parts
