@@ -38,7 +38,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeVar, runtime_checkable
 
 from backends.base import Backend, Capabilities, Entry, Generation
 from backends.breaker import BreakerState, CircuitBreaker
@@ -215,6 +215,7 @@ class TieredBackend(Backend):
         self._dirty: dict[Key, tuple[int, int]] = {}
         self._dirty_owners: dict[str, int] = {}
         self._repairing = False
+        self._repair_task: asyncio.Task[None] | None = None
         self._writes: dict[str, _OwnerWrites] = {}
         self._key_writes: dict[Key, _KeyWrites] = {}
         self._wiping: dict[str, int] = {}
@@ -243,8 +244,12 @@ class TieredBackend(Backend):
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [task for task in (self._follow_task, self._renewing) if task is not None]
-        self._follow_task = self._renewing = None
+        tasks: list[asyncio.Task[Any]] = [
+            task
+            for task in (self._follow_task, self._renewing, self._repair_task)
+            if task is not None
+        ]
+        self._follow_task = self._renewing = self._repair_task = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -297,7 +302,7 @@ class TieredBackend(Backend):
             self._bypassed += len(keys)
             return await self.record.get_many(keys)
         if self._dirty or self._dirty_owners:
-            await self._repair()
+            self._repair_soon()
         cached = [i for i, key in enumerate(keys) if not self._is_dirty(key)]
         self._bypassed += len(keys) - len(cached)
         if not cached:
@@ -534,6 +539,34 @@ class TieredBackend(Backend):
 
     def _is_dirty(self, key: Key) -> bool:
         return key in self._dirty or key.owner in self._dirty_owners
+
+    def _repair_soon(self) -> None:
+        """Repair the dirty keys in the background (never on a caller's path: dirty keys
+        are read from the system of record meanwhile, the others from the cache)."""
+        if self._repair_task is None and not self._closing:
+            self._repair_task = asyncio.get_running_loop().create_task(self._repair_all())
+
+    async def _repair_all(self) -> None:
+        """Repair batch after batch while the cache is in use; stop at a failure, or when
+        only keys with writes in flight are left (the next read that finds dirty keys
+        starts again)."""
+        try:
+            while (self._dirty or self._dirty_owners) and self._breaker.closed:
+                before = len(self._dirty) + len(self._dirty_owners)
+                if self._lost_at >= 0 or not await self._repair():
+                    return
+                if len(self._dirty) + len(self._dirty_owners) >= before:
+                    return
+        finally:
+            self._repair_task = None
+
+    async def repaired(self) -> int:
+        """Wait for the background repair under way (if any) to finish; return how many
+        keys and owners are still dirty."""
+        task = self._repair_task
+        if task is not None:
+            await asyncio.shield(task)
+        return len(self._dirty) + len(self._dirty_owners)
 
     async def _repair(self) -> bool:
         """Bring dirty keys' cache entries up to the system of record (every dirty owner and
@@ -816,9 +849,10 @@ class TieredBackend(Backend):
         return self._lost_at < 0 and self._generation is not None
 
     async def _probe(self) -> bool:
-        """Ping the cache (moving to a new generation first if it was lost), repair the
-        dirty keys and apply the change feed's backlog (what other processes wrote while the
-        cache was out of use); the breaker closes if all succeed."""
+        """Ping the cache (moving to a new generation first if it was lost) and apply the
+        change feed's backlog (what other processes wrote while the cache was out of use);
+        the breaker closes if both succeed, and this process's dirty keys are then repaired
+        in the background (they are read from the system of record until then)."""
         self._breaker.start_probe()
         healthy = False
         try:
@@ -829,16 +863,15 @@ class TieredBackend(Backend):
                 and self._lost_at < 0
                 and await self._call(self.cache.ping(), count=False) is not FAILED
                 and self._lost_at < 0
-                and await self._repair()
                 and await self._apply_feed()
             )
             if not healthy and self._lost_at >= 0:
                 # the ping met a new incarnation: move now, then the probe holds
-                healthy = (
-                    await self._renewed() and await self._repair() and await self._apply_feed()
-                )
+                healthy = await self._renewed() and await self._apply_feed()
         finally:
             self._breaker.finish_probe(healthy)
+        if healthy and (self._dirty or self._dirty_owners):
+            self._repair_soon()
         return healthy
 
     async def _call(self, operation: Awaitable[T], *, count: bool = True) -> T | _Failed:
