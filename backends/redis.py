@@ -133,6 +133,10 @@ class RedisBackend(Backend, VersionedCache):
         )
         self._prefix = key_prefix
         self._incarnation: str | None = None
+        self._node_runs: dict[str, str] = {}
+        """On a Cluster: each primary's ``run_id`` in the incarnation in use."""
+        self._seen_runs: dict[str, str] = {}
+        """On a Cluster: the ``run_id`` each node gave on its newest connection."""
         self._seen_incarnation: str | None = None
         self._pipe: AutoPipeline | None = None
         self._closers: list[Closer] = []
@@ -638,9 +642,12 @@ class RedisBackend(Backend, VersionedCache):
         await self._cache_scripts("tombstones", calls)
 
     async def incarnation(self) -> str:
-        """The server's ``run_id`` (new on every start, restore or failover); a server that
-        does not report one (fakeredis) gets a random token kept in the server itself."""
+        """The server's ``run_id`` (new on every start, restore or failover); on a Cluster,
+        every primary's, as sorted ``host:port=run_id`` pairs; a server that does not report
+        one (fakeredis) gets a random token kept in the server itself."""
         client = self._ready().client
+        if isinstance(client, RedisCluster):
+            return await self._cluster_incarnation(client)
         try:
             async with asyncio.timeout(self._timeout):
                 info = await client.info("server")
@@ -658,10 +665,36 @@ class RedisBackend(Backend, VersionedCache):
         stored = await self._idempotent("incarnation", lambda: pipe.call("GET", name))
         return bytes(stored).decode()
 
+    async def _cluster_incarnation(self, client: RedisCluster) -> str:
+        """Every primary's ``run_id``, asked on each (a node whose new connection fails the
+        check still reported its ``run_id`` to :meth:`_check_incarnation`)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await client.ping()  # learns the topology on first use
+                primaries = [node.name for node in client.get_primaries()]
+                for name in primaries:
+                    node = client.get_node(node_name=name)
+                    try:
+                        info = await client.info("server", target_nodes=node)
+                    except NewIncarnationError:
+                        continue  # the connect hook recorded its run_id
+                    self._seen_runs[name] = str(info["run_id"])
+        except _DRIVER_ERRORS as exc:
+            raise self._unavailable("incarnation", exc) from exc
+        missing = [name for name in primaries if name not in self._seen_runs]
+        if missing:
+            raise BackendUnavailableError(f"Redis Cluster nodes {missing} gave no run_id")
+        return ",".join(sorted(f"{name}={self._seen_runs[name]}" for name in primaries))
+
     def use_generation(self, incarnation: str, generation: int) -> None:
         """Keep cache keys under ``generation`` of the server's ``incarnation`` from now on;
-        a connection to any other incarnation fails with :class:`CacheLostError`."""
+        a connection to any other incarnation fails with :class:`CacheLostError` (on a
+        Cluster: a connection to a node whose ``run_id`` is not the one in ``incarnation``,
+        or to a node not in it)."""
         self._incarnation = self._seen_incarnation = incarnation
+        if self._cluster:
+            pairs = (pair.partition("=") for pair in incarnation.split(","))
+            self._node_runs = {name: run_id for name, _, run_id in pairs}
         self._layout = Layout(f"{self._prefix}{generation}:")
 
     @property
@@ -681,10 +714,13 @@ class RedisBackend(Backend, VersionedCache):
 
     async def _check_incarnation(self, connection: AbstractConnection) -> None:
         """redis-py's connect hook: the usual handshake, then, once a generation is in
-        use, the server's ``run_id``; a new one fails the connection (nothing is sent on
-        it) until the tiered store has moved to a new generation."""
+        use (on a Cluster, always), the server's ``run_id``; a new one fails the connection
+        (nothing is sent on it) until the tiered store has moved to a new generation. On a
+        Cluster each node is checked against its own ``run_id`` in the incarnation in use;
+        a node not in it (a replica promoted by a failover) counts as new too."""
         await connection.on_connect()
-        if self._incarnation is None:
+        cluster = self._cluster
+        if self._incarnation is None and not cluster:
             return
         await connection.send_command("INFO", "server")
         reply = await connection.read_response()
@@ -692,7 +728,15 @@ class RedisBackend(Backend, VersionedCache):
         run_id = next(
             (line[7:].strip() for line in text.splitlines() if line.startswith("run_id:")), ""
         )
-        if run_id and run_id != self._incarnation:
+        if not run_id:
+            return
+        if cluster:
+            name = f"{getattr(connection, 'host', '')}:{getattr(connection, 'port', '')}"
+            self._seen_runs[name] = run_id
+            if self._incarnation is not None and self._node_runs.get(name) != run_id:
+                self._seen_incarnation = None  # every primary is asked again
+                raise NewIncarnationError(f"the Redis Cluster node {name} is a new incarnation")
+        elif run_id != self._incarnation:
             self._seen_incarnation = run_id
             raise NewIncarnationError(f"the Redis server is a new incarnation ({run_id})")
 

@@ -168,7 +168,7 @@ def connect(
     """A client for ``url`` and what else to close with it (Sentinel clients); no I/O
     happens until its first command. ``on_connect`` replaces redis-py's handshake of every
     new connection (redis-py's public ``redis_connect_func``; it must call
-    ``connection.on_connect()``); a Cluster client runs its own and ignores it."""
+    ``connection.on_connect()``), on every node of a Cluster too."""
     from redis.asyncio import Redis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -181,7 +181,10 @@ def connect(
         "retry": Retry(NoBackoff(), 0),
     }
     if scheme.endswith("+cluster"):
-        return _cluster(url, settings, common), []
+        cluster = _cluster(url, settings, common)
+        if on_connect is not None:
+            install_cluster_connect_hook(cluster, on_connect)
+        return cluster, []
     if on_connect is not None:
         common["redis_connect_func"] = on_connect
     if scheme.endswith("+sentinel"):
@@ -206,6 +209,21 @@ def _cluster(url: str, settings: ConnectionSettings, common: dict[str, object]) 
         return RedisCluster.from_url(plain, max_connections=settings.max_connections, **common)
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis Cluster URL {mask_url(url)}: {exc}") from None
+
+
+def install_cluster_connect_hook(
+    client: RedisCluster, on_connect: Callable[[AbstractConnection], Awaitable[None]]
+) -> None:
+    """Make ``on_connect`` the handshake of every new connection to every node of
+    ``client``. redis-py's asyncio Cluster client takes no ``redis_connect_func``; the
+    keywords of new node connections live in ``nodes_manager.connection_kwargs`` (and each
+    known node's copy), where redis-py itself adds per-connection settings. Not a documented
+    API: ``tests/test_driver_internals.py`` fails loudly if it changes, and redis-py's upper
+    bound is pinned."""
+    manager = client.nodes_manager
+    manager.connection_kwargs["redis_connect_func"] = on_connect
+    for node in [*manager.startup_nodes.values(), *manager.nodes_cache.values()]:
+        node.connection_kwargs["redis_connect_func"] = on_connect
 
 
 @dataclass(frozen=True, slots=True)

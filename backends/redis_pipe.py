@@ -20,19 +20,21 @@ does; error replies are raised (single command) or returned in place (batches).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from hiredis import pack_command
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.client import NEVER_DECODE
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from backends.deadline import deadline
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.connection import AbstractConnection, ConnectionPool
     from redis.typing import EncodableT
 
@@ -41,6 +43,18 @@ if TYPE_CHECKING:
 Command = tuple["EncodableT", ...]
 _RAW: dict[str, Any] = {NEVER_DECODE: True}
 """Replies stay bytes even on a client made with ``decode_responses=True``."""
+
+
+def _connection_error(result: object) -> bool:
+    return isinstance(result, RedisConnectionError)
+
+
+def _first_key(command: Command) -> EncodableT | None:
+    """The first key ``command`` names (scripts: after the key count)."""
+    name = str(command[0]).upper()
+    if name in ("EVALSHA", "EVAL"):
+        return command[3] if int(command[2]) > 0 else None
+    return command[1] if len(command) > 1 else None
 
 
 class AutoPipeline:
@@ -107,10 +121,28 @@ class AutoPipeline:
         self._in_flight += 1
         try:
             results: list[Any] = await pipe.execute(raise_on_error=False)
+        except RedisConnectionError:
+            await self._rediscover(commands[0])
+            raise
         finally:
             self._in_flight -= 1
         self._replies += 1
+        failed = next(
+            (c for c, r in zip(commands, results, strict=True) if _connection_error(r)), None
+        )
+        if failed is not None:
+            await self._rediscover(failed)
         return results
+
+    async def _rediscover(self, command: Command) -> None:
+        """A Cluster pipeline that met a dead node leaves redis-py's slot map as it was (a
+        single command that fails refreshes it before the next call): send one cheap
+        single command to a key of ``command``, so the next call finds a failover's new
+        primary instead of the dead one."""
+        key = _first_key(command)
+        if key is not None and isinstance(self.client, RedisCluster):
+            with contextlib.suppress(RedisError):
+                await self.client.execute_command("EXISTS", key)
 
     async def scripts(
         self, calls: Sequence[tuple[Script, Sequence[str], Sequence[EncodableT]]]

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
-CREATE_FLAGS = ("--cluster-replicas", "0", "--cluster-yes")
+CREATE_FLAGS = ("--cluster-yes",)
 
 
 def _is_free(port: int) -> bool:
@@ -100,10 +100,13 @@ class RedisServer:
 
 @dataclass
 class RedisClusterServers:
-    """Three masters with ``cluster-enabled yes``, joined by ``redis-cli --cluster create``."""
+    """Three masters with ``cluster-enabled yes``, joined by ``redis-cli --cluster create``;
+    with ``replicas=1``, a replica each (and a 1 s node timeout, so a failover takes
+    seconds)."""
 
     directory: Path
     nodes: list[RedisServer] = field(default_factory=list)
+    replicas: int = 0
 
     @property
     def url(self) -> str:
@@ -112,16 +115,17 @@ class RedisClusterServers:
     def start(self) -> RedisClusterServers:
         if REDIS_CLI is None:
             raise RuntimeError("redis-cli is not on PATH")
-        for number in range(3):
-            node = RedisServer(
-                self.directory / f"node{number}",
-                extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-            )
+        extra: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        if self.replicas:
+            extra = (*extra, "--cluster-node-timeout", "1000")
+        for number in range(3 * (1 + self.replicas)):
+            node = RedisServer(self.directory / f"node{number}", extra=extra)
             self.nodes.append(node)
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        flags = ("--cluster-replicas", str(self.replicas), *CREATE_FLAGS)
         subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, *CREATE_FLAGS],
+            [REDIS_CLI, "--cluster", "create", *addresses, *flags],
             check=True,
             capture_output=True,
             timeout=60,
@@ -135,12 +139,24 @@ class RedisClusterServers:
                     capture_output=True,
                     timeout=10,
                 ).stdout
-                if b"cluster_state:ok" in info:
+                if b"cluster_state:ok" in info and self._synced(node):
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError("the test cluster did not become ready")
                 time.sleep(0.1)
         return self
+
+    @staticmethod
+    def _synced(node: RedisServer) -> bool:
+        """A master, or a replica whose first sync with its master is done."""
+        assert REDIS_CLI is not None
+        info = subprocess.run(
+            [REDIS_CLI, "-p", str(node.port), "info", "replication"],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        ).stdout
+        return b"role:master" in info or b"master_link_status:up" in info
 
     def stop(self) -> None:
         for node in self.nodes:

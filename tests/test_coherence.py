@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import time
 import uuid
 from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from backends.base import Backend, Change
 from backends.sql import build_sql_backend
@@ -24,10 +27,12 @@ from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.clock import SYSTEM_CLOCK, SkewedClock
 from kvstore.keys import Key
 from kvstore.store import Store
-from tests.redis_servers import RedisServer
+from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisServer
+from tests.services import unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
+    from pathlib import Path
 
     from kvstore.clock import Clock
 
@@ -194,6 +199,159 @@ async def test_a_redis_restored_from_an_older_snapshot_never_serves_it(
         stats = backend_of(db).stats()
         assert stats.generation_changes >= 1
         await db.delete_user(user)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """A three-master cluster of this test alone (its nodes get killed)."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        unavailable("redis-server and redis-cli are needed for the cluster tests")
+    servers = RedisClusterServers(tmp_path / "cluster")
+    try:
+        yield servers.start()
+    finally:
+        servers.stop()
+
+
+def cli(port: int, *args: str | int) -> str:
+    """``redis-cli -p port args...``'s output (the test's view of the servers)."""
+    assert REDIS_CLI is not None
+    return subprocess.run(
+        [REDIS_CLI, "-p", str(port), *map(str, args)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+
+
+def wait_for_cluster(servers: RedisClusterServers) -> None:
+    """Until every live node reports ``cluster_state:ok`` (a restarted node rejoins)."""
+    give_up = time.monotonic() + DEADLINE
+    for node in servers.nodes:
+        while node.process is not None and "cluster_state:ok" not in cli(
+            node.port, "cluster", "info"
+        ):
+            assert time.monotonic() < give_up, "the cluster did not become ready"
+            time.sleep(0.05)
+
+
+async def test_a_cluster_node_restored_from_an_older_snapshot_is_fenced_off(
+    postgres_url: str, own_cluster: RedisClusterServers
+) -> None:
+    """The cluster analogue of the snapshot test: the node holding the user's keys saves a
+    snapshot holding V1, V2 is saved, the node is killed and restarted from the snapshot.
+    Its new run_id fails the first new connection to it, so every process moves to a new
+    generation; neither the writer nor a fresh process reads V1."""
+    db = tiered(postgres_url, own_cluster.url, follow=False)
+    user = new_user()
+    async with db:
+        saved = await db.save_state(StateRecord(user_id=user, session_id="s1", state="V1"))
+        assert await state_of(db, user) == "V1"
+        hits = backend_of(db).stats().hits
+        assert await state_of(db, user) == "V1"
+        assert backend_of(db).stats().hits == hits + 1  # V1 is in the cache
+        holder = next(
+            node
+            for node in own_cluster.nodes
+            if int(cli(node.port, "cluster", "countkeysinslot", slot_of(user)))
+        )
+        cli(holder.port, "save")
+        await db.save_state(saved.model_copy(update={"state": "V2"}))
+        assert holder.process is not None
+        holder.process.send_signal(signal.SIGKILL)
+        holder.process.wait()
+        holder.start()  # loads dump.rdb (V1) and nodes.conf: the same node, in the past
+        wait_for_cluster(own_cluster)
+        for _ in range(20):
+            assert await state_of(db, user) == "V2"
+        assert backend_of(db).stats().generation_changes >= 1
+        async with tiered(postgres_url, own_cluster.url, follow=False) as fresh:
+            for _ in range(20):
+                assert await state_of(fresh, user) == "V2"
+        await db.delete_user(user)
+
+
+@pytest.fixture
+def cluster_with_replicas(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """Three masters with a replica each, of this test alone."""
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        unavailable("redis-server and redis-cli are needed for the cluster tests")
+    servers = RedisClusterServers(tmp_path / "cluster", replicas=1)
+    try:
+        yield servers.start()
+    finally:
+        servers.stop()
+
+
+def shard_of(servers: RedisClusterServers, slot: int) -> tuple[RedisServer, RedisServer]:
+    """The master serving ``slot`` and its replica, from ``CLUSTER NODES``."""
+    lines = [line.split() for line in cli(servers.nodes[0].port, "cluster", "nodes").splitlines()]
+    by_port = {node.port: node for node in servers.nodes}
+    master_id = next(
+        fields[0]
+        for fields in lines
+        if "master" in fields[2]
+        and any(
+            int(low) <= slot <= int(high or low)
+            for low, _, high in (part.partition("-") for part in fields[8:])
+        )
+    )
+    port_of = {fields[0]: int(fields[1].split("@")[0].rsplit(":", 1)[1]) for fields in lines}
+    replica_id = next(fields[0] for fields in lines if fields[3] == master_id)
+    return by_port[port_of[master_id]], by_port[port_of[replica_id]]
+
+
+async def test_a_cluster_failover_to_a_replica_that_lagged_is_fenced_off(
+    postgres_url: str, cluster_with_replicas: RedisClusterServers
+) -> None:
+    """V1 is cached and replicated; the replica is frozen and cut off while V2 is saved (so
+    it misses V2's cache write), then the master is killed and the replica, thawed, takes
+    over with V1.
+    A node the incarnation in use does not know starts a new generation: the cache serves
+    V2 again, never V1."""
+    servers = cluster_with_replicas
+    db = tiered(postgres_url, servers.url, follow=False)
+    user = new_user()
+    async with db:
+        saved = await db.save_state(StateRecord(user_id=user, session_id="s1", state="V1"))
+        assert await state_of(db, user) == "V1"
+        master, replica = shard_of(servers, slot_of(user))
+        assert cli(master.port, "wait", 1, 5000).strip() == "1"
+        assert master.process is not None
+        assert replica.process is not None
+        replica.process.send_signal(signal.SIGSTOP)
+        cli(master.port, "client", "kill", "type", "replica")  # nothing more reaches it
+        await db.save_state(saved.model_copy(update={"state": "V2"}))
+        master.process.send_signal(signal.SIGKILL)
+        master.process.wait()
+        master.process = None
+        replica.process.send_signal(signal.SIGCONT)
+        give_up = time.monotonic() + 30
+        while cli(replica.port, "role").split()[0] != "master":
+            assert time.monotonic() < give_up, "the replica did not take over"
+            await asyncio.sleep(0.1)
+        backend = backend_of(db)
+        while True:  # reads go to PostgreSQL until the store uses the cache again
+            assert await state_of(db, user) == "V2"
+            stats = backend.stats()
+            if stats.breaker.value == "closed" and stats.generation_changes >= 1:
+                break
+            assert time.monotonic() < give_up, f"the cache was not used again: {stats}"
+            await asyncio.sleep(0.05)
+        hits = backend.stats().hits
+        for _ in range(20):
+            assert await state_of(db, user) == "V2"
+        assert backend.stats().hits > hits  # served by the cache, from the new generation
+        async with tiered(postgres_url, servers.url, follow=False) as fresh:
+            for _ in range(20):
+                assert await state_of(fresh, user) == "V2"
+        await db.delete_user(user)
+
+
+def slot_of(user: str) -> int:
+    """The hash slot of ``user``'s keys (they share the ``{owner}`` hash tag)."""
+    return int(key_slot(f"{{{user}}}".encode()))
 
 
 async def test_a_write_that_meets_a_restarted_redis_lands_in_the_new_generation(

@@ -6,6 +6,10 @@ a release changes one of them, this file fails loudly, before production does.
   redis-py's ``BlockingConnectionPool`` without its condition variable (about a fifth of a
   cache-hit GET here): ``_available_connections``, ``_in_use_connections``, ``_condition``
   with its ``_waiters``.
+* ``backends/redis_connect.py`` (``install_cluster_connect_hook``): redis-py's asyncio
+  ``RedisCluster`` takes no ``redis_connect_func``; kvstore puts it in
+  ``nodes_manager.connection_kwargs`` and each known node's ``connection_kwargs``, from
+  which every new node connection is made (the cache's per-node ``run_id`` check).
 * ``backends/sql.py`` (the hot path): checks a pooled connection out of SQLAlchemy's
   ``QueuePool`` synchronously when one is idle (``sync_engine.raw_connection()``, which
   raises ``MissingGreenlet`` when it would need I/O) and closes one with ``greenlet_spawn``.
@@ -17,10 +21,12 @@ import asyncio
 
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from backends.redis_connect import WaitingPool
+from backends.redis_connect import WaitingPool, install_cluster_connect_hook
 
 
 def test_redis_pool_internals_the_waiting_pool_reads() -> None:
@@ -31,6 +37,29 @@ def test_redis_pool_internals_the_waiting_pool_reads() -> None:
     assert isinstance(pool._condition, asyncio.Condition)
     assert hasattr(pool._condition, "_waiters")
     assert callable(pool.ensure_connection)
+
+
+async def test_redis_cluster_internals_the_connect_hook_uses() -> None:
+    """New node connections are made from ``connection_kwargs``: a hook put there is the
+    handshake of every connection, to startup nodes and to nodes found later."""
+    client = RedisCluster(host="127.0.0.1", port=1)  # no I/O until the first command
+
+    async def hook(connection: AbstractConnection) -> None:
+        await connection.on_connect()
+
+    install_cluster_connect_hook(client, hook)
+    assert client.nodes_manager.connection_kwargs["redis_connect_func"] is hook
+    [startup] = client.nodes_manager.startup_nodes.values()
+    assert startup.connection_kwargs["redis_connect_func"] is hook
+    assert (
+        ClusterNode("127.0.0.1", 2, **client.nodes_manager.connection_kwargs).connection_kwargs[
+            "redis_connect_func"
+        ]
+        is hook
+    )
+    connection = startup.connection_class(**startup.connection_kwargs)
+    assert connection.redis_connect_func is hook
+    await client.aclose()
 
 
 async def test_sqlalchemy_pool_internals_the_hot_path_uses() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from backends.redis_connect import SCHEMES as REDIS_SCHEMES
 from backends.tiered.store import (
     DEFAULT_BREAKER_RESET_AFTER,
     DEFAULT_BREAKER_THRESHOLD,
@@ -101,10 +102,10 @@ def _build_cache(
         raise ConfigurationError(
             'the tiered database needs cache_url ("redis://..." or "memory://") or redis_client'
         )
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+    if url is not None and url.partition("://")[0] not in REDIS_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in sorted(REDIS_SCHEMES))
         raise ConfigurationError(
-            f'cache_url must be "redis://...", "rediss://...", "unix://..." or "memory://", '
-            f"got {mask_url(url)}"
+            f"cache_url must be memory:// or a Redis URL ({schemes}), got {mask_url(url)}"
         )
     for name in ("cache_max_entries", "cache_max_bytes"):
         if name in options:
