@@ -41,6 +41,7 @@ from backends.base import (
 from backends.sql_config import READ_ONLY, SQLConfig, create_engine, parse_sql_url
 from backends.sql_errors import DRIVER_ERRORS, Failure, classify, translate
 from backends.sql_migrate import ensure_schema
+from backends.sql_numbers import jsonb_exact
 from backends.sql_schema import (
     KEY_SEPARATOR,
     key_parts,
@@ -371,6 +372,8 @@ class SQLBackend(Backend):
             text = bytes(value).decode()
         except UnicodeDecodeError as exc:
             raise SerializationError("the SQL backend stores UTF-8 JSON text") from exc
+        if self._postgres:
+            text = jsonb_exact(text)
         now = self.clock.now()
         expires_at = None if ttl is None else now + timedelta(seconds=ttl)
         args: tuple[Any, ...] = (
@@ -667,7 +670,9 @@ class SQLBackend(Backend):
                 "namespace": key.namespace,
                 "owner": key.owner,
                 "key": key_text(key.rest),
-                "value": entry.value.decode(),
+                "value": jsonb_exact(entry.value.decode())
+                if self._postgres
+                else entry.value.decode(),
                 "version": entry.version,
                 "created_at": entry.created_at,
                 "updated_at": entry.updated_at,

@@ -275,6 +275,27 @@ async def test_largest_faithful_integers_round_trip(db: Database) -> None:
     assert saved.data == data
 
 
+FLOATS = [1e20, 1e16, -1e300, 1.5e-300, 5e-324, 1.2345678901234568e20, 0.1, 1.0, -0.0, 2.0**63]
+
+
+async def test_floats_read_back_as_floats_and_save_again(db: Database) -> None:
+    """jsonb would turn an integral float in exponent notation into an int (1e20 ->
+    100000000000000000000, which no longer fits 64 bits): every backend gives back the
+    float, and the record read back saves again."""
+    data = {"floats": FLOATS, "text": "1e20", "int": 10**18}
+    saved = await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A", data=data))
+    back = await db.get_state("u1", "s1")
+    assert back is not None
+    assert back == saved
+    floats = back.data["floats"]
+    assert isinstance(floats, list)
+    assert [type(x) for x in floats] == [float] * len(FLOATS)
+    assert floats == FLOATS
+    assert type(back.data["int"]) is int
+    again = await db.save_state(back)
+    assert again.data == data
+
+
 @pytest.mark.parametrize("bad_id", ["", "a\x00b", "tab\tid", "x" * 256, "\ud800"])
 async def test_invalid_ids_are_refused(db: Database, bad_id: str) -> None:
     with pytest.raises(InvalidKeyError):

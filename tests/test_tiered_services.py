@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from backends.breaker import BreakerState
 from backends.tiered import TieredBackend
 from kvstore import DatabaseType, StateRecord, create_database
+from kvstore.keys import Key
 from kvstore.store import Store
 from tests import postgres
 from tests.redis_servers import REDIS_SERVER, RedisServer, free_port
@@ -246,4 +247,31 @@ async def test_warm_loads_the_newest_rows_of_postgresql_into_redis(
         newest = await db.states.get_many([(user, "s3"), (user, "s4")])
         assert [r.session_id for r in newest if r is not None] == ["s3", "s4"]
         assert backend.stats().hits == hits + 2
+        await db.delete_user(user)
+
+
+async def test_a_value_reads_back_the_same_from_the_cache_and_from_postgresql(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """A cache hit and the same read after the cache lost the entry give equal records with
+    equal types (jsonb would make 1e20 an int on the second path)."""
+    db, backend = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    data = {"floats": [1e20, 1e16, 1.0, 0.5], "nested": {"x": [1e300, -1e20]}, "n": 7}
+    async with db:
+        await db.save_state(StateRecord(user_id=user, session_id="s1", state="A", data=data))
+        hits = backend.stats().hits
+        from_cache = await db.get_state(user, "s1")
+        assert backend.stats().hits == hits + 1
+        await backend.cache.invalidate([Key("state", (user, "s1"))])
+        misses = backend.stats().misses
+        from_sql = await db.get_state(user, "s1")
+        assert backend.stats().misses == misses + 1
+        assert from_cache is not None
+        assert from_sql is not None
+        assert from_sql == from_cache
+        assert from_sql.data == data
+        floats = from_sql.data["floats"]
+        assert isinstance(floats, list)
+        assert [type(x) for x in floats] == [float] * 4
         await db.delete_user(user)
