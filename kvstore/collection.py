@@ -17,7 +17,8 @@ operations and guarantees::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -33,6 +34,30 @@ if TYPE_CHECKING:
 
 R = TypeVar("R", bound=Record)
 
+MAX_TTL: Final = timedelta(days=36525).total_seconds()
+"""The longest expiry a save takes: 100 years (a datetime cannot go past year 9999)."""
+
+
+def check_ttl(ttl: float | timedelta | None) -> float | None:
+    """``ttl`` as seconds: positive, finite, at most :data:`MAX_TTL`; a ``timedelta`` is
+    taken as its length (as litestar's and aiocache's stores take it); ``None`` means no
+    expiry. Anything else raises :class:`InvalidRecordError`."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        seconds: float = ttl.total_seconds()
+    elif isinstance(ttl, int | float) and not isinstance(ttl, bool):
+        seconds = ttl
+    else:
+        raise InvalidRecordError(
+            f"ttl must be seconds (int or float) or a timedelta, not {type(ttl).__name__}"
+        )
+    if not 0 < seconds <= MAX_TTL:  # also false for nan
+        raise InvalidRecordError(
+            f"ttl must be positive seconds up to {MAX_TTL:.0f} (100 years), or None; got {ttl!r}"
+        )
+    return float(seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class Page(Generic[R]):
@@ -46,16 +71,19 @@ class Collection(Generic[R]):
     """get / get_many / save / delete / list for ``model`` records in ``namespace``."""
 
     def __init__(
-        self, store: Store, model: type[R], namespace: str, *, ttl: float | None = None
+        self,
+        store: Store,
+        model: type[R],
+        namespace: str,
+        *,
+        ttl: float | timedelta | None = None,
     ) -> None:
         if not (isinstance(model, type) and issubclass(model, Record)) or not model.KEY_FIELDS:
             raise InvalidRecordError(f"{model!r} must be a Record subclass with KEY_FIELDS")
-        if ttl is not None and ttl <= 0:
-            raise InvalidRecordError("ttl must be positive seconds, or None")
+        self.ttl = check_ttl(ttl)
         self.store = store
         self.model = model
         self.namespace = check_namespace(namespace)
-        self.ttl = ttl
 
     def __repr__(self) -> str:
         return f"Collection({self.model.__name__}, {self.namespace!r})"
@@ -87,11 +115,12 @@ class Collection(Generic[R]):
         record: R,
         *,
         expected_version: int | None = None,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
     ) -> R:
         """Store ``record``; return a copy with the stored version and timestamps.
 
-        ``ttl`` (seconds) overrides the collection's default expiry for this save.
+        ``ttl`` (seconds or a ``timedelta``) overrides the collection's default expiry for
+        this save.
         """
         if not isinstance(record, self.model):
             raise InvalidRecordError(
@@ -99,9 +128,7 @@ class Collection(Generic[R]):
             )
         if expected_version is not None and expected_version < 0:
             raise InvalidRecordError("expected_version must be >= 0")
-        ttl = self.ttl if ttl is None else ttl
-        if ttl is not None and ttl <= 0:
-            raise InvalidRecordError("ttl must be positive seconds")
+        seconds = self.ttl if ttl is None else check_ttl(ttl)
         value = self.store.serializer.dumps(record, exclude=METADATA_FIELDS)
         if len(value) > self.store.max_value_bytes:
             raise InvalidRecordError(
@@ -110,7 +137,7 @@ class Collection(Generic[R]):
             )
         key = Key(self.namespace, record.key_components())
         backend = await self.store.backend_ready()
-        entry = await backend.put(key, value, expected_version=expected_version, ttl=ttl)
+        entry = await backend.put(key, value, expected_version=expected_version, ttl=seconds)
         saved = record.model_copy()
         stamp(saved, entry.version, entry.created_at, entry.updated_at, entry.revision)
         return saved

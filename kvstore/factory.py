@@ -13,6 +13,7 @@ from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from datetime import timedelta
 
     from backends.base import Backend
     from kvstore.interface import Database
@@ -37,7 +38,7 @@ def create_database(
     connection_string: str | None = None,
     *,
     serializer: Serializer | None = None,
-    ttls: dict[str, float] | None = None,
+    ttls: Mapping[str, float | timedelta] | None = None,
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     **options: Unpack[DatabaseOptions],
 ) -> Database:

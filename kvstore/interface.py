@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 from kvstore.models import ContextRecord, IdentityRecord, Record, StateRecord, UserRecord
 
 if TYPE_CHECKING:
+    from datetime import timedelta
     from types import TracebackType
 
     from kvstore.collection import Collection
@@ -47,10 +48,11 @@ class Database(ABC):
 
     @abstractmethod
     def collection(
-        self, model: type[R], namespace: str, *, ttl: float | None = None
+        self, model: type[R], namespace: str, *, ttl: float | timedelta | None = None
     ) -> Collection[R]:
         """Typed operations for ``model`` records in ``namespace`` (a ``Record`` subclass
-        whose ``KEY_FIELDS`` name its key, owner first). ``ttl``: default expiry, seconds."""
+        whose ``KEY_FIELDS`` name its key, owner first). ``ttl``: default expiry, seconds
+        or a ``timedelta``."""
 
     # -- state -------------------------------------------------------------------------
     @abstractmethod

@@ -13,6 +13,7 @@ from kvstore.models import ContextRecord, IdentityRecord, StateRecord, UserRecor
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from datetime import timedelta
 
     from backends.base import Backend
     from serializers import Serializer
@@ -39,7 +40,7 @@ class Store(Database):
         backend: Backend,
         *,
         serializer: Serializer | None = None,
-        ttls: Mapping[str, float] | None = None,
+        ttls: Mapping[str, float | timedelta] | None = None,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         description: str | None = None,
     ) -> None:
@@ -97,7 +98,7 @@ class Store(Database):
         return self.backend
 
     def collection(
-        self, model: type[R], namespace: str, *, ttl: float | None = None
+        self, model: type[R], namespace: str, *, ttl: float | timedelta | None = None
     ) -> Collection[R]:
         if namespace in RESERVED_NAMESPACES:
             raise InvalidKeyError(f"namespace {namespace!r} is reserved for built-in records")

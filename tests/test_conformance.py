@@ -252,6 +252,29 @@ async def test_ttl_expires_records(db: Database) -> None:
     assert again.version == 1
 
 
+async def test_a_timedelta_ttl_is_taken_as_its_seconds(db: Database) -> None:
+    notes = db.collection(Note, "notes", ttl=timedelta(milliseconds=300))
+    await notes.save(Note(user_id="u1", note_id="short", text="x"))
+    await notes.save(Note(user_id="u1", note_id="long", text="x"), ttl=timedelta(minutes=1))
+    await asyncio.sleep(1.1)
+    assert await notes.get("u1", "short") is None
+    assert await notes.get("u1", "long") is not None
+
+
+BAD_TTLS = [float("nan"), float("inf"), -1, 0, 0.0, 1e12, 10**400, True, "60", timedelta(0)]
+
+
+@pytest.mark.parametrize("ttl", BAD_TTLS, ids=repr)
+async def test_a_bad_ttl_is_refused_and_changes_nothing(db: Database, ttl: object) -> None:
+    with pytest.raises(InvalidRecordError, match="ttl"):
+        db.collection(Note, "notes", ttl=ttl)  # type: ignore[arg-type]
+    notes = db.collection(Note, "notes")
+    saved = await notes.save(Note(user_id="u1", note_id="n", text="x"))
+    with pytest.raises(InvalidRecordError, match="ttl"):
+        await notes.save(Note(user_id="u1", note_id="n", text="y"), ttl=ttl)  # type: ignore[arg-type]
+    assert await notes.get("u1", "n") == saved
+
+
 @pytest.mark.parametrize(
     "bad",
     [float("nan"), float("inf"), float("-inf"), "\ud800", 2**64, -(2**63) - 1, [2**70]],
