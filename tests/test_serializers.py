@@ -9,11 +9,20 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import JsonValue
+from pydantic import JsonValue, ValidationError
 
 from backends.base import Entry
-from kvstore import DatabaseType, SerializationError, StateRecord, create_database
-from kvstore.models.base import METADATA_FIELDS
+from kvstore import (
+    ContextRecord,
+    DatabaseType,
+    IdentityRecord,
+    Record,
+    SerializationError,
+    StateRecord,
+    UserRecord,
+    create_database,
+)
+from kvstore.models.base import METADATA_FIELDS, stamp
 from kvstore.store import Store
 from serializers import JSONSerializer, Serializer
 
@@ -105,3 +114,31 @@ async def test_decoding_survives_reordered_keys_and_nested_schema_versions() -> 
         assert (record.user_id, record.state, record.version) == ("u", "A", 3)
         assert record.data["z" if value is stored else "schema_version"] is not None
     await db.close()
+
+
+RECORDS = [
+    StateRecord(user_id="u", session_id="s", state="A", data={"x": [1.5, 1e20, "y"]}),
+    ContextRecord(user_id="u", session_id="s", context={"turns": [{"who": "coach"}]}),
+    IdentityRecord(user_id="u", identity_id="i", name="Reader", category="self"),
+    UserRecord(user_id="u", email="u@example.com", preferences={"tz": "UTC"}),
+]
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
+def test_a_records_own_pydantic_dump_validates_back(record: Record) -> None:
+    """What an HTTP endpoint returns and reads back: dump and validate, as Python and as
+    JSON, give the same record (``schema_version`` in the dump is the class's own)."""
+    stamped = record.model_copy()
+    stamp(stamped, 3, datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC), 42)
+    cls = type(record)
+    for subject in (record, stamped):
+        assert cls.model_validate(subject.model_dump()) == subject
+        assert cls.model_validate_json(subject.model_dump_json()) == subject
+        assert cls.model_validate(subject.model_dump(mode="json")) == subject
+
+
+def test_a_dump_of_another_schema_version_is_refused_by_validation() -> None:
+    dumped = RECORDS[0].model_dump()
+    dumped["schema_version"] = 0
+    with pytest.raises(ValidationError, match="from_stored"):
+        StateRecord.model_validate(dumped)

@@ -63,6 +63,9 @@ T = TypeVar("T")
 DEFAULT_CACHE_TTL = 900.0
 DEFAULT_CACHE_TIMEOUT = 0.1
 DEFAULT_LEASE_TTL = 5.0
+RENEW_PATIENCE: Final = 10.0
+"""Seconds upkeep (warm) waits for the move to a new generation; requests wait
+``cache_timeout`` and then bypass the cache."""
 DEFAULT_BREAKER_THRESHOLD = 5
 DEFAULT_BREAKER_RESET_AFTER = 2.0
 DEFAULT_FEED_INTERVAL = 0.05
@@ -642,7 +645,7 @@ class TieredBackend(Backend):
         many landed. Dirty keys and keys held by other leases are skipped."""
         keys = [key for key in keys if not self._is_dirty(key)]
         for _ in range(2):  # once more if the cache turns out lost and a new generation begins
-            if not keys or not await self._usable():
+            if not keys or not await self._usable(patient=True):
                 return 0
             lookups = await self._call(self.cache.lookup(keys, lease_ttl=self.lease_ttl))
             if lookups is not FAILED:
@@ -812,23 +815,25 @@ class TieredBackend(Backend):
 
     # -- cache calls and the circuit breaker -------------------------------------------------
 
-    async def _usable(self, *, writing: bool = False) -> bool:
+    async def _usable(self, *, writing: bool = False, patient: bool = False) -> bool:
         """Whether to use the cache now; runs the probe when the breaker is due for one, and
         the move to a new generation when the cache was lost. A ``writing`` caller uses the
         cache even while the breaker is open (its update is what keeps other processes from
-        reading the old version); reads skip it."""
+        reading the old version); reads skip it. A ``patient`` caller (upkeep: warm, not a
+        request) waits up to :data:`RENEW_PATIENCE` for a new generation, not
+        ``cache_timeout``."""
         if not self._breaker.closed:
             if self._breaker.probe_due():
                 return await self._probe()
             if not writing:
                 return False
         if self._lost_at >= 0:
-            return await self._renewed()
+            return await self._renewed(RENEW_PATIENCE if patient else self.cache_timeout)
         return True
 
-    async def _renewed(self) -> bool:
+    async def _renewed(self, wait: float) -> bool:
         """Move to a new generation (the first caller to find the cache lost starts it; the
-        others wait for it, up to ``cache_timeout``, then bypass the cache). Whether the
+        others wait for it, up to ``wait`` seconds, then bypass the cache). Whether the
         cache is usable again."""
         losses = self._lost_count
         task = self._renewing
@@ -838,7 +843,7 @@ class TieredBackend(Backend):
                 self._renew(replacing=replacing)
             )
         try:
-            async with deadline(self.cache_timeout):
+            async with deadline(wait):
                 renewed = await asyncio.shield(task)
         except TimeoutError:
             return False
@@ -857,7 +862,7 @@ class TieredBackend(Backend):
         healthy = False
         try:
             if self._generation is None or self._lost_at >= 0:
-                await self._renewed()
+                await self._renewed(self.cache_timeout)
             healthy = (
                 self._generation is not None
                 and self._lost_at < 0
@@ -867,7 +872,7 @@ class TieredBackend(Backend):
             )
             if not healthy and self._lost_at >= 0:
                 # the ping met a new incarnation: move now, then the probe holds
-                healthy = await self._renewed() and await self._apply_feed()
+                healthy = await self._renewed(self.cache_timeout) and await self._apply_feed()
         finally:
             self._breaker.finish_probe(healthy)
         if healthy and (self._dirty or self._dirty_owners):

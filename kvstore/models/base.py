@@ -14,6 +14,7 @@ from pydantic import (
     JsonValue,
     ValidationError,
     computed_field,
+    model_validator,
 )
 
 from kvstore.errors import SerializationError
@@ -77,6 +78,23 @@ class Record(BaseModel):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._upgrades = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_schema_version(cls, data: Any) -> Any:
+        """A record's own dump carries ``schema_version`` (a computed field): take it back
+        when it is this class's, so ``model_validate(record.model_dump())`` and the JSON
+        round trip work. Another version is refused: data of an older shape is read with
+        :meth:`from_stored`, which upgrades it."""
+        if isinstance(data, dict) and "schema_version" in data:
+            data = dict(data)
+            version = data.pop("schema_version")
+            if version != cls.SCHEMA_VERSION:
+                raise ValueError(
+                    f"schema_version {version!r} is not {cls.__name__}'s "
+                    f"({cls.SCHEMA_VERSION}); read data of an older shape with from_stored()"
+                )
+        return data
 
     @computed_field  # type: ignore[prop-decorator]
     @property
