@@ -232,13 +232,24 @@ class RedisBackend(Backend, VersionedCache):
         name = self._layout.record(key)
         pipe = self._ready()
         data = await self._idempotent("get", lambda: pipe.call("GET", name))
-        return None if data is None else unpack(data)
+        return self._current(data)
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
             return []
         values = await self._read_values(keys)
-        return [None if data is None else unpack(data) for data in values]
+        return [self._current(data) for data in values]
+
+    def _current(self, data: bytes | None) -> Entry | None:
+        """The entry ``data`` holds, or ``None`` for nothing, a tombstone, or an entry past
+        its ``expires_at`` (Redis's own expiry is whole milliseconds, and the store's clock
+        decides: expired means absent, on every backend)."""
+        if data is None:
+            return None
+        entry = unpack(data)
+        if entry is None or entry.expires_at is None or entry.expires_at > self.clock.now():
+            return entry
+        return None
 
     async def _read_values(
         self, keys: Sequence[Key], *, marked: bool = False
@@ -377,7 +388,7 @@ class RedisBackend(Backend, VersionedCache):
                 if data is None:
                     stale.append((item, name))
                     continue
-                entry = unpack(data)
+                entry = self._current(data)
                 if entry is not None:
                     page.append((key, entry))
             if stale:

@@ -29,7 +29,8 @@ from tests import postgres
 from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisServer
 from tests.services import REQUIRED, unavailable
 
-MakeDb = Callable[[], Database]
+MakeDb = Callable[..., Database]
+"""Builds a database on the backend under test; keywords are create_database options."""
 T = TypeVar("T")
 
 # Hypothesis checks properties here, not speed: its default 200 ms deadline per example and
@@ -127,14 +128,14 @@ async def db(make_db: MakeDb) -> AsyncIterator[Database]:
 
 @pytest.fixture
 def make_db_memory() -> MakeDb:
-    return lambda: create_database(DatabaseType.MEMORY)
+    return lambda **options: create_database(DatabaseType.MEMORY, **options)
 
 
 @pytest.fixture
 def make_db_sqlite(tmp_path: Path) -> MakeDb:
     """Databases on one fresh SQLite file of this test."""
     url = f"sqlite:///{tmp_path / 'kvstore.db'}"
-    return lambda: create_database(DatabaseType.SQL, url)
+    return lambda **options: create_database(DatabaseType.SQL, url, **options)
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +165,7 @@ def _blocking(work: Coroutine[Any, Any, T]) -> T:
 async def make_db_postgres(postgres_url: str) -> MakeDb:
     """Databases on the session's PostgreSQL database, emptied for each test."""
     await postgres.execute(postgres_url, "DELETE FROM kv_records")
-    return lambda: create_database(DatabaseType.SQL, postgres_url)
+    return lambda **options: create_database(DatabaseType.SQL, postgres_url, **options)
 
 
 @pytest.fixture
@@ -173,10 +174,10 @@ async def make_db_fakeredis() -> AsyncIterator[MakeDb]:
     server = fakeredis.FakeServer()
     clients: list[fakeredis.FakeAsyncRedis] = []
 
-    def make() -> Database:
+    def make(**options: Any) -> Database:
         client = fakeredis.FakeAsyncRedis(server=server)
         clients.append(client)
-        return create_database(DatabaseType.REDIS, redis_client=client)
+        return create_database(DatabaseType.REDIS, redis_client=client, **options)
 
     yield make
     for client in clients:
@@ -229,7 +230,7 @@ def shared_redis_url() -> Iterator[str]:
 async def make_db_redis(shared_redis_url: str) -> MakeDb:
     """Databases on the real Redis, database 13 (``$KVSTORE_TEST_REDIS_URL``), flushed."""
     await flushed_redis(shared_redis_url)
-    return lambda: create_database(DatabaseType.REDIS, shared_redis_url)
+    return lambda **options: create_database(DatabaseType.REDIS, shared_redis_url, **options)
 
 
 @pytest.fixture(scope="session")
@@ -255,20 +256,24 @@ async def make_db_redis_cluster(redis_cluster: RedisClusterServers) -> MakeDb:
             await client.flushall()
         finally:
             await client.aclose()
-    return lambda: create_database(DatabaseType.REDIS, redis_cluster.url)
+    return lambda **options: create_database(DatabaseType.REDIS, redis_cluster.url, **options)
 
 
 @pytest.fixture
 def make_db_tiered_memory() -> MakeDb:
     """Tiered: a memory system of record behind the per-process dict cache."""
-    return lambda: create_database(DatabaseType.TIERED, "memory://", cache_url="memory://")
+    return lambda **options: create_database(
+        DatabaseType.TIERED, "memory://", cache_url="memory://", **options
+    )
 
 
 @pytest.fixture
 def make_db_tiered_sqlite_dict(tmp_path: Path) -> MakeDb:
     """Tiered: SQLite behind the per-process dict cache."""
     url = f"sqlite:///{tmp_path / 'kvstore.db'}"
-    return lambda: create_database(DatabaseType.TIERED, url, cache_url="memory://")
+    return lambda **options: create_database(
+        DatabaseType.TIERED, url, cache_url="memory://", **options
+    )
 
 
 @pytest.fixture
@@ -278,10 +283,10 @@ async def make_db_tiered_sqlite_fakeredis(tmp_path: Path) -> AsyncIterator[MakeD
     server = fakeredis.FakeServer()
     clients: list[fakeredis.FakeAsyncRedis] = []
 
-    def make() -> Database:
+    def make(**options: Any) -> Database:
         client = fakeredis.FakeAsyncRedis(server=server)
         clients.append(client)
-        return create_database(DatabaseType.TIERED, url, redis_client=client)
+        return create_database(DatabaseType.TIERED, url, redis_client=client, **options)
 
     yield make
     for client in clients:
@@ -325,7 +330,9 @@ async def make_db_tiered_postgres_redis(postgres_url: str, private_redis: RedisS
         await client.flushall()
     finally:
         await client.aclose()
-    return lambda: create_database(DatabaseType.TIERED, postgres_url, cache_url=private_redis.url)
+    return lambda **options: create_database(
+        DatabaseType.TIERED, postgres_url, cache_url=private_redis.url, **options
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

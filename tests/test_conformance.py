@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 import pytest
@@ -23,6 +23,7 @@ from kvstore import (
     StateRecord,
     UserRecord,
 )
+from kvstore.clock import ManualClock
 
 if TYPE_CHECKING:
     from tests.conftest import MakeDb
@@ -250,6 +251,21 @@ async def test_ttl_expires_records(db: Database) -> None:
     assert [n.note_id for n in await notes.list("u1")] == ["kept", "long"]
     again = await notes.save(Note(user_id="u1", note_id="short", text="y"), expected_version=0)
     assert again.version == 1
+
+
+async def test_a_record_is_absent_from_its_expiry_on_the_stores_clock(make_db: MakeDb) -> None:
+    """Expired means absent, to the microsecond of the store's clock (a ManualClock here),
+    whatever the server's own expiry does meanwhile."""
+    clock = ManualClock(datetime.now(UTC))
+    async with make_db(clock=clock) as db:
+        notes = db.collection(Note, "notes")
+        await notes.save(Note(user_id="u1", note_id="n", text="x"), ttl=60)
+        clock.advance(59.999)
+        assert await notes.get("u1", "n") is not None
+        clock.advance(0.001)
+        assert await notes.get("u1", "n") is None
+        assert await notes.get_many([("u1", "n")]) == [None]
+        assert await notes.list("u1") == []
 
 
 async def test_a_timedelta_ttl_is_taken_as_its_seconds(db: Database) -> None:
