@@ -17,6 +17,7 @@ that hit a serialization failure or deadlock are retried with bounded backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -183,6 +184,9 @@ class SQLBackend(Backend):
         self._shared: PoolProxiedConnection | None = None
         self._held: list[PoolProxiedConnection] = []
         self._hold_max = 0 if config.pool_pre_ping else config.pool_size // 2
+        self._active = 0
+        """Statements in flight (hot path and SQLAlchemy): ``close`` waits for them."""
+        self._drained: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"SQLBackend({self._where!r})"
@@ -212,9 +216,16 @@ class SQLBackend(Backend):
             self._ready = True
 
     async def close(self) -> None:
+        """Refuse new statements, wait for those in flight (up to ``statement_timeout``),
+        then close every connection: after ``close`` returns, none is left open."""
         if self._closed:
             return
         self._closed = True
+        if self._active:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.statement_timeout):
+                    await self._drained.wait()
         engine, self._engine = self._engine, None
         shared, self._shared = self._shared, None
         self._hold_max = 0
@@ -308,8 +319,27 @@ class SQLBackend(Backend):
             self._shared = None
         fairy.invalidate()
 
+    def _enter(self) -> None:
+        if self._closed:
+            raise DatabaseClosedError("the SQL backend is closed")
+        self._active += 1
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if not self._active and self._drained is not None:
+            self._drained.set()
+
     async def _run(self, action: str, name: str, args: tuple[Any, ...], *, idempotent: bool) -> Any:
         """Run hot statement ``name``; return its rows. Retries what is safe to retry."""
+        self._enter()
+        try:
+            return await self._run_statement(action, name, args, idempotent=idempotent)
+        finally:
+            self._leave()
+
+    async def _run_statement(
+        self, action: str, name: str, args: tuple[Any, ...], *, idempotent: bool
+    ) -> Any:
         sql = self._sql[name]
         attempt, stale = 1, 0
         while True:
@@ -473,6 +503,19 @@ class SQLBackend(Backend):
         """Run ``statement`` on a pooled SQLAlchemy connection; return all rows. Reads run
         without a write lock (autocommit on PostgreSQL) and are retried when the
         connection is lost; writes commit, and are retried on serialization failures."""
+        self._enter()
+        try:
+            return await self._query_statement(action, statement, write, parameters)
+        finally:
+            self._leave()
+
+    async def _query_statement(
+        self,
+        action: str,
+        statement: sa.Executable,
+        write: bool,
+        parameters: builtins.list[dict[str, Any]] | None,
+    ) -> Any:
         if not self._ready:
             await self.initialize()
         await self._return_held()

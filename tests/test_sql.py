@@ -10,12 +10,14 @@ import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 
 from backends.base import utcnow
 from backends.sql import SQLBackend, build_sql_backend
 from kvstore import (
+    DatabaseClosedError,
     DatabaseType,
     IdentityRecord,
     SerializationError,
@@ -287,3 +289,42 @@ async def test_purge_expired_drops_tombstones_past_their_retention(backend: SQLB
     assert len(await rows(backend, mine)) == 2
     await backend.purge_expired(tombstones_older_than=0)  # every tombstone of the database
     assert await rows(backend, mine) == []
+
+
+@pytest.mark.postgres
+async def test_close_with_saves_in_flight_leaves_no_server_connection() -> None:
+    """close() refuses new statements, waits for those in flight, then closes every
+    connection: after it returns, PostgreSQL shows none of the store's (five cycles)."""
+    name = postgres.unique_name("close")
+    url = await postgres.create_database(name)
+    try:
+        for cycle in range(5):
+            db = create_database(DatabaseType.SQL, url, pool_size=8)
+            await db.save_state(StateRecord(user_id="u", session_id="s0", state="A"))
+            saves = [
+                asyncio.create_task(
+                    db.save_state(StateRecord(user_id="u", session_id=f"s{n}", state="B"))
+                )
+                for n in range(40)
+            ]
+            await asyncio.sleep(0.001 * cycle)
+            await db.close()
+            outcomes = await asyncio.gather(*saves, return_exceptions=True)
+            escaped = [o for o in outcomes if isinstance(o, BaseException)]
+            assert all(isinstance(e, DatabaseClosedError) for e in escaped), escaped
+            assert await connections_to(name) == 0, f"cycle {cycle}"
+    finally:
+        await postgres.drop_database(name)
+
+
+async def connections_to(database: str) -> int:
+    """Server connections to ``database`` (other than the one asking)."""
+    connection = await asyncpg.connect(postgres.ADMIN_URL, timeout=10)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        return count
+    finally:
+        await connection.close()
