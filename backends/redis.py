@@ -415,11 +415,19 @@ class RedisBackend(Backend, VersionedCache):
         checks the index is unchanged (else read again); count the live records removed."""
         ns_set = self._layout.namespaces(owner)
         counter = self._layout.revision_counter(owner)
+        epoch = self._layout.erase_epoch(owner)
+        lifetime = int(MAX_LEASE_TTL * 1000)
+        # nothing indexed: leases may still be out, and a new epoch fences them
+        bare: list[tuple[EncodableT, ...]] = [
+            ("UNLINK", counter),
+            ("INCR", epoch),
+            ("PEXPIRE", epoch, lifetime),
+        ]
         pipe = self._ready()
         for _ in range(_ERASE_ATTEMPTS):
             found: list[bytes] = await self._idempotent(op, lambda: pipe.call("SMEMBERS", ns_set))
             if not found:
-                await self._idempotent(op, lambda: pipe.call("UNLINK", counter))
+                self._checked(op, await self._idempotent(op, lambda: pipe.batch(bare)))
                 return 0
             namespaces = sorted(ns.decode() for ns in found)
             indexes = [self._layout.index(owner, ns) for ns in namespaces]
@@ -437,8 +445,8 @@ class RedisBackend(Backend, VersionedCache):
                 for item in items
             ]
             leases = (self._layout.lease(name) for name in records)
-            keys = [ns_set, *indexes, *records, *leases, counter]
-            args: list[EncodableT] = [len(indexes), len(records)]
+            keys = [ns_set, *indexes, *records, *leases, counter, epoch]
+            args: list[EncodableT] = [len(indexes), len(records), lifetime]
             args += [len(items) for items in listed]
             args += [item for items in listed for item in items]
             removed = await self._idempotent(
@@ -542,9 +550,15 @@ class RedisBackend(Backend, VersionedCache):
         return written
 
     def _cache_keys(self, key: Key) -> tuple[str, ...]:
-        name = self._layout.record(key)
-        keys = (name, self._layout.lease(name), *self._layout.owner_keys(key.owner, key.namespace))
-        return (*keys, self._layout.marker) if self._marked else keys
+        layout = self._layout
+        name = layout.record(key)
+        keys = (
+            name,
+            layout.lease(name),
+            *layout.owner_keys(key.owner, key.namespace),
+            layout.erase_epoch(key.owner),
+        )
+        return (*keys, layout.marker) if self._marked else keys
 
     @property
     def _marked(self) -> bool:
@@ -557,8 +571,8 @@ class RedisBackend(Backend, VersionedCache):
     async def lookup(self, keys: Sequence[Key], *, lease_ttl: float) -> Lookups:
         if not keys:
             return []
-        if not lease_ttl > 0:
-            raise InvalidRecordError("lease_ttl must be positive seconds")
+        if not 0 < lease_ttl <= MAX_LEASE_TTL:
+            raise InvalidRecordError(f"lease_ttl must be positive seconds, at most {MAX_LEASE_TTL}")
         values = await self._read_values(keys, marked=self._incarnation is not None)
         answers: Lookups = []
         misses: Positions = []
@@ -572,11 +586,7 @@ class RedisBackend(Backend, VersionedCache):
         lease_ms = max(1, round(lease_ttl * 1000))
         tokens = [secrets.token_hex(16) for _ in misses]
         calls = [
-            (
-                lua.LEASE,
-                self._cache_keys(keys[i]),
-                (token, lease_ms, member(keys[i].rest), keys[i].namespace),
-            )
+            (lua.LEASE, self._cache_keys(keys[i]), (token, lease_ms))
             for i, token in zip(misses, tokens, strict=True)
         ]
         pipe = self._ready()
@@ -769,6 +779,9 @@ class RedisBackend(Backend, VersionedCache):
         pipe = self._ready()
         await self._idempotent("ping", lambda: pipe.client.ping())
 
+
+MAX_LEASE_TTL: Final = 3600.0
+"""The longest a cache lease may live (seconds); an owner's erase epoch outlives them."""
 
 DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
 """Where ``DatabaseType.REDIS`` connects without a URL or ``$KVSTORE_REDIS_URL``."""

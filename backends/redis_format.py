@@ -3,12 +3,14 @@
 Keys (``P`` is the key prefix, ``{o}`` the escaped owner: the cluster hash tag)::
 
     P{o}:ns:c2:...     a record: packed value (below), Redis PX expiry = the entry's TTL
-    P{o}:ns:c2:...*l   the record's fill lease (versioned cache only): a random token
+    P{o}:ns:c2:...*l   the record's fill lease (versioned cache only): a random token and
+                       the erase epoch it was taken in (leases are not indexed)
     P{o}*i:ns          index of the owner's keys in ``ns``: sorted set, score 0, member =
                        the components after the owner, each UTF-8 + NUL (ZRANGEBYLEX order
                        is component order)
     P{o}*n             the namespaces the owner has keys in: a set
     P{o}*r             the owner's revision counter (store mode)
+    P{o}*w             the owner's erase epoch, bumped by every erase (fences old leases)
     P*live             the generation marker (cache mode, standalone servers)
 
 :func:`kvstore.keys.redis_key` percent-escapes ``*`` (and ``% : { } ? [ ] \\`` and space) in
@@ -107,6 +109,11 @@ class Layout:
     def namespaces(self, owner: str) -> str:
         """The set of namespaces ``owner`` has keys in."""
         return f"{self.owner_tag(owner)}*n"
+
+    def erase_epoch(self, owner: str) -> str:
+        """The counter bumped by every erase of ``owner``; a lease names the value it was
+        taken under, so one taken before an erase cannot fill after it."""
+        return f"{self.owner_tag(owner)}*w"
 
     def revision_counter(self, owner: str) -> str:
         """The counter that gives ``owner``'s changes their revisions (store mode)."""

@@ -27,8 +27,12 @@ local function lands(cur, rev, tombstone)
   return rev >= held
 end
 -- a cache that lost its generation marker (flushed, evicted) may have lost tombstones too
-local function lost()
-  return #KEYS >= 5 and redis.call('EXISTS', KEYS[5]) == 0
+local function lost(i)
+  return #KEYS >= i and redis.call('EXISTS', KEYS[i]) == 0
+end
+-- a lease names the owner's erase epoch it was taken in: an erase since fences it
+local function epoch()
+  return redis.call('GET', KEYS[5]) or '0'
 end
 local function store(k, value, px, idx, member, nsset, ns, indexed)
   if px ~= '0' then
@@ -98,28 +102,31 @@ return {1, 0, 0}
 )
 
 LEASE = Script(
-    """
--- After a missed GET. KEYS: record, lease, index, namespaces; ARGV: token, lease_ms,
--- member, namespace. Returns the value on a (late) hit, 1 if the lease was taken, else 0.
+    _COMMON
+    + """
+-- After a missed GET. KEYS: record, lease, index, namespaces, owner's erase epoch; ARGV:
+-- token, lease_ms. Returns the value on a (late) hit, 1 if the lease was taken, else 0.
+-- Only the lease key is written, and it expires: a read never grows the owner's index.
+-- A lease of an earlier epoch (taken before an erase) is replaced.
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, 1) == 'e' then return cur end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('ZADD', KEYS[3], 0, ARGV[3])
-  redis.call('SADD', KEYS[4], ARGV[4])
-  return 1
-end
-return 0
+local now = epoch()
+local held = redis.call('GET', KEYS[2])
+if held and string.match(held, '|(.*)$') == now then return 0 end
+redis.call('SET', KEYS[2], ARGV[1] .. '|' .. now, 'PX', ARGV[2])
+return 1
 """
 )
 
 FILL = Script(
     _COMMON
     + """
--- KEYS: record, lease, index, namespaces[, generation marker]; ARGV: token, packed,
--- px, revision, member, namespace. Stores only with the valid lease (consumed) and where
--- the entry lands. Returns 1 if stored, 0 if not, -1 if the marker is gone.
-if lost() then return -1 end
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+-- KEYS: record, lease, index, namespaces, owner's erase epoch[, generation marker]; ARGV:
+-- token, packed, px, revision, member, namespace. Stores only with the valid lease
+-- (consumed; taken since the owner's last erase) and where the entry lands. Returns 1 if
+-- stored, 0 if not, -1 if the marker is gone.
+if lost(6) then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] .. '|' .. epoch() then return 0 end
 redis.call('DEL', KEYS[2])
 local cur = redis.call('GET', KEYS[1])
 if not lands(cur, tonumber(ARGV[4]), false) then return 0 end
@@ -133,7 +140,7 @@ WRITE = Script(
     + """
 -- KEYS and ARGV as FILL; the token (ARGV[1]) is unused and the lease is revoked. Stores
 -- an entry (ARGV[2] starts with 'e') or a tombstone ('t') where it lands.
-if lost() then return -1 end
+if lost(6) then return -1 end
 redis.call('DEL', KEYS[2])
 local cur = redis.call('GET', KEYS[1])
 if not lands(cur, tonumber(ARGV[4]), string.sub(ARGV[2], 1, 1) == 't') then return 0 end
@@ -155,17 +162,18 @@ return 0
 
 ERASE = Script(
     """
--- Erase one owner, if its keys are still exactly what the caller read.
--- KEYS: namespaces set, n indexes, m records, m leases, the owner's revision counter.
--- ARGV: n, m, then per index its
+-- Erase one owner, if its keys are still exactly what the caller read, and start a new
+-- erase epoch (leases taken before cannot fill).
+-- KEYS: namespaces set, n indexes, m records, m leases, the owner's revision counter,
+-- the owner's erase epoch. ARGV: n, m, the epoch's lifetime (ms), then per index its
 -- member count, then every member in ZRANGE order. Returns the number of live records
 -- removed, or -1 when the owner's keys changed since (the caller reads again).
 local n, m = tonumber(ARGV[1]), tonumber(ARGV[2])
 if redis.call('SCARD', KEYS[1]) ~= n then return -1 end
-local at = 2 + n
+local at = 3 + n
 for i = 1, n do
   local got = redis.call('ZRANGE', KEYS[1 + i], 0, -1)
-  local want = tonumber(ARGV[2 + i])
+  local want = tonumber(ARGV[3 + i])
   if #got ~= want then return -1 end
   for j = 1, want do
     if got[j] ~= ARGV[at + j] then return -1 end
@@ -179,7 +187,9 @@ for offset = 0, m - 1, 1000 do
   redis.call('UNLINK', unpack(KEYS, first + m, last + m))
 end
 redis.call('UNLINK', unpack(KEYS, 1, 1 + n))
-redis.call('UNLINK', KEYS[#KEYS])
+redis.call('UNLINK', KEYS[#KEYS - 1])
+redis.call('INCR', KEYS[#KEYS])
+redis.call('PEXPIRE', KEYS[#KEYS], ARGV[3])
 return removed
 """
 )

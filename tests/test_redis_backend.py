@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from backends import redis_lua as lua
-from backends.redis import build_redis_backend
+from backends.redis import MAX_LEASE_TTL, build_redis_backend
 from backends.redis_connect import ConnectionSettings, connect
 from backends.redis_format import member_key
 from kvstore import BackendUnavailableError, ConfigurationError, DatabaseType, create_database
@@ -183,7 +183,10 @@ async def test_expired_index_members_are_cleaned_lazily(server: RedisServer) -> 
         ]
         assert await admin.zcard(index) == 1
         assert await backend.delete_owner("u1") == 1
-        assert await admin.dbsize() == 0
+        epoch = backend._layout.erase_epoch("u1")
+        assert await admin.dbsize() == 1  # the erase epoch, fencing leases taken before
+        assert await admin.exists(epoch) == 1
+        assert 0 < await admin.pttl(epoch) <= MAX_LEASE_TTL * 1000
     finally:
         await backend.close()
         await admin.aclose()
@@ -209,8 +212,10 @@ async def test_erasing_a_large_user_and_refusing_a_stale_view() -> None:
             for ns, items in zip(("notes", "user"), listed, strict=True)
             for item in items
         ]
-        view = [ns_set, *indexes, *records, *(layout.lease(name) for name in records)]
-        args: list[int | bytes] = [2, len(records), *(len(items) for items in listed)]
+        leases = (layout.lease(name) for name in records)
+        epoch = layout.erase_epoch("u1")
+        view = [ns_set, *indexes, *records, *leases, layout.revision_counter("u1"), epoch]
+        args: list[int | bytes] = [2, len(records), 60_000, *(len(items) for items in listed)]
         args += [item for items in listed for item in items]
         await backend.put(Key("notes", ("u1", "late")), b"x")  # lands after the view was read
         assert await backend._ready().script(lua.ERASE, view, args) == -1
@@ -219,7 +224,7 @@ async def test_erasing_a_large_user_and_refusing_a_stale_view() -> None:
         await backend.put(Key("notes", ("u1", "again")), b"x")
         assert await backend.get(keys[0]) is None
         assert await backend.delete_owner("u1") == 1
-        assert await client.dbsize() == 0
+        assert [k async for k in client.scan_iter()] == [epoch.encode()]
     finally:
         await backend.close()
         await client.aclose()

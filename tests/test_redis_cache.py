@@ -255,3 +255,37 @@ def test_lease_and_index_keys_never_equal_a_record_key(
         assert "*" in other[len(prefix) :]
         assert other != redis_key(key, prefix)
     assert layout.lease(record).endswith(LEASE_SUFFIX)
+
+
+async def test_misses_never_grow_the_owners_index(cache: RedisBackend) -> None:
+    """Reads of ids that do not exist take leases (which expire) and write nothing else:
+    the owner's index stays empty however many there are, and delete_user stays small."""
+    keys = [Key("state", ("u1", f"missing-{n}")) for n in range(2000)]
+    for start in range(0, len(keys), 200):
+        answers = await cache.lookup(keys[start : start + 200], lease_ttl=0.2)
+        assert all(a.entry is None and a.lease is not None for a in answers)
+    client = cache._ready().client
+    assert await client.zcard(cache._layout.index("u1", "state")) == 0
+    assert await client.scard(cache._layout.namespaces("u1")) == 0
+    await asyncio.sleep(0.3)  # the leases are gone
+    [again] = await cache.lookup([keys[0]], lease_ttl=LEASE)
+    assert again.lease is not None
+    await cache.invalidate_owner("u1")
+
+
+async def test_a_lease_taken_before_an_erase_of_its_owner_cannot_fill(
+    cache: RedisBackend,
+) -> None:
+    """Leases are not indexed, so an erase cannot delete them: it starts a new epoch
+    instead, and a lease of the old one neither fills nor blocks a new lease."""
+    [before] = await cache.lookup([K], lease_ttl=LEASE)
+    assert before.lease is not None
+    await cache.invalidate_owner("u1")  # nothing indexed for u1 at all
+    assert await cache.fill([(K, entry(1), before.lease)]) == 0
+    [after] = await cache.lookup([K], lease_ttl=LEASE)
+    assert after.lease is not None
+    assert after.lease != before.lease
+    assert await cache.fill([(K, entry(2), after.lease)]) == 1
+    [hit] = await cache.lookup([K], lease_ttl=LEASE)
+    assert hit.entry is not None
+    assert hit.entry.version == 2
