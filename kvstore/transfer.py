@@ -141,7 +141,7 @@ class ImportReport:
 
 
 async def import_lines(
-    backend: Backend,
+    backend: Backend | None,
     lines: Iterator[bytes],
     *,
     rejects: IO[bytes] | None = None,
@@ -149,16 +149,36 @@ async def import_lines(
     batch_size: int = 500,
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Validate and restore every good line; report (and copy to ``rejects``) every bad one."""
-    _require_bulk(backend)
+    """Validate and restore every good line; report (and copy to ``rejects``) every bad one.
+
+    A ``dry_run`` writes nothing and reports what a real run would write: a record the
+    store lacks (or holds expired, or at an older version), as ``restore`` decides. A dry
+    run into a store that does not exist yet passes ``backend=None``: everything would be
+    written."""
+    if backend is not None:
+        _require_bulk(backend)
+    elif not dry_run:
+        raise ConfigurationError("only a dry run can import without a store")
     report = ImportReport()
     batch: list[tuple[Key, Entry]] = []
 
     async def flush() -> None:
-        if batch and not dry_run:
+        if not batch:
+            return
+        if not dry_run:
+            assert backend is not None
             written = await backend.restore(batch)
-            report.written += written
-            report.unchanged += len(batch) - written
+        elif backend is None:
+            written = len(batch)
+        else:
+            held = await backend.get_many([key for key, _ in batch])
+            written = sum(
+                1
+                for (_, entry), current in zip(batch, held, strict=True)
+                if current is None or current.version < entry.version
+            )
+        report.written += written
+        report.unchanged += len(batch) - written
         batch.clear()
 
     for number, line in enumerate(lines, start=1):

@@ -190,6 +190,39 @@ def test_export_import_round_trip_with_rejects(store_url: str, tmp_path: Path) -
     assert orjson.loads(output)["version"] == 1
 
 
+def test_a_dry_run_import_writes_nothing_and_reports_what_a_real_run_would(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    for n in range(4):
+        record = {"user_id": f"u{n}", "session_id": "s", "state": "A"}
+        assert invoke("put", "state", stdin=orjson.dumps(record).decode())[0] == 0
+    record = {"user_id": "u0", "session_id": "s", "state": "B"}
+    assert invoke("put", "state", stdin=orjson.dumps(record).decode())[0] == 0  # u0 at v2
+    backup = tmp_path / "backup.jsonl"
+    assert invoke("export", "-o", str(backup))[0] == 0
+
+    fresh = tmp_path / "fresh.db"
+    code, output = invoke("import", str(backup), "--dry-run", "--url", f"sqlite:///{fresh}")
+    assert (code, output.strip().splitlines()[-1]) == (
+        0,
+        "read 4, would write 4, unchanged 0, rejected 0",
+    )
+    assert not fresh.exists()  # a dry run creates no database
+
+    partial = f"sqlite:///{tmp_path / 'partial.db'}"
+    older = {"user_id": "u0", "session_id": "s", "state": "old"}  # v1 < the backup's v2
+    assert invoke("put", "state", "--url", partial, stdin=orjson.dumps(older).decode())[0] == 0
+    same = {"user_id": "u1", "session_id": "s", "state": "A"}  # v1 = the backup's v1
+    assert invoke("put", "state", "--url", partial, stdin=orjson.dumps(same).decode())[0] == 0
+    code, output = invoke("import", str(backup), "--dry-run", "--url", partial)
+    dry = output.strip().splitlines()[-1]
+    assert (code, dry) == (0, "read 4, would write 3, unchanged 1, rejected 0")
+    code, output = invoke("get", "state", "u0", "s", "--url", partial)
+    assert orjson.loads(output)["state"] == "old"  # nothing written
+    code, output = invoke("import", str(backup), "--url", partial)
+    assert output.strip().splitlines()[-1] == dry.replace("would write", "written")
+
+
 def test_db_upgrade_current_purge_stats_and_migrate(sqlite_url: str) -> None:
     code, output = invoke("db", "current")
     assert code == 2, output  # a new file has no schema yet

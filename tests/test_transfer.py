@@ -89,13 +89,17 @@ async def test_bad_lines_are_reported_with_numbers_and_never_stop_good_ones() ->
     assert same(await target.get_state("user-0", "s"), await source.get_state("user-0", "s"))
 
 
-async def test_dry_run_writes_nothing() -> None:
+async def test_dry_run_writes_nothing_and_counts_what_a_real_run_would_write() -> None:
     source = await filled_store(users=3)
     lines = [line async for line in export_lines(source.backend)]
     target = memory_store()
     report = await import_lines(target.backend, iter(lines), dry_run=True)
-    assert (report.read, report.written, report.rejected) == (6, 0, [])
+    assert (report.read, report.written, report.unchanged, report.rejected) == (6, 6, 0, [])
     assert await target.get_state("user-0", "s") is None
+    real = await import_lines(target.backend, iter(lines))
+    assert (real.written, real.unchanged) == (6, 0)
+    again = await import_lines(target.backend, iter(lines), dry_run=True)
+    assert (again.written, again.unchanged) == (0, 6)
 
 
 async def test_export_of_one_user_or_namespace() -> None:

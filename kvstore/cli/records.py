@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict
 from functools import partial
@@ -21,25 +22,36 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.engine import make_url
 
 from backends.tiered import TieredBackend
 from kvstore.cli.app import fail, literal_console, main, open_database, run, url_options
 from kvstore.errors import ConfigurationError, InvalidRecordError
+from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.keys import Key, check_namespace
 from kvstore.migrate import migrate_collection
 from kvstore.store import Store
-from kvstore.transfer import export_lines, import_lines, open_text
+from kvstore.transfer import ImportReport, export_lines, import_lines, open_text
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from backends.base import Entry
+    from backends.base import Backend, Entry
     from kvstore.interface import Database
 
 EXIT_NOT_FOUND = 4
 """Exit code of ``get`` and ``delete`` when there is no such record."""
 EXIT_REJECTED = 3
 """Exit code of an import that loaded every good line but rejected some."""
+
+
+def _missing_sqlite_file(url: str | None) -> bool:
+    """Whether ``url`` (``None``: the embedded default) names a SQLite file not there yet."""
+    target = url or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+    if not target.startswith("sqlite"):
+        return False
+    path = make_url(target).database
+    return path is not None and not Path(path).exists()
 
 
 def _store(database: Database) -> Store:
@@ -295,23 +307,28 @@ def import_command(
     console = literal_console(stderr=True)
     rejects_path = rejects or source.with_name(source.name + ".rejects.jsonl")
 
+    async def load(backend: Backend | None) -> ImportReport:
+        with (
+            _progress(console) as progress,
+            open_text(source, "rb") as lines,
+            rejects_path.open("wb") as reject_sink,
+        ):
+            task = progress.add_task("importing", total=None)
+            return await import_lines(
+                backend,
+                iter(lines),
+                rejects=reject_sink,
+                dry_run=dry_run,
+                batch_size=batch_size,
+                progress=lambda n: progress.advance(task, n),
+            )
+
     async def work() -> int:
-        async with _store(open_database(url, cache_url)) as store:
-            backend = await store.backend_ready()
-            with (
-                _progress(console) as progress,
-                open_text(source, "rb") as lines,
-                rejects_path.open("wb") as reject_sink,
-            ):
-                task = progress.add_task("importing", total=None)
-                report = await import_lines(
-                    backend,
-                    iter(lines),
-                    rejects=reject_sink,
-                    dry_run=dry_run,
-                    batch_size=batch_size,
-                    progress=lambda n: progress.advance(task, n),
-                )
+        if dry_run and cache_url is None and _missing_sqlite_file(url):
+            report = await load(None)  # a dry run creates no database: everything is new
+        else:
+            async with _store(open_database(url, cache_url)) as store:
+                report = await load(await store.backend_ready())
         for number, reason in report.rejected[:50]:
             console.print(Text.assemble((f"line {number}:", "red"), f" {reason}"))
         if len(report.rejected) > 50:
