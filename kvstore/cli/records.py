@@ -284,7 +284,9 @@ def export_command(
     type=click.Path(path_type=Path),
     help="Where bad lines go (default: SOURCE.rejects.jsonl).",
 )
-@click.option("--dry-run", is_flag=True, help="Validate every line, write nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Validate and count what a real run would write; write nothing."
+)
 @click.option("--batch-size", default=500, show_default=True)
 def import_command(
     url: str | None,
