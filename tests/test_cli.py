@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -47,8 +48,15 @@ def store_url(
 
 
 def invoke(*args: str, stdin: str | None = None) -> tuple[int, str]:
+    """Exit code and everything printed (stdout and stderr)."""
     result = CliRunner().invoke(main, list(args), input=stdin)
     return result.exit_code, result.output
+
+
+def invoke_json(*args: str) -> tuple[int, Any]:
+    """Exit code and the JSON on stdout (progress bars go to stderr)."""
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, orjson.loads(result.stdout)
 
 
 def test_help_lists_commands() -> None:
@@ -307,9 +315,9 @@ def test_cache_verify_finds_and_repairs_a_difference_then_warm(tiered_env: str) 
     for n in range(5):
         record = {"user_id": f"u{n}", "session_id": "s", "state": "A"}
         assert invoke("put", "state", stdin=orjson.dumps(record).decode())[0] == 0
-    code, output = invoke("cache", "verify", "--json")
-    assert code == 0, output
-    assert orjson.loads(output)["checked"] == 5
+    code, report = invoke_json("cache", "verify", "--json")
+    assert code == 0, report
+    assert report["checked"] == 5
     behind_the_back = (
         "UPDATE kv_records SET value = jsonb_set(value, '{state}', '\"B\"'), "
         "version = version + 1 WHERE owner = 'u3'"
@@ -317,21 +325,35 @@ def test_cache_verify_finds_and_repairs_a_difference_then_warm(tiered_env: str) 
     asyncio.run(postgres.execute(tiered_env, behind_the_back))
     code, output = invoke("get", "state", "u3", "s")
     assert orjson.loads(output)["state"] == "A"  # the hot read comes from the cache
-    code, output = invoke("cache", "verify", "--json")
-    assert code == 3, output
-    assert orjson.loads(output)["stale"] == [["u3", "s"]]
+    code, report = invoke_json("cache", "verify", "--json")
+    assert code == 3, report
+    assert report["stale"] == [["u3", "s"]]
     code, output = invoke("cache", "verify", "--repair")
     assert code == 0, output
     code, output = invoke("get", "state", "u3", "s")
     assert orjson.loads(output)["state"] == "B"
     code, output = invoke("cache", "warm", "--limit", "3")
     assert code == 0, output
-    assert "warmed" in output
+    assert "read 3 state records, put" in output
     code, output = invoke("stats", "--json")
     assert code == 0, output
     stats = orjson.loads(output)
     assert stats["records"] == {"state": 5}
     assert stats["cache"]["breaker"] == "closed"
+
+
+def test_cache_verify_and_warm_work_at_their_defaults_on_a_larger_store(tiered_env: str) -> None:
+    """25,000 records: verify's default 10,000 and warm's 5,000 go to the cache in chunks
+    (one batch of thousands used to miss the 0.1 s cache deadline: 'nothing was verified',
+    and 'warmed 0' with exit code 0)."""
+    asyncio.run(_fill(tiered_env, 25_000))
+    code, output = invoke("cache", "warm", "--limit", "5000")
+    assert code == 0, output
+    assert "read 5000 state records, put 5000 into the cache" in output
+    code, report = invoke_json("cache", "verify", "--json")
+    assert code == 0, report
+    assert report["checked"] == 10_000
+    assert (report["stale"], report["extra"], report["missing"]) == ([], [], 5000)
 
 
 @pytest.mark.postgres

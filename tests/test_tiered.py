@@ -14,7 +14,7 @@ import pytest
 from backends.breaker import BreakerState
 from backends.memory import MemoryBackend
 from backends.memory_cache import MemoryCache
-from backends.tiered import REPAIR_BATCH, TieredBackend
+from backends.tiered import REPAIR_BATCH, TieredBackend, WarmReport
 from kvstore import ConfigurationError, DatabaseType, StateRecord, create_database
 from kvstore.keys import Key
 from kvstore.store import Store
@@ -361,12 +361,12 @@ async def test_warm_loads_the_most_recently_updated_records() -> None:
     for n in range(5):
         await r.db.save_state(state("S", session_id=f"s{n}"))
     await r.cache.close()
-    assert await r.backend.warm("state", limit=2) == 2
+    assert await r.backend.warm("state", limit=2) == WarmReport(read=2, landed=2)
     keys = [Key("state", ("u1", f"s{n}")) for n in range(5)]
     hits = await r.cache.lookup(keys, lease_ttl=0.001)
     assert [h.entry is not None for h in hits] == [False, False, False, True, True]
     await asyncio.sleep(0.01)  # let the leases just taken expire
-    assert await r.backend.warm("state", owner="u1", limit=10) == 3
+    assert await r.backend.warm("state", owner="u1", limit=10) == WarmReport(read=5, landed=3)
 
 
 async def test_entries_expire_from_the_cache_with_the_record() -> None:

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from backends.breaker import BreakerState
-from backends.tiered import TieredBackend
+from backends.tiered import TieredBackend, WarmReport
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.keys import Key
 from kvstore.store import Store
@@ -241,7 +241,7 @@ async def test_warm_loads_the_newest_rows_of_postgresql_into_redis(
             await client.flushall()
         finally:
             await client.aclose()
-        assert await backend.warm("state", owner=user, limit=2) == 2
+        assert await backend.warm("state", owner=user, limit=2) == WarmReport(read=2, landed=2)
         report = await backend.verify("state", user)
         assert (report.checked, report.missing, report.stale) == (5, 3, [])
         hits = backend.stats().hits

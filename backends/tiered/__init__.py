@@ -7,7 +7,7 @@ the system of record's change feed, :mod:`.upkeep` warms and verifies the cache,
 
 from backends.tiered.build import build_tiered_backend
 from backends.tiered.store import REPAIR_BATCH, TieredBackend, TieredStats
-from backends.tiered.upkeep import ScannableCache, VerifyReport
+from backends.tiered.upkeep import ScannableCache, VerifyReport, WarmReport
 
 __all__ = [
     "REPAIR_BATCH",
@@ -15,5 +15,6 @@ __all__ = [
     "TieredBackend",
     "TieredStats",
     "VerifyReport",
+    "WarmReport",
     "build_tiered_backend",
 ]

@@ -50,7 +50,7 @@ from kvstore.errors import BackendUnavailableError, CacheLostError, Configuratio
 from kvstore.keys import DEFAULT_PAGE_SIZE
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from backends.base import Change, VersionedCache
     from kvstore.clock import Clock
@@ -628,30 +628,46 @@ class TieredBackend(Backend):
     # -- warm and verify (backends.tiered.upkeep) ---------------------------------------------
 
     async def warm(
-        self, namespace: str = "state", *, owner: str | None = None, limit: int = 1000
-    ) -> int:
+        self,
+        namespace: str = "state",
+        *,
+        owner: str | None = None,
+        limit: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> upkeep.WarmReport:
         """Load the ``limit`` most recently updated records of ``namespace`` (of ``owner``
-        if given) into the cache through leases; return how many landed."""
-        return await upkeep.warm(self, namespace, owner, limit)
+        if given) into the cache through leases (see :func:`upkeep.warm`)."""
+        return await upkeep.warm(self, namespace, owner, limit, progress)
 
     async def verify(
-        self, namespace: str, owner: str | None = None, *, repair: bool = False, limit: int = 10_000
+        self,
+        namespace: str,
+        owner: str | None = None,
+        *,
+        repair: bool = False,
+        limit: int = 10_000,
+        progress: Callable[[int], None] | None = None,
     ) -> upkeep.VerifyReport:
         """Compare the cache with the system of record (see :func:`upkeep.verify`)."""
-        return await upkeep.verify(self, namespace, owner, repair=repair, limit=limit)
+        return await upkeep.verify(
+            self, namespace, owner, repair=repair, limit=limit, progress=progress
+        )
 
     async def fill_keys(self, keys: Sequence[Key]) -> int:
         """Fill ``keys`` from the system of record through leases (as misses do); return how
-        many landed. Dirty keys and keys held by other leases are skipped."""
+        many landed. Dirty keys and keys held by other leases are skipped. Raises
+        :class:`BackendUnavailableError` if the cache does not answer."""
         keys = [key for key in keys if not self._is_dirty(key)]
+        if not keys:
+            return 0
         for _ in range(2):  # once more if the cache turns out lost and a new generation begins
-            if not keys or not await self._usable(patient=True):
-                return 0
+            if not await self._usable(patient=True):
+                raise BackendUnavailableError("the cache is out of use (breaker open)")
             lookups = await self._call(self.cache.lookup(keys, lease_ttl=self.lease_ttl))
             if lookups is not FAILED:
                 break
         else:
-            return 0
+            raise BackendUnavailableError("the cache did not answer")
         leased = [(k, a.lease) for k, a in zip(keys, lookups, strict=True) if a.lease]
         if not leased:
             return 0
@@ -661,10 +677,15 @@ class TieredBackend(Backend):
             for (key, lease), entry in zip(leased, entries, strict=True)
             if entry is not None and lease is not None
         ]
-        before = self._fills
-        if items:
-            await self._fill(items)
-        return self._fills - before
+        if not items:
+            return 0
+        ttl = min(self._ttl_for(entry) for _, entry, _ in items)
+        landed = await self._call(self.cache.fill(items, ttl=ttl))
+        if landed is FAILED:
+            raise BackendUnavailableError("the cache did not answer")
+        self._fills += landed
+        self._fill_dropped += len(items) - landed
+        return landed
 
     async def cache_call(self, operation: Awaitable[T]) -> T | None:
         """``operation`` on the cache under its deadline and breaker; ``None`` if it failed."""

@@ -17,7 +17,7 @@ from kvstore.errors import BackendUnavailableError, ConfigurationError
 from kvstore.keys import DEFAULT_PAGE_SIZE
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from backends.base import Entry
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 VERIFY_LEASE_TTL = 0.001
 """``verify`` reads the cache with leases that expire at once: it never fills."""
+CHUNK = 500
+"""Keys per cache call of ``warm`` and ``verify``: each chunk is one call under the cache
+deadline, however many records there are."""
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +69,53 @@ class ScannableCache(Protocol):
         ...
 
 
-async def warm(store: TieredBackend, namespace: str, owner: str | None, limit: int) -> int:
+@dataclass(frozen=True, slots=True)
+class WarmReport:
+    """What :func:`warm` did."""
+
+    read: int
+    """Records read from the system of record (the newest ``limit``)."""
+    landed: int
+    """Of those, put into the cache (the others were cached already, or a write, another
+    fill or a delete came first)."""
+
+
+async def warm(
+    store: TieredBackend,
+    namespace: str,
+    owner: str | None,
+    limit: int,
+    progress: Callable[[int], None] | None = None,
+) -> WarmReport:
     """Load the ``limit`` most recently updated records of ``namespace`` (of ``owner`` if
-    given) into the cache; return how many landed. Fills go through leases like any read
-    after a miss, so warming never overwrites a newer entry or resurrects a deleted one."""
-    rows = await recent(store, namespace, owner, limit)
-    return await store.fill_keys([key for key, _ in rows])
+    given) into the cache, :data:`CHUNK` keys per cache call. Fills go through leases like
+    any read after a miss, so warming never overwrites a newer entry or resurrects a deleted
+    one. Raises :class:`BackendUnavailableError` if the cache does not answer."""
+    keys = [key for key, _ in await recent(store, namespace, owner, limit)]
+    landed = 0
+    for start in range(0, len(keys), CHUNK):
+        chunk = keys[start : start + CHUNK]
+        landed += await store.fill_keys(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    return WarmReport(read=len(keys), landed=landed)
 
 
 async def verify(
-    store: TieredBackend, namespace: str, owner: str | None, *, repair: bool, limit: int
+    store: TieredBackend,
+    namespace: str,
+    owner: str | None,
+    *,
+    repair: bool,
+    limit: int,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Compare the cache with the system of record for ``namespace`` (or one owner's
-    records in it), at most ``limit`` records; report stale and extra cache entries and,
-    with ``repair``, invalidate them. Extra entries are only found if the cache can list its
-    keys (:class:`ScannableCache`)."""
+    records in it), at most ``limit`` records, :data:`CHUNK` keys per cache call; report
+    stale and extra cache entries and, with ``repair``, invalidate them (chunk by chunk).
+    Extra entries are only found if the cache can list its keys (:class:`ScannableCache`).
+    Raises :class:`BackendUnavailableError` if the cache does not answer a call: a report
+    is never made of part of the keys."""
     truth: dict[Key, Entry | None] = dict(await recent(store, namespace, owner, limit))
     if isinstance(store.cache, ScannableCache):
         scanned = await store.cache_call(store.cache.cached_keys(namespace, owner))
@@ -88,25 +124,35 @@ async def verify(
         others = [key for key in scanned if key not in truth]
         truth.update(zip(others, await store.record.get_many(others), strict=True))
     keys = [*truth]
-    if not keys:
-        return VerifyReport(checked=0, repaired=repair)
-    lookups = await store.cache_call(store.cache.lookup(keys, lease_ttl=VERIFY_LEASE_TTL))
-    if lookups is None:
-        raise BackendUnavailableError("the cache did not answer; nothing was verified")
     stale: list[Key] = []
     extra: list[Key] = []
     missing = 0
-    for key, answer in zip(keys, lookups, strict=True):
-        cached, stored = answer.entry, truth[key]
-        if cached is None:
-            missing += stored is not None
-        elif stored is None:
-            extra.append(key)
-        elif cached.revision != stored.revision or not _same_value(cached.value, stored.value):
-            stale.append(key)
-    wrong = stale + extra
-    if repair and wrong and not await store.cache_done(store.cache.invalidate(wrong)):
-        raise BackendUnavailableError("the cache did not answer; nothing was repaired")
+    for start in range(0, len(keys), CHUNK):
+        chunk = keys[start : start + CHUNK]
+        lookups = await store.cache_call(store.cache.lookup(chunk, lease_ttl=VERIFY_LEASE_TTL))
+        if lookups is None:
+            raise BackendUnavailableError(
+                f"the cache did not answer after {start} of {len(keys)} keys were verified"
+            )
+        wrong: list[Key] = []
+        for key, answer in zip(chunk, lookups, strict=True):
+            cached, stored = answer.entry, truth[key]
+            if cached is None:
+                missing += stored is not None
+            elif stored is None:
+                extra.append(key)
+                wrong.append(key)
+            elif cached.revision != stored.revision or not _same_value(
+                cached.value, stored.value
+            ):
+                stale.append(key)
+                wrong.append(key)
+        if repair and wrong and not await store.cache_done(store.cache.invalidate(wrong)):
+            raise BackendUnavailableError(
+                f"the cache did not answer; {start} of {len(keys)} keys were verified"
+            )
+        if progress is not None:
+            progress(len(chunk))
     return VerifyReport(
         checked=len(keys), stale=stale, extra=extra, missing=missing, repaired=repair
     )

@@ -6,6 +6,14 @@ import asyncio
 
 import click
 import orjson
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from backends.tiered import TieredBackend
@@ -22,6 +30,18 @@ def _tiered(url: str | None, cache_url: str | None) -> tuple[Store, TieredBacken
     backend = database.backend
     assert isinstance(backend, TieredBackend)
     return database, backend
+
+
+def progress_bar() -> Progress:
+    """A bar with a count and a rate, on stderr (stdout stays the report, or the JSON)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(show_speed=True),
+        TimeElapsedColumn(),
+        console=literal_console(stderr=True),
+    )
 
 
 @main.group()
@@ -83,9 +103,15 @@ def warm(
     async def work() -> None:
         database, backend = _tiered(url, cache_url)
         async with database:
-            with console.status(f"warming {namespace}"):
-                landed = await backend.warm(namespace, owner=owner, limit=limit)
-        console.print(f"warmed {landed} {namespace} records into the cache")
+            with progress_bar() as bar:
+                task = bar.add_task(f"warming {namespace}", total=None)
+                report = await backend.warm(
+                    namespace, owner=owner, limit=limit, progress=lambda n: bar.advance(task, n)
+                )
+        console.print(
+            f"read {report.read} {namespace} records, put {report.landed} into the cache "
+            f"({report.read - report.landed} cached already or changed meanwhile)"
+        )
 
     run(console, work)
 
@@ -118,7 +144,15 @@ def verify(
     async def work() -> int:
         database, backend = _tiered(url, cache_url)
         async with database:
-            report = await backend.verify(namespace, owner, repair=repair, limit=limit)
+            with progress_bar() as bar:
+                task = bar.add_task(f"verifying {namespace}", total=None)
+                report = await backend.verify(
+                    namespace,
+                    owner,
+                    repair=repair,
+                    limit=limit,
+                    progress=lambda n: bar.advance(task, n),
+                )
         differences = [*report.stale, *report.extra]
         if as_json:
             click.echo(
