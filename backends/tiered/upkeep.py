@@ -31,7 +31,6 @@ CHUNK = 500
 deadline, however many records there are."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
     """What :func:`verify` found."""
@@ -142,9 +141,7 @@ async def verify(
             elif stored is None:
                 extra.append(key)
                 wrong.append(key)
-            elif cached.revision != stored.revision or not _same_value(
-                cached.value, stored.value
-            ):
+            elif cached.revision != stored.revision or not _same_value(cached.value, stored.value):
                 stale.append(key)
                 wrong.append(key)
         if repair and wrong and not await store.cache_done(store.cache.invalidate(wrong)):
