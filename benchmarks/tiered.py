@@ -191,13 +191,13 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                 tasks,
             )
     finally:
+        await db.close()  # first: their change-feed followers write to the cache until then
+        await db_ibw.close()
         keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
         for start in range(0, len(keys), 500):
             await redis.delete(*keys[start : start + 500])
         await redis.aclose()
         await pool.close()
-        await db.close()
-        await db_ibw.close()
 
 
 async def main_async(seconds: float, admin_url: str, redis_url: str) -> None:
