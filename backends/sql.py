@@ -399,11 +399,9 @@ class SQLBackend(Backend):
         ttl: float | None = None,
     ) -> Entry:
         try:
-            text = bytes(value).decode()
+            text = jsonb_exact(bytes(value)) if self._postgres else bytes(value).decode()
         except UnicodeDecodeError as exc:
             raise SerializationError("the SQL backend stores UTF-8 JSON text") from exc
-        if self._postgres:
-            text = jsonb_exact(text)
         now = self.clock.now()
         expires_at = None if ttl is None else now + timedelta(seconds=ttl)
         args: tuple[Any, ...] = (
@@ -725,9 +723,7 @@ class SQLBackend(Backend):
                 "namespace": key.namespace,
                 "owner": key.owner,
                 "key": key_text(key.rest),
-                "value": jsonb_exact(entry.value.decode())
-                if self._postgres
-                else entry.value.decode(),
+                "value": jsonb_exact(entry.value) if self._postgres else entry.value.decode(),
                 "version": entry.version,
                 "created_at": entry.created_at,
                 "updated_at": entry.updated_at,
