@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from functools import partial
@@ -30,6 +31,7 @@ from kvstore.errors import ConfigurationError, InvalidRecordError
 from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.keys import Key, check_namespace
 from kvstore.migrate import migrate_collection
+from kvstore.models import Record
 from kvstore.store import Store
 from kvstore.transfer import ImportReport, export_lines, import_lines, open_text
 
@@ -374,30 +376,54 @@ def records() -> None:
 @url_options
 @click.option(
     "--namespace",
-    type=click.Choice(["state", "context", "identity", "user"]),
     multiple=True,
-    help="Only these namespaces (default: all built-in ones).",
+    help="Only these namespaces (default: all built-in ones); with --model, the one to migrate.",
+)
+@click.option(
+    "--model",
+    "model_spec",
+    help="Your own record class as module:Class (imported from the current directory or "
+    "the path; importing it registers its upgrade functions), e.g. myapp.records:Note.",
 )
 @click.option("--batch-size", default=500, show_default=True)
 def migrate(
-    url: str | None, cache_url: str | None, namespace: tuple[str, ...], batch_size: int
+    url: str | None,
+    cache_url: str | None,
+    namespace: tuple[str, ...],
+    model_spec: str | None,
+    batch_size: int,
 ) -> None:
     """Rewrite records stored under an older schema version through the registered
-    upgrade functions. Resumable: run it again after an interruption.
+    upgrade functions. Idempotent and resumable: records already current are skipped, so
+    run it again after an interruption.
 
     \b
-    Example:
+    Examples:
       kvstore records migrate --namespace state
+      kvstore records migrate --model myapp.records:Note --namespace notes
     """
     console = literal_console(stderr=True)
+    model = import_record(model_spec) if model_spec else None
+    if model is not None and len(namespace) != 1:
+        raise ConfigurationError("--model migrates one namespace: give exactly one --namespace")
 
     async def work() -> None:
         async with _store(open_database(url, cache_url)) as store:
+            if model is not None:
+                targets = {namespace[0]: store.collection(model, namespace[0])}
+            else:
+                unknown = sorted(set(namespace) - set(store.built_in))
+                if unknown:
+                    raise ConfigurationError(
+                        f"not a built-in namespace: {', '.join(unknown)} (your own records: "
+                        "--model module:Class --namespace NAME)"
+                    )
+                targets = {name: store.built_in[name] for name in namespace or store.built_in}
             with _progress(console) as progress:
-                for name in namespace or tuple(store.built_in):
+                for name, collection in targets.items():
                     task = progress.add_task(f"migrating {name}", total=None)
                     report = await migrate_collection(
-                        store.built_in[name],
+                        collection,
                         batch_size=batch_size,
                         progress=partial(progress.advance, task),
                     )
@@ -408,6 +434,27 @@ def migrate(
                     )
 
     run(console, work)
+
+
+def import_record(spec: str) -> type[Record]:
+    """The ``Record`` subclass that ``module:Class`` names (as uvicorn and celery take an
+    app), importing the module from the current directory or ``sys.path``."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(
+            f"--model takes module:Class (e.g. myapp.records:Note), not {spec}"
+        )
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name}: {exc}") from None
+    target = getattr(module, attribute, None)
+    if not (isinstance(target, type) and issubclass(target, Record) and target.KEY_FIELDS):
+        raise ConfigurationError(f"{spec} is not a Record subclass with KEY_FIELDS")
+    return target
 
 
 @main.command()
