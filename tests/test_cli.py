@@ -169,6 +169,7 @@ def test_a_bad_url_is_one_line_without_the_password(args: tuple[str, ...]) -> No
     code, output = invoke(*args, stdin="{}")
     assert code == 1
     assert output.startswith("error: ConfigurationError: ")
+    assert output.count("\n") == 1  # never wrapped at 80 columns
     assert "Traceback" not in output
     assert "s3cret" not in output
 

@@ -48,8 +48,9 @@ def open_database(url: str | None, cache_url: str | None = None) -> Database:
 
 def literal_console(*, stderr: bool = False) -> Console:
     """A console that prints text as given: no markup, emoji codes or highlighting, so
-    what a user typed or stored (an id like ``u[x]`` or ``[/b]``) shows literally."""
-    return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
+    what a user typed or stored (an id like ``u[x]`` or ``[/b]``) shows literally, and no
+    wrapping at the terminal's width (an error stays one line for grep and for logs)."""
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 def run(console: Console, work: Callable[[], Awaitable[T]]) -> T:
