@@ -9,7 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 import pytest
@@ -18,11 +18,14 @@ from redis.asyncio import Redis
 
 from backends.base import Entry
 from backends.sql import build_sql_backend
-from kvstore import DatabaseType, Id, Record, create_database
+from kvstore import BackendUnavailableError, DatabaseType, Id, Record, create_database
 from kvstore.cli import main
 from kvstore.keys import Key
 from tests import postgres
 from tests.redis_servers import RedisServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 @pytest.fixture
@@ -198,6 +201,28 @@ def test_export_import_round_trip_with_rejects(store_url: str, tmp_path: Path) -
     assert "written 0, unchanged 20" in output
     code, output = invoke("get", "state", "u7", "s", "--url", target)
     assert orjson.loads(output)["version"] == 1
+
+
+def test_an_interrupted_export_leaves_no_file_that_looks_complete(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        record = {"user_id": f"u{n}", "session_id": "s", "state": "A"}
+        assert invoke("put", "state", stdin=orjson.dumps(record).decode())[0] == 0
+    backup = tmp_path / "backup.jsonl.gz"
+    assert invoke("export", "-o", str(backup))[0] == 0
+    whole = backup.read_bytes()
+
+    async def broken(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        yield b'{"line": 1}\n'
+        raise BackendUnavailableError("the database went away mid-export")
+
+    monkeypatch.setattr("kvstore.cli.records.export_lines", broken)
+    code, output = invoke("export", "-o", str(backup))
+    assert code == 1
+    assert "went away" in output
+    assert backup.read_bytes() == whole  # the earlier, complete backup is untouched
+    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]
 
 
 def test_a_dry_run_import_writes_nothing_and_reports_what_a_real_run_would(

@@ -276,18 +276,26 @@ def export_command(
     """
     console = literal_console(stderr=True)
 
+    # written under a temporary name, renamed when complete: an interrupted export never
+    # leaves a file that looks like a whole backup
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+
     async def work() -> int:
         count = 0
-        async with _store(open_database(url, cache_url)) as store:
-            backend = await store.backend_ready()
-            with _progress(console) as progress, open_text(output, "wb") as sink:
-                task = progress.add_task("exporting", total=None)
-                async for line in export_lines(backend, namespace=namespace, owner=owner):
-                    sink.write(line)
-                    count += 1
-                    if count % 1000 == 0:
-                        progress.update(task, completed=count)
-                progress.update(task, completed=count, total=count)
+        try:
+            async with _store(open_database(url, cache_url)) as store:
+                backend = await store.backend_ready()
+                with _progress(console) as progress, open_text(partial, "wb") as sink:
+                    task = progress.add_task("exporting", total=None)
+                    async for line in export_lines(backend, namespace=namespace, owner=owner):
+                        sink.write(line)
+                        count += 1
+                        if count % 1000 == 0:
+                            progress.update(task, completed=count)
+                    progress.update(task, completed=count, total=count)
+            partial.replace(output)
+        finally:
+            partial.unlink(missing_ok=True)
         console.print(f"exported {count} records to {output}")
         return count
 
