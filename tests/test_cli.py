@@ -203,7 +203,7 @@ def test_export_import_round_trip_with_rejects(store_url: str, tmp_path: Path) -
     assert orjson.loads(output)["version"] == 1
 
 
-def test_an_interrupted_export_leaves_no_file_that_looks_complete(
+def test_an_interrupted_export_or_import_leaves_no_file_that_looks_complete(
     sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for n in range(3):
@@ -223,6 +223,14 @@ def test_an_interrupted_export_leaves_no_file_that_looks_complete(
     assert "went away" in output
     assert backup.read_bytes() == whole  # the earlier, complete backup is untouched
     assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]
+
+    async def cut(*args: Any, **kwargs: Any) -> Any:
+        raise BackendUnavailableError("the database went away mid-import")
+
+    monkeypatch.setattr("kvstore.cli.records.import_lines", cut)
+    code, output = invoke("import", str(backup))
+    assert code == 1
+    assert not (tmp_path / "backup.jsonl.gz.rejects.jsonl").exists()  # nor an empty rejects
 
 
 def test_a_dry_run_import_writes_nothing_and_reports_what_a_real_run_would(

@@ -352,11 +352,16 @@ def import_command(
             )
 
     async def work() -> int:
-        if dry_run and cache_url is None and _missing_sqlite_file(url):
-            report = await load(None)  # a dry run creates no database: everything is new
-        else:
-            async with _store(open_database(url, cache_url)) as store:
-                report = await load(await store.backend_ready())
+        try:
+            if dry_run and cache_url is None and _missing_sqlite_file(url):
+                report = await load(None)  # a dry run creates no database: everything is new
+            else:
+                async with _store(open_database(url, cache_url)) as store:
+                    report = await load(await store.backend_ready())
+        except BaseException:
+            if rejects_path.exists() and not rejects_path.stat().st_size:
+                rejects_path.unlink()  # interrupted before any bad line: no empty file left
+            raise
         for number, reason in report.rejected[:50]:
             console.print(Text.assemble((f"line {number}:", "red"), f" {reason}"))
         if len(report.rejected) > 50:
