@@ -78,6 +78,17 @@ def test_demo_plays_the_whole_conversation_on_memory() -> None:
     assert "Conversation complete" in output
 
 
+def test_a_cache_url_alone_puts_the_cache_in_front_of_the_embedded_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KVSTORE_URL", raising=False)
+    code, output = invoke("demo", "--cache-url", "memory://", "--turns", "1")
+    assert code == 0, output
+    assert "sqlite+aiosqlite:///kvstore.db + memory://" in output
+    assert (tmp_path / "kvstore.db").exists()
+
+
 def test_demo_resumes_after_the_process_restarts(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
     runs = [

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 from kvstore.errors import KVStoreError
-from kvstore.factory import DatabaseType, create_database
+from kvstore.factory import DEFAULT_SQL_URL, DatabaseType, create_database
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -35,8 +35,8 @@ def url_options(command: Callable[..., None]) -> Callable[..., None]:
 
 def open_database(url: str | None, cache_url: str | None = None) -> Database:
     """The database a URL names (and a tiered one when a cache URL is given)."""
-    if cache_url:
-        return create_database(DatabaseType.TIERED, url, cache_url=cache_url)
+    if cache_url:  # in front of the store URL, or of the embedded default
+        return create_database(DatabaseType.TIERED, url or DEFAULT_SQL_URL, cache_url=cache_url)
     if url == "memory://":
         return create_database(DatabaseType.MEMORY)
     if url is None:
