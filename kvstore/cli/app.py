@@ -97,4 +97,8 @@ def main() -> None:
       kvstore export -o backup.jsonl.gz         back up everything
       kvstore import backup.jsonl.gz            restore it (idempotent)
       kvstore cache verify --repair             check the cache against SQL
+
+    \b
+    Exit codes: 0 done, 1 error (one line, never a traceback), 2 usage error,
+    3 rejected lines or cache differences, 4 no such record, 5 schema behind.
     """

@@ -13,6 +13,8 @@ from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.urls import mask_url
 
 SQL_URL_HELP = "SQL URL ($KVSTORE_URL; default sqlite:///kvstore.db)."
+EXIT_BEHIND = 5
+"""Exit code of ``db current`` when the schema is behind the code's (2 is a usage error)."""
 
 
 def _sql_url(url: str | None) -> str:
@@ -46,7 +48,7 @@ def upgrade_command(url: str | None) -> None:
 @db.command(name="current")
 @click.option("--url", envvar="KVSTORE_URL", help=SQL_URL_HELP)
 def current_command(url: str | None) -> None:
-    """Print the database's schema revision (exit code 2 if it is behind the code's)."""
+    """Print the database's schema revision (exit code 5 if it is behind the code's)."""
     console = literal_console()
     target = _sql_url(url)
 
@@ -54,7 +56,7 @@ def current_command(url: str | None) -> None:
         revision = await current_revision(target)
         head = head_revision()
         console.print(f"current {revision or 'none (never migrated)'}, head {head}")
-        return 0 if revision == head else 2
+        return 0 if revision == head else EXIT_BEHIND
 
     raise SystemExit(run(console, work))
 
