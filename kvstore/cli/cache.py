@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import click
 import orjson
@@ -16,13 +17,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from backends.tiered import TieredBackend
 from kvstore.cli.app import literal_console, main, open_database, run, url_options
 from kvstore.errors import ConfigurationError
 from kvstore.store import Store
 
+if TYPE_CHECKING:
+    from backends.tiered import TieredBackend
+
 
 def _tiered(url: str | None, cache_url: str | None) -> tuple[Store, TieredBackend]:
+    from backends.tiered import TieredBackend  # imported by the commands that need it
+
     if not cache_url:
         raise ConfigurationError("cache commands need --cache-url (or $KVSTORE_CACHE_URL)")
     database = open_database(url, cache_url)

@@ -22,10 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.engine import make_url
 
-from backends.sql import SQLBackend
-from backends.tiered import TieredBackend
 from kvstore.cli.app import fail, literal_console, main, open_database, run, url_options
 from kvstore.errors import ConfigurationError, InvalidRecordError
 from kvstore.factory import DEFAULT_SQL_URL
@@ -52,12 +49,17 @@ def _missing_sqlite_file(url: str | None) -> bool:
     target = url or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
     if not target.startswith("sqlite"):
         return False
+    from sqlalchemy.engine import make_url  # imported by the commands that need it
+
     path = make_url(target).database
     return path is not None and not Path(path).exists()
 
 
 async def _counts(backend: Backend) -> dict[str, int]:
     """Live records per namespace: the system of record's own count where it has one."""
+    from backends.sql import SQLBackend
+    from backends.tiered import TieredBackend
+
     record = backend.record if isinstance(backend, TieredBackend) else backend
     if isinstance(record, SQLBackend):
         return await record.count()
@@ -486,6 +488,8 @@ def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
     console = literal_console()
 
     async def work() -> None:
+        from backends.tiered import TieredBackend
+
         async with _store(open_database(url, cache_url)) as store:
             backend = await store.backend_ready()
             counts = await _counts(backend)

@@ -6,8 +6,6 @@ import os
 
 import click
 
-from backends.sql import build_sql_backend
-from backends.sql_migrate import current_revision, head_revision, upgrade
 from kvstore.cli.app import literal_console, main, run
 from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.urls import mask_url
@@ -39,6 +37,8 @@ def upgrade_command(url: str | None) -> None:
     target = _sql_url(url)
 
     async def work() -> None:
+        from backends.sql_migrate import head_revision, upgrade
+
         revision = await upgrade(target)
         console.print(f"{mask_url(target)} is at revision {revision} (head {head_revision()})")
 
@@ -53,6 +53,8 @@ def current_command(url: str | None) -> None:
     target = _sql_url(url)
 
     async def work() -> int:
+        from backends.sql_migrate import current_revision, head_revision
+
         revision = await current_revision(target)
         head = head_revision()
         console.print(f"current {revision or 'none (never migrated)'}, head {head}")
@@ -75,6 +77,8 @@ def purge_expired(url: str | None, batch_size: int) -> None:
     console = literal_console()
 
     async def work() -> None:
+        from backends.sql import build_sql_backend
+
         backend = build_sql_backend(_sql_url(url))
         try:
             deleted = await backend.purge_expired(batch_size=batch_size)
