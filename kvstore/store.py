@@ -75,6 +75,11 @@ class Store(Database):
         state = "closed" if self._closed else "open" if self._initialized else "new"
         return f"<Database {self._description} {state}>"
 
+    @property
+    def description(self) -> str:
+        """What the store is, for people: kind and URLs (passwords masked)."""
+        return self._description
+
     async def initialize(self) -> None:
         if self._closed:
             raise DatabaseClosedError("the database is closed")

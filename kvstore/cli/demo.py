@@ -9,6 +9,7 @@ from rich.text import Text
 from kvstore import demo as demo_module
 from kvstore.cli.app import fail, main, open_database, run, url_options
 from kvstore.errors import KVStoreError
+from kvstore.store import Store
 from kvstore.urls import mask_url
 
 
@@ -25,7 +26,8 @@ def demo(url: str | None, cache_url: str | None, turns: int, reset: bool) -> Non
         database = open_database(url, cache_url)
     except KVStoreError as error:
         fail(console, error)
-    console.print(Text(f"store: {database!r} {mask_url(url) if url else ''}", style="dim"))
+    where = database.description if isinstance(database, Store) else mask_url(url or "")
+    console.print(Text(f"store: {where}", style="dim"))
 
     async def work() -> None:
         async with database:

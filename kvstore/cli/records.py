@@ -201,7 +201,7 @@ def delete(
 @main.command(name="ls")
 @url_options
 @click.argument("namespace")
-@click.argument("prefix", nargs=-1, required=True)
+@click.argument("prefix", nargs=-1, required=True, metavar="USER [KEY...]")
 @click.option("--limit", default=100, show_default=True, help="At most this many records.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines for scripts.")
 def list_records(
