@@ -82,6 +82,21 @@ def test_the_command_line_starts_without_the_drivers() -> None:
     assert found == "[]"
 
 
+def test_connection_options_go_before_or_after_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVSTORE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.delenv("KVSTORE_CACHE_URL", raising=False)
+    record = orjson.dumps({"user_id": "u1", "session_id": "s", "state": "A"}).decode()
+    before, after = f"sqlite:///{tmp_path / 'before.db'}", f"sqlite:///{tmp_path / 'after.db'}"
+    assert invoke("--url", before, "put", "state", stdin=record)[0] == 0
+    assert invoke("put", "state", "--url", after, stdin=record)[0] == 0
+    assert invoke("--url", before, "get", "state", "u1", "s", "--url", after)[0] == 0
+    assert invoke("get", "state", "u1", "s")[0] == 4  # $KVSTORE_URL: nothing there
+    assert invoke("--url", before, "get", "state", "u1", "s")[0] == 0
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["after.db", "before.db", "env.db"]
+
+
 def test_demo_plays_the_whole_conversation_on_memory() -> None:
     code, output = invoke("demo", "--url", "memory://", "--turns", "10")
     assert code == 0, output

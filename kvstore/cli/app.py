@@ -4,7 +4,8 @@ database, running a coroutine with clean errors and exit codes."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+import functools
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -28,9 +29,21 @@ CACHE_HELP = "Cache URL for a tiered store: redis://... or memory:// ($KVSTORE_C
 
 
 def url_options(command: Callable[..., None]) -> Callable[..., None]:
-    """``--url`` and ``--cache-url`` (or ``$KVSTORE_URL``, ``$KVSTORE_CACHE_URL``)."""
-    command = click.option("--cache-url", envvar="KVSTORE_CACHE_URL", help=CACHE_HELP)(command)
-    return click.option("--url", envvar="KVSTORE_URL", help=URL_HELP)(command)
+    """``--url`` and ``--cache-url`` after the command, or before it (``kvstore --url X
+    import ...``), or ``$KVSTORE_URL`` and ``$KVSTORE_CACHE_URL``, in that order."""
+
+    @functools.wraps(command)
+    def with_urls(*args: Any, url: str | None, cache_url: str | None, **kwargs: Any) -> None:
+        given = click.get_current_context().find_root().params
+        command(
+            *args,
+            url=url or given.get("url"),
+            cache_url=cache_url or given.get("cache_url"),
+            **kwargs,
+        )
+
+    with_urls = click.option("--cache-url", help=CACHE_HELP)(with_urls)
+    return click.option("--url", help=URL_HELP)(with_urls)
 
 
 def open_database(url: str | None, cache_url: str | None = None) -> Database:
@@ -84,7 +97,9 @@ class KVStoreGroup(click.Group):
 
 @click.group(cls=KVStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kvstore")
-def main() -> None:
+@click.option("--url", envvar="KVSTORE_URL", help=URL_HELP)
+@click.option("--cache-url", envvar="KVSTORE_CACHE_URL", help=CACHE_HELP)
+def main(url: str | None, cache_url: str | None) -> None:
     """kvstore: typed records in SQL, Redis, or Redis in front of SQL.
 
     Every command reads the store URL from --url or $KVSTORE_URL (default: the SQLite file
