@@ -1,11 +1,12 @@
-"""Every ```python block of the README runs, in order, in one namespace (top-level await
-allowed), from a scratch directory: the examples newcomers copy must work."""
+"""Every ```python block of the README runs as it stands: each alone, as a script in a new
+process, from a scratch directory (the examples newcomers copy must work)."""
 
 from __future__ import annotations
 
-import ast
-import inspect
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,25 +23,18 @@ def test_readme_has_examples() -> None:
     assert len(python_blocks()) >= 3
 
 
-async def test_readme_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("KVSTORE_URL", raising=False)
-    namespace: dict[str, object] = {"__name__": "readme"}
-    try:
-        for number, source in enumerate(python_blocks(), start=1):
-            code = compile(
-                source,
-                f"README.md block {number}",
-                "exec",
-                flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
-                dont_inherit=True,  # not our `from __future__ import annotations`
-            )
-            result = eval(code, namespace)
-            if inspect.iscoroutine(result):
-                await result
-    finally:  # what the examples opened is closed even when one of them fails
-        closers = [value for value in namespace.values() if hasattr(value, "close")]
-        for value in closers:
-            close = value.close
-            if inspect.iscoroutinefunction(close):
-                await close()
+@pytest.mark.parametrize("number", range(1, len(python_blocks()) + 1))
+def test_each_readme_example_runs_alone(number: int, tmp_path: Path) -> None:
+    script = tmp_path / f"readme_block_{number}.py"
+    script.write_text(python_blocks()[number - 1], encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"README block {number}:\n{result.stderr}"
