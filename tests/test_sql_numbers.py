@@ -19,14 +19,16 @@ pytestmark = pytest.mark.postgres
 
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
-TEXT = st.text(st.characters(exclude_characters="\x00"))
+TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"))
 """jsonb holds no NUL character (the store refuses one in any value: SerializationError)."""
 JSON = st.recursive(
     st.none() | st.booleans() | FLOATS | INTS | TEXT,
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(
-            st.text(st.characters(exclude_characters="\x00"), max_size=8), children, max_size=4
+            st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8),
+            children,
+            max_size=4,
         )
     ),
     max_leaves=12,
