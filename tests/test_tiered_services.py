@@ -231,7 +231,10 @@ async def test_delete_user_erases_the_cache_tier_too(
 async def test_warm_loads_the_newest_rows_of_postgresql_into_redis(
     postgres_url: str, redis_server: RedisServer
 ) -> None:
-    db, backend = tiered(postgres_url, redis_server.url)
+    # without the change feed: its tombstones revoke leases, so on a loaded machine its
+    # catching up after the flush could take warm's leases between lookup and fill (warm
+    # then reports those fills as not landed, truthfully; not what this test is about)
+    db, backend = tiered(postgres_url, redis_server.url, follow_changes=False)
     user = new_user()
     async with db:
         for n in range(5):
