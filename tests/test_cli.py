@@ -96,6 +96,11 @@ def test_connection_options_go_before_or_after_the_command(
     assert invoke("get", "state", "u1", "s")[0] == 4  # $KVSTORE_URL: nothing there
     assert invoke("--url", before, "get", "state", "u1", "s")[0] == 0
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["after.db", "before.db", "env.db"]
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    assert invoke("--url", fresh, "db", "upgrade")[0] == 0  # db commands too
+    assert invoke("db", "current", "--url", fresh)[0] == 0
+    assert invoke("--url", fresh, "purge-expired")[0] == 0
+    assert invoke("db", "current")[0] == 0  # $KVSTORE_URL: env.db, upgraded by its put
 
 
 def test_demo_plays_the_whole_conversation_on_memory() -> None:

@@ -9,6 +9,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
 
 from kvstore.errors import KVStoreError
@@ -64,6 +72,19 @@ def literal_console(*, stderr: bool = False) -> Console:
     what a user typed or stored (an id like ``u[x]`` or ``[/b]``) shows literally, and no
     wrapping at the terminal's width (an error stays one line for grep and for logs)."""
     return Console(stderr=stderr, markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def progress_bar(console: Console) -> Progress:
+    """A bar with a count and a rate, on ``console`` (commands give a stderr one, so that
+    stdout stays their report or JSON)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(show_speed=True),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def run(console: Console, work: Callable[[], Awaitable[T]]) -> T:

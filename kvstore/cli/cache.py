@@ -7,17 +7,16 @@ from typing import TYPE_CHECKING
 
 import click
 import orjson
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from kvstore.cli.app import literal_console, main, open_database, run, url_options
+from kvstore.cli.app import (
+    literal_console,
+    main,
+    open_database,
+    progress_bar,
+    run,
+    url_options,
+)
 from kvstore.errors import ConfigurationError
 from kvstore.store import Store
 
@@ -35,18 +34,6 @@ def _tiered(url: str | None, cache_url: str | None) -> tuple[Store, TieredBacken
     backend = database.backend
     assert isinstance(backend, TieredBackend)
     return database, backend
-
-
-def progress_bar() -> Progress:
-    """A bar with a count and a rate, on stderr (stdout stays the report, or the JSON)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(show_speed=True),
-        TimeElapsedColumn(),
-        console=literal_console(stderr=True),
-    )
 
 
 @main.group()
@@ -108,7 +95,7 @@ def warm(
     async def work() -> None:
         database, backend = _tiered(url, cache_url)
         async with database:
-            with progress_bar() as bar:
+            with progress_bar(literal_console(stderr=True)) as bar:
                 task = bar.add_task(f"warming {namespace}", total=None)
                 report = await backend.warm(
                     namespace, owner=owner, limit=limit, progress=lambda n: bar.advance(task, n)
@@ -149,7 +136,7 @@ def verify(
     async def work() -> int:
         database, backend = _tiered(url, cache_url)
         async with database:
-            with progress_bar() as bar:
+            with progress_bar(literal_console(stderr=True)) as bar:
                 task = bar.add_task(f"verifying {namespace}", total=None)
                 report = await backend.verify(
                     namespace,

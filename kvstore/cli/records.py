@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -12,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 from pydantic import ValidationError
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
-from kvstore.cli.app import fail, literal_console, main, open_database, run, url_options
+from kvstore.cli.app import (
+    fail,
+    literal_console,
+    main,
+    open_database,
+    progress_bar,
+    run,
+    url_options,
+)
 from kvstore.errors import ConfigurationError, InvalidRecordError
 from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.keys import Key, check_namespace
@@ -33,8 +32,6 @@ from kvstore.store import Store
 from kvstore.transfer import ImportReport, export_lines, import_lines, open_text
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from backends.base import Backend, Entry
     from kvstore.interface import Database
 
@@ -46,7 +43,7 @@ EXIT_REJECTED = 3
 
 def _missing_sqlite_file(url: str | None) -> bool:
     """Whether ``url`` (``None``: the embedded default) names a SQLite file not there yet."""
-    target = url or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+    target = url or DEFAULT_SQL_URL  # url already holds --url or $KVSTORE_URL
     if not target.startswith("sqlite"):
         return False
     from sqlalchemy.engine import make_url  # imported by the commands that need it
@@ -66,7 +63,7 @@ async def _counts(backend: Backend) -> dict[str, int]:
     if not record.capabilities.bulk:
         raise ConfigurationError(f"{type(record).__name__} cannot count its records")
     counts: dict[str, int] = {}
-    with _progress(literal_console(stderr=True)) as progress:
+    with progress_bar(literal_console(stderr=True)) as progress:
         task = progress.add_task("counting", total=None)
         async for key, _ in record.scan():
             counts[key.namespace] = counts.get(key.namespace, 0) + 1
@@ -85,18 +82,6 @@ def _as_json(store: Store, namespace: str, entry: Entry) -> Any:
     if collection is None:
         return orjson.loads(entry.value)
     return collection.decode(entry).model_dump(mode="json")
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(show_speed=True),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 @main.command()
@@ -287,7 +272,7 @@ def export_command(
         try:
             async with _store(open_database(url, cache_url)) as store:
                 backend = await store.backend_ready()
-                with _progress(console) as progress, open_text(partial, "wb") as sink:
+                with progress_bar(console) as progress, open_text(partial, "wb") as sink:
                     task = progress.add_task("exporting", total=None)
                     async for line in export_lines(backend, namespace=namespace, owner=owner):
                         sink.write(line)
@@ -339,7 +324,7 @@ def import_command(
 
     async def load(backend: Backend | None) -> ImportReport:
         with (
-            _progress(console) as progress,
+            progress_bar(console) as progress,
             open_text(source, "rb") as lines,
             rejects_path.open("wb") as reject_sink,
         ):
@@ -434,7 +419,7 @@ def migrate(
                         "--model module:Class --namespace NAME)"
                     )
                 targets = {name: store.built_in[name] for name in namespace or store.built_in}
-            with _progress(console) as progress:
+            with progress_bar(console) as progress:
                 for name, collection in targets.items():
                     task = progress.add_task(f"migrating {name}", total=None)
                     report = await migrate_collection(

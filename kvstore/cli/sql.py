@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from kvstore.cli.app import literal_console, main, run
@@ -16,7 +14,9 @@ EXIT_BEHIND = 5
 
 
 def _sql_url(url: str | None) -> str:
-    return url or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+    """The URL after the command, else before it (``kvstore --url X db upgrade``; both read
+    ``$KVSTORE_URL``), else the embedded default."""
+    return url or click.get_current_context().find_root().params.get("url") or DEFAULT_SQL_URL
 
 
 @main.group()
@@ -25,7 +25,7 @@ def db() -> None:
 
 
 @db.command(name="upgrade")
-@click.option("--url", envvar="KVSTORE_URL", help=SQL_URL_HELP)
+@click.option("--url", help=SQL_URL_HELP)
 def upgrade_command(url: str | None) -> None:
     """Bring the database to the current schema (safe to run again, or concurrently).
 
@@ -46,7 +46,7 @@ def upgrade_command(url: str | None) -> None:
 
 
 @db.command(name="current")
-@click.option("--url", envvar="KVSTORE_URL", help=SQL_URL_HELP)
+@click.option("--url", help=SQL_URL_HELP)
 def current_command(url: str | None) -> None:
     """Print the database's schema revision (exit code 5 if it is behind the code's)."""
     console = literal_console()
@@ -64,7 +64,7 @@ def current_command(url: str | None) -> None:
 
 
 @main.command(name="purge-expired")
-@click.option("--url", envvar="KVSTORE_URL", help=SQL_URL_HELP)
+@click.option("--url", help=SQL_URL_HELP)
 @click.option("--batch-size", default=1000, show_default=True, help="Rows per transaction.")
 def purge_expired(url: str | None, batch_size: int) -> None:
     """Delete expired records from the SQL store, in batches (they are never returned
