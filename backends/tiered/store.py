@@ -341,12 +341,16 @@ class TieredBackend(Backend):
             await self._fill(list(fills.values()))
         return results
 
-    async def _fill(self, items: list[tuple[Key, Entry, str]]) -> None:
+    async def _fill(self, items: list[tuple[Key, Entry, str]]) -> int | None:
+        """Fill ``items`` through their leases; how many landed, ``None`` if the cache
+        did not answer."""
         ttl = min(self._ttl_for(entry) for _, entry, _ in items)
         landed = await self._call(self.cache.fill(items, ttl=ttl))
-        if landed is not FAILED:
-            self._fills += landed
-            self._fill_dropped += len(items) - landed
+        if landed is FAILED:
+            return None
+        self._fills += landed
+        self._fill_dropped += len(items) - landed
+        return landed
 
     async def list(
         self,
@@ -679,12 +683,9 @@ class TieredBackend(Backend):
         ]
         if not items:
             return 0
-        ttl = min(self._ttl_for(entry) for _, entry, _ in items)
-        landed = await self._call(self.cache.fill(items, ttl=ttl))
-        if landed is FAILED:
+        landed = await self._fill(items)
+        if landed is None:
             raise BackendUnavailableError("the cache did not answer")
-        self._fills += landed
-        self._fill_dropped += len(items) - landed
         return landed
 
     async def cache_call(self, operation: Awaitable[T]) -> T | None:
