@@ -98,6 +98,19 @@ class RedisServer:
         self.process = None
 
 
+def redis_cli(port: int, *args: str | int) -> str:
+    """``redis-cli -p port args...``'s output: the tests' view of their servers."""
+    if REDIS_CLI is None:
+        raise RuntimeError("redis-cli is not on PATH")
+    return subprocess.run(
+        [REDIS_CLI, "-p", str(port), *map(str, args)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+
+
 @dataclass
 class RedisClusterServers:
     """Three masters with ``cluster-enabled yes``, joined by ``redis-cli --cluster create``;
@@ -132,15 +145,9 @@ class RedisClusterServers:
         )
         deadline = time.monotonic() + 30
         for node in self.nodes:
-            while True:
-                info = subprocess.run(
-                    [REDIS_CLI, "-p", str(node.port), "cluster", "info"],
-                    check=True,
-                    capture_output=True,
-                    timeout=10,
-                ).stdout
-                if b"cluster_state:ok" in info and self._synced(node):
-                    break
+            while "cluster_state:ok" not in redis_cli(node.port, "cluster", "info") or not (
+                self._synced(node)
+            ):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the test cluster did not become ready")
                 time.sleep(0.1)
@@ -149,14 +156,8 @@ class RedisClusterServers:
     @staticmethod
     def _synced(node: RedisServer) -> bool:
         """A master, or a replica whose first sync with its master is done."""
-        assert REDIS_CLI is not None
-        info = subprocess.run(
-            [REDIS_CLI, "-p", str(node.port), "info", "replication"],
-            check=True,
-            capture_output=True,
-            timeout=10,
-        ).stdout
-        return b"role:master" in info or b"master_link_status:up" in info
+        info = redis_cli(node.port, "info", "replication")
+        return "role:master" in info or "master_link_status:up" in info
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -27,7 +26,13 @@ from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.clock import SYSTEM_CLOCK, SkewedClock
 from kvstore.keys import Key
 from kvstore.store import Store
-from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisServer
+from tests.redis_servers import (
+    REDIS_CLI,
+    REDIS_SERVER,
+    RedisClusterServers,
+    RedisServer,
+    redis_cli,
+)
 from tests.services import unavailable
 
 if TYPE_CHECKING:
@@ -203,33 +208,27 @@ async def test_a_redis_restored_from_an_older_snapshot_never_serves_it(
 
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
-    """A three-master cluster of this test alone (its nodes get killed)."""
+    """Three masters of this test alone."""
+    yield from private_cluster(tmp_path, replicas=0)
+
+
+def private_cluster(tmp_path: Path, *, replicas: int) -> Iterator[RedisClusterServers]:
+    """A cluster of this test alone (its nodes get killed): three masters with ``replicas``
+    replicas each."""
     if REDIS_SERVER is None or REDIS_CLI is None:
         unavailable("redis-server and redis-cli are needed for the cluster tests")
-    servers = RedisClusterServers(tmp_path / "cluster")
+    servers = RedisClusterServers(tmp_path / "cluster", replicas=replicas)
     try:
         yield servers.start()
     finally:
         servers.stop()
 
 
-def cli(port: int, *args: str | int) -> str:
-    """``redis-cli -p port args...``'s output (the test's view of the servers)."""
-    assert REDIS_CLI is not None
-    return subprocess.run(
-        [REDIS_CLI, "-p", str(port), *map(str, args)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
-
-
 def wait_for_cluster(servers: RedisClusterServers) -> None:
     """Until every live node reports ``cluster_state:ok`` (a restarted node rejoins)."""
     give_up = time.monotonic() + DEADLINE
     for node in servers.nodes:
-        while node.process is not None and "cluster_state:ok" not in cli(
+        while node.process is not None and "cluster_state:ok" not in redis_cli(
             node.port, "cluster", "info"
         ):
             assert time.monotonic() < give_up, "the cluster did not become ready"
@@ -254,9 +253,9 @@ async def test_a_cluster_node_restored_from_an_older_snapshot_is_fenced_off(
         holder = next(
             node
             for node in own_cluster.nodes
-            if int(cli(node.port, "cluster", "countkeysinslot", slot_of(user)))
+            if int(redis_cli(node.port, "cluster", "countkeysinslot", slot_of(user)))
         )
-        cli(holder.port, "save")
+        redis_cli(holder.port, "save")
         await db.save_state(saved.model_copy(update={"state": "V2"}))
         assert holder.process is not None
         holder.process.send_signal(signal.SIGKILL)
@@ -275,18 +274,14 @@ async def test_a_cluster_node_restored_from_an_older_snapshot_is_fenced_off(
 @pytest.fixture
 def cluster_with_replicas(tmp_path: Path) -> Iterator[RedisClusterServers]:
     """Three masters with a replica each, of this test alone."""
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        unavailable("redis-server and redis-cli are needed for the cluster tests")
-    servers = RedisClusterServers(tmp_path / "cluster", replicas=1)
-    try:
-        yield servers.start()
-    finally:
-        servers.stop()
+    yield from private_cluster(tmp_path, replicas=1)
 
 
 def shard_of(servers: RedisClusterServers, slot: int) -> tuple[RedisServer, RedisServer]:
     """The master serving ``slot`` and its replica, from ``CLUSTER NODES``."""
-    lines = [line.split() for line in cli(servers.nodes[0].port, "cluster", "nodes").splitlines()]
+    lines = [
+        line.split() for line in redis_cli(servers.nodes[0].port, "cluster", "nodes").splitlines()
+    ]
     by_port = {node.port: node for node in servers.nodes}
     master_id = next(
         fields[0]
@@ -317,18 +312,18 @@ async def test_a_cluster_failover_to_a_replica_that_lagged_is_fenced_off(
         saved = await db.save_state(StateRecord(user_id=user, session_id="s1", state="V1"))
         assert await state_of(db, user) == "V1"
         master, replica = shard_of(servers, slot_of(user))
-        assert cli(master.port, "wait", 1, 5000).strip() == "1"
+        assert redis_cli(master.port, "wait", 1, 5000).strip() == "1"
         assert master.process is not None
         assert replica.process is not None
         replica.process.send_signal(signal.SIGSTOP)
-        cli(master.port, "client", "kill", "type", "replica")  # nothing more reaches it
+        redis_cli(master.port, "client", "kill", "type", "replica")  # nothing more reaches it
         await db.save_state(saved.model_copy(update={"state": "V2"}))
         master.process.send_signal(signal.SIGKILL)
         master.process.wait()
         master.process = None
         replica.process.send_signal(signal.SIGCONT)
         give_up = time.monotonic() + 30
-        while cli(replica.port, "role").split()[0] != "master":
+        while redis_cli(replica.port, "role").split()[0] != "master":
             assert time.monotonic() < give_up, "the replica did not take over"
             await asyncio.sleep(0.1)
         backend = backend_of(db)
