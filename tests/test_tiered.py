@@ -166,16 +166,22 @@ async def test_a_failing_cache_never_fails_a_write_and_is_bypassed(
     assert "circuit breaker open" in warnings[0].getMessage()
 
 
-async def test_the_breaker_probes_repairs_dirty_keys_then_closes(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    r = rig()
+async def save_v1_then_v2_v3_while_the_cache_is_down(r: Rig) -> None:
+    """V1 reaches the cache; V2 and V3 are saved while it is down (the breaker opens, the
+    key is dirty); then the cache answers again, still holding V1."""
     await r.db.save_state(state("V1"))
     r.faults.mode = "down"
     await r.db.save_state(state("V2"))
     await r.db.save_state(state("V3"))
     assert r.backend.stats().breaker is BreakerState.OPEN
     r.faults.mode = "ok"
+
+
+async def test_the_breaker_probes_repairs_dirty_keys_then_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = rig()
+    await save_v1_then_v2_v3_while_the_cache_is_down(r)
     assert (await r.cache.lookup([KEY], lease_ttl=1))[0].entry is not None  # still v1 cached
     await asyncio.sleep(0.06)
     caplog.clear()
@@ -198,12 +204,7 @@ async def test_a_write_that_reaches_the_cache_while_the_breaker_is_open_closes_i
     ``breaker_reset_after``: writes still try it, and the first that lands makes the probe
     due, so the next read repairs the dirty keys and closes the breaker."""
     r = rig(breaker_reset_after=60)
-    await r.db.save_state(state("V1"))
-    r.faults.mode = "down"
-    await r.db.save_state(state("V2"))
-    await r.db.save_state(state("V3"))
-    assert r.backend.stats().breaker is BreakerState.OPEN
-    r.faults.mode = "ok"
+    await save_v1_then_v2_v3_while_the_cache_is_down(r)
     await r.db.save_state(state("V4", session_id="s2"))  # lands in the cache
     [written] = await r.cache.lookup([Key("state", ("u1", "s2"))], lease_ttl=1)
     assert written.entry is not None
