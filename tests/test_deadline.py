@@ -104,6 +104,14 @@ def tiered(tmp_path: Path, cache_url: str, **options: float) -> tuple[Store, Tie
     return db, db.backend
 
 
+async def saved_users(db: Store, prefix: str, count: int) -> list[str]:
+    """``count`` users, each with a state record of session ``s`` saved (and cached)."""
+    users = [f"{prefix}{n}" for n in range(count)]
+    for user in users:
+        await db.save_state(StateRecord(user_id=user, session_id="s", state="A"))
+    return users
+
+
 @pytest.mark.redis
 async def test_a_stalled_loop_keeps_the_breaker_closed_and_the_cache_serving(
     tmp_path: Path, shared_redis_url: str
@@ -112,9 +120,7 @@ async def test_a_stalled_loop_keeps_the_breaker_closed_and_the_cache_serving(
     read in flight during a stall misses a 100 ms deadline on the loop's clock."""
     db, backend = tiered(tmp_path, shared_redis_url)
     async with db:
-        users = [f"u{n}" for n in range(64)]
-        for user in users:
-            await db.save_state(StateRecord(user_id=user, session_id="s", state="A"))
+        users = await saved_users(db, "u", 64)
         before = backend.stats()
         stop = asyncio.Event()
 
@@ -165,9 +171,7 @@ async def test_a_saturated_caller_keeps_the_breaker_closed_and_the_cache_serving
     Timeouts while the cache answers other calls are not cache failures."""
     db, backend = tiered(tmp_path, shared_redis_url)
     async with db:
-        users = [f"sat{n}" for n in range(100)]
-        for user in users:
-            await db.save_state(StateRecord(user_id=user, session_id="s", state="A"))
+        users = await saved_users(db, "sat", 100)
         before = backend.stats()
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(3.0, stop.set)
@@ -187,9 +191,7 @@ async def test_a_frozen_cache_opens_the_breaker_under_saturation(
 ) -> None:
     db, backend = tiered(tmp_path, redis_server.url)
     async with db:
-        users = [f"sat{n}" for n in range(100)]
-        for user in users:
-            await db.save_state(StateRecord(user_id=user, session_id="s", state="A"))
+        users = await saved_users(db, "sat", 100)
         assert redis_server.process is not None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
