@@ -45,10 +45,6 @@ _RAW: dict[str, Any] = {NEVER_DECODE: True}
 """Replies stay bytes even on a client made with ``decode_responses=True``."""
 
 
-def _connection_error(result: object) -> bool:
-    return isinstance(result, RedisConnectionError)
-
-
 def _first_key(command: Command) -> EncodableT | None:
     """The first key ``command`` names (scripts: after the key count)."""
     name = str(command[0]).upper()
@@ -65,6 +61,7 @@ class AutoPipeline:
     ) -> None:
         self.client = client
         self.enabled = enabled
+        self._cluster = isinstance(client, RedisCluster)
         self.timeout = timeout
         self._pool: ConnectionPool | None = (
             client.connection_pool if type(client) is Redis and not client.connection else None
@@ -122,16 +119,17 @@ class AutoPipeline:
         try:
             results: list[Any] = await pipe.execute(raise_on_error=False)
         except RedisConnectionError:
-            await self._rediscover(commands[0])
+            if self._cluster:
+                await self._rediscover(commands[0])
             raise
         finally:
             self._in_flight -= 1
         self._replies += 1
-        failed = next(
-            (c for c, r in zip(commands, results, strict=True) if _connection_error(r)), None
-        )
-        if failed is not None:
-            await self._rediscover(failed)
+        if self._cluster:
+            for command, result in zip(commands, results, strict=True):
+                if isinstance(result, RedisConnectionError):
+                    await self._rediscover(command)
+                    break
         return results
 
     async def _rediscover(self, command: Command) -> None:
@@ -140,7 +138,7 @@ class AutoPipeline:
         single command to a key of ``command``, so the next call finds a failover's new
         primary instead of the dead one."""
         key = _first_key(command)
-        if key is not None and isinstance(self.client, RedisCluster):
+        if key is not None:
             with contextlib.suppress(RedisError):
                 await self.client.execute_command("EXISTS", key)
 
