@@ -22,7 +22,7 @@ from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 
 from kvstore.errors import ConfigurationError
-from kvstore.urls import mask_url, split_url
+from kvstore.urls import check_query_names, mask_url, split_url
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -145,15 +145,8 @@ def check_url(url: str) -> str:
 
 
 def _check_query(url: str, accepted: frozenset[str]) -> None:
-    """A query parameter no connection takes is an error now, not a ``TypeError`` at the
-    first command."""
-    names = {name for name, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True)}
-    strangers = sorted(names - accepted)
-    if strangers:
-        raise ConfigurationError(
-            f"unknown query parameter {', '.join(map(repr, strangers))} in {mask_url(url)}; "
-            f"accepted: {', '.join(sorted(accepted))}"
-        )
+    names = (name for name, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True))
+    check_query_names(url, names, accepted)
 
 
 Closer = Callable[[], Awaitable[None]]

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kvstore.errors import ConfigurationError
 from kvstore.options import SQL_OPTIONS
-from kvstore.urls import mask_url
+from kvstore.urls import check_query_names, mask_url
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Generator
@@ -115,14 +115,8 @@ def parse_sql_url(url: str, options: SQLOptions | None = None) -> SQLConfig:
     if port is not None and not 0 < port < 65536:
         raise ConfigurationError(f"the port in {mask_url(url)} must be 1-65535")
     query = {_ALIASES.get(name, name): value for name, value in parsed.query.items()}
+    check_query_names(url, query, SQL_OPTIONS | DRIVER_PARAMETERS[dialect])
     from_query = {name: query.pop(name) for name in list(query) if name in SQL_OPTIONS}
-    strangers = sorted(set(query) - DRIVER_PARAMETERS[dialect])
-    if strangers:
-        accepted = sorted(SQL_OPTIONS | DRIVER_PARAMETERS[dialect])
-        raise ConfigurationError(
-            f"unknown query parameter {', '.join(map(repr, strangers))} in {mask_url(url)}; "
-            f"accepted: {', '.join(accepted)}"
-        )
     parsed = parsed.set(drivername=_DRIVER_NAMES[dialect], query=query)
     config = SQLConfig(url=parsed, dialect=dialect)
     values: dict[str, Any] = {}

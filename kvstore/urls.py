@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from kvstore.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Iterable
 
 MASK = "***"
 
@@ -47,3 +51,15 @@ def split_url(url: str) -> SplitResult:
             "the port is outside 1-65535 (percent-encode '/', '?', '#' and '@' in a password)"
         ) from None
     return parts
+
+
+def check_query_names(url: str, names: Iterable[str], accepted: Collection[str]) -> None:
+    """Raise :class:`ConfigurationError` (password masked) naming every query parameter of
+    ``url`` not in ``accepted``, and listing those accepted: caught when the store is built,
+    not as a driver's ``TypeError`` at the first connection."""
+    strangers = sorted(set(names) - set(accepted))
+    if strangers:
+        raise ConfigurationError(
+            f"unknown query parameter {', '.join(map(repr, strangers))} in {mask_url(url)}; "
+            f"accepted: {', '.join(sorted(accepted))}"
+        )
