@@ -90,7 +90,7 @@ ON CONFLICT (namespace, owner, key) DO UPDATE SET
         THEN excluded.created_at ELSE r.created_at END,
     updated_at = excluded.updated_at,
     expires_at = excluded.expires_at,
-    revision = excluded.revision
+    revision = {revision}
 """
 SQL: Final = {
     "get": """
@@ -126,12 +126,22 @@ SQL: Final = {
 }
 """The hot statements, in PostgreSQL's ``$n`` style (SQLite gets ``?n``, same numbers).
 
-Revisions: on PostgreSQL a trigger assigns every written row's revision (the ``0`` here is
-replaced) and the delete trigger draws the tombstone's, read back with ``currval``; on
-SQLite the statement takes the counter + 1 itself, and the delete trigger bumps it."""
+Revisions: the statement draws the written row's revision itself (an upsert's update draws
+a new one in its ``SET``, evaluated once the row is locked, so one key's revisions grow with
+its versions however concurrent saves interleave), on PostgreSQL from the
+sequence after forcing the transaction's id (which the change feed relies on: see
+:mod:`backends.sql_feed`; ``CASE`` evaluates its condition first), on SQLite as the counter
++ 1 (a trigger moves the counter). Triggers give one to writes that leave the column alone
+(batch jobs' plain SQL). The delete trigger draws the tombstone's revision, read back with
+``currval`` (PostgreSQL) or from the counter (SQLite)."""
 
+_POSTGRES_REVISION: Final = (
+    "CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('kv_revision') END"
+)
 _POSTGRES_SQL: Final = {
-    name: text.replace("{revision}", "0").replace("{deleted}", "currval('kv_revision')")
+    name: text.replace("{revision}", _POSTGRES_REVISION).replace(
+        "{deleted}", "currval('kv_revision')"
+    )
     for name, text in SQL.items()
 } | sql_feed.POSTGRES
 _SQLITE_SQL: Final = {

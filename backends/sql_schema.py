@@ -111,7 +111,7 @@ kv_records = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=True),
-    sa.Column("revision", sa.BigInteger(), nullable=False),
+    sa.Column("revision", sa.BigInteger(), nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint("namespace", "owner", "key", name="pk_kv_records"),
     sa.Index("ix_kv_records_owner", "owner"),
     sa.Index("ix_kv_records_namespace_updated_at", "namespace", "updated_at"),
@@ -125,9 +125,10 @@ kv_records = sa.Table(
 )
 """Every record of every namespace: ``(namespace, owner, key)`` is the primary key.
 
-``revision`` is assigned by the database on every insert and update (triggers; see
-migration 0002): batch jobs read "everything changed since revision N" with
-``WHERE revision > N`` and must leave the column alone when they write."""
+``revision`` is assigned by the database on every insert and update (by kvstore's own
+statements, and by triggers for writes that leave the column alone; see migrations 0002 and
+0003): batch jobs read "everything changed since revision N" with ``WHERE revision > N`` and
+must leave the column alone when they write."""
 
 kv_tombstones = sa.Table(
     "kv_tombstones",

@@ -4,6 +4,7 @@ expiry purges, concurrency and persistence across processes."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import uuid
@@ -94,6 +95,58 @@ async def test_tables_answer_plain_sql_for_batch_jobs(sql_url: str, backend: SQL
             ),
         )
         assert recent == [(3,)]
+
+
+async def test_every_write_gets_a_new_revision_plain_sql_and_restore_included(
+    sql_url: str, backend: SQLBackend
+) -> None:
+    """kvstore's statements draw their revision themselves; a batch job's INSERT or UPDATE
+    that leaves the column alone, and a restore, get one from the database's triggers. All
+    of them come after every revision before and reach the change feed."""
+    now = "now()" if "postgresql" in sql_url else "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+    saved = await backend.put(Key("state", ("u1", "a")), b'{"n": 1}')
+    head, _ = await backend.head()
+    assert head == saved.revision
+    async with backend.engine.begin() as connection:
+        await connection.execute(
+            sa.text(
+                "INSERT INTO kv_records (namespace, owner, key, value, version, created_at,"
+                f" updated_at) VALUES ('state', 'u1', 'b', '{{\"n\": 2}}', 1, {now}, {now})"
+            )
+        )
+        await connection.execute(
+            sa.text("UPDATE kv_records SET version = version + 1 WHERE key = 'a'")
+        )
+    inserted, updated = await backend.get_many([Key("state", ("u1", k)) for k in "ba"])
+    assert inserted is not None
+    assert updated is not None
+    assert head < inserted.revision < updated.revision
+    await backend.restore([(Key("state", ("u1", "b")), dataclasses.replace(inserted, version=9))])
+    restored = await backend.get(Key("state", ("u1", "b")))
+    assert restored is not None
+    assert (restored.version, restored.revision > updated.revision) == (9, True)
+    again = await backend.put(Key("state", ("u1", "a")), b'{"n": 3}')
+    assert again.revision > restored.revision
+    changes, _ = await backend.read_changes(head, 100)
+    assert [(c.key.rest, c.revision) for c in changes] == [
+        (("b",), restored.revision),
+        (("a",), again.revision),
+    ]
+
+
+async def test_one_keys_revisions_grow_with_its_versions_under_concurrent_saves(
+    backend: SQLBackend,
+) -> None:
+    """Concurrent saves of one key queue on its row lock in some order; each must draw its
+    revision once it holds the lock, or the cache (which orders by revision) would keep an
+    older version."""
+    key = Key("state", ("u1", "hot"))
+    saved = await asyncio.gather(*(backend.put(key, b'{"n": %d}' % i) for i in range(200)))
+    by_version = sorted(saved, key=lambda entry: entry.version)
+    assert [entry.version for entry in by_version] == list(range(1, 201))
+    revisions = [entry.revision for entry in by_version]
+    assert revisions == sorted(revisions)
+    assert len(set(revisions)) == len(revisions)
 
 
 async def test_multi_component_keys_are_separate_columns_and_list_by_prefix(

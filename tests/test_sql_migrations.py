@@ -49,12 +49,14 @@ async def test_upgrade_from_empty_reaches_head_and_is_idempotent(empty_url: str)
     assert await current_revision(empty_url) == head_revision()
 
 
-async def test_upgrade_from_the_first_revision_keeps_data_and_revises_it(
-    empty_url: str,
+@pytest.mark.parametrize("written_under", [FIRST_REVISION, "0002"])
+async def test_upgrade_from_an_earlier_revision_keeps_data_and_revises_it(
+    empty_url: str, written_under: str
 ) -> None:
-    """Rows written under schema 0001 (no revisions) get distinct revisions on upgrade; from
-    then on every write, plain SQL included, gets a new one, and deletes leave tombstones."""
-    assert await upgrade(empty_url, FIRST_REVISION) == FIRST_REVISION
+    """Rows written under schema 0001 (no revisions) or 0002 (revisions by trigger alone)
+    have distinct revisions after the upgrade; from then on every write gets a new one, and
+    deletes leave tombstones."""
+    assert await upgrade(empty_url, written_under) == written_under
     engine = create_engine(parse_sql_url(empty_url))
     now = datetime.now(UTC)
     insert = sa.text(
