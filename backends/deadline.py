@@ -18,12 +18,17 @@ callback, yet a call waits behind all of them. Given ``progress`` (a counter of 
 dependency gave any caller), a deadline whose time is up while that counter moved grants
 another ``seconds``: the dependency answers, the caller is what is slow. Both grants come
 out of the same ``max_extra``.
+
+A deadline inside another one in the same task that is due no later adds nothing but its
+cost (a tiered store's cache deadline around the Redis backend's own): it sets no timer, and
+the enclosing one bounds the block.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,6 +36,9 @@ if TYPE_CHECKING:
 
 STALL = 0.02
 """Seconds a timer may fire late before the loop counts as stalled."""
+
+_ENCLOSING: ContextVar[deadline | None] = ContextVar("kvstore_deadline", default=None)
+"""The innermost deadline with a timer that the running code is inside of."""
 
 
 class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline(0.1):``
@@ -48,8 +56,12 @@ class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline
         "_seconds",
         "_seen",
         "_stall",
+        "_task",
         "_timeout",
+        "_token",
     )
+    _due: float
+    _task: asyncio.Task[Any] | None
 
     def __init__(
         self,
@@ -67,10 +79,17 @@ class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline
 
     async def __aenter__(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
+        self._task = task = asyncio.current_task()
+        due = loop.time() + self._seconds
+        outer = _ENCLOSING.get()
+        if outer is not None and outer._task is task and outer._due <= due:
+            self._token = None  # covered: the enclosing deadline fires first
+            return
         self._timeout = asyncio.timeout(None)
         await self._timeout.__aenter__()
-        self._due = loop.time() + self._seconds
-        self._handle = loop.call_at(self._due, self._check)
+        self._due = due
+        self._handle = loop.call_at(due, self._check)
+        self._token = _ENCLOSING.set(self)
 
     async def __aexit__(
         self,
@@ -78,6 +97,9 @@ class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._token is None:
+            return
+        _ENCLOSING.reset(self._token)
         self._handle.cancel()
         await self._timeout.__aexit__(exc_type, exc, traceback)
 

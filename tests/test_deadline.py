@@ -9,7 +9,7 @@ import asyncio
 import signal
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +21,7 @@ from kvstore.store import Store
 from tests.redis_servers import RedisServer
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 
@@ -44,6 +45,53 @@ async def test_a_call_that_never_answers_times_out_on_a_free_loop() -> None:
     with pytest.raises(TimeoutError):
         async with deadline(0.05):
             await never
+
+
+async def test_a_nested_deadline_due_later_is_covered_by_the_enclosing_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The inner deadline sets no timer of its own; the enclosing one still ends the block.
+    An inner deadline due sooner keeps its own timer."""
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counted(when: float, callback: Callable[..., object], *args: object) -> Any:
+        timers.append(when)
+        return call_at(when, callback, *args)
+
+    monkeypatch.setattr(loop, "call_at", counted)
+
+    async def nested() -> None:
+        async with deadline(0.05), deadline(5.0):
+            await loop.create_future()
+
+    with pytest.raises(TimeoutError):
+        await nested()
+    assert len(timers) == 1
+    async with deadline(5.0):
+        with pytest.raises(TimeoutError):
+            async with deadline(0.05):
+                await loop.create_future()
+    assert len(timers) == 3
+
+
+async def test_a_task_started_inside_a_deadline_keeps_its_own_deadlines() -> None:
+    """The enclosing deadline bounds its own task only: a task started inside it and left
+    running is not covered by it."""
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def background() -> str:
+        try:
+            async with deadline(0.1):
+                await never
+        except TimeoutError:
+            return "timed out"
+        return "answered"
+
+    async with deadline(0.05):
+        task = asyncio.create_task(background())
+    assert await asyncio.wait_for(task, 5.0) == "timed out"
 
 
 async def test_stalls_are_granted_back_only_up_to_max_extra() -> None:
