@@ -75,7 +75,12 @@ RETURNING version, created_at"""
 
 
 def tiered(
-    url: str, redis_url: str, prefix: str, *, invalidate_before_write: bool = False
+    url: str,
+    redis_url: str,
+    prefix: str,
+    *,
+    invalidate_before_write: bool = False,
+    follow_changes: bool = True,
 ) -> Store:
     db = create_database(
         DatabaseType.TIERED,
@@ -85,6 +90,7 @@ def tiered(
         pool_size=10,
         max_overflow=0,
         invalidate_before_write=invalidate_before_write,
+        follow_changes=follow_changes,
     )
     assert isinstance(db, Store)
     return db
@@ -93,7 +99,8 @@ def tiered(
 async def run(url: str, redis_url: str, seconds: float) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     db = tiered(url, redis_url, prefix)
-    db_ibw = tiered(url, redis_url, prefix, invalidate_before_write=True)
+    # a second store in the same process: one change-feed follower per process, as deployed
+    db_ibw = tiered(url, redis_url, prefix, invalidate_before_write=True, follow_changes=False)
     redis = Redis.from_url(redis_url)
     pool = await asyncpg.create_pool(url, min_size=10, max_size=10, reset=_noreset)
     to_json = StateRecord.__pydantic_serializer__.to_json

@@ -124,6 +124,40 @@ async def test_a_batch_jobs_plain_sql_update_and_delete_reach_the_cache(
         assert backend_of(db).stats().feed_changes >= 2
 
 
+async def test_the_feed_does_not_write_again_what_this_process_wrote(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """A process's own writes come back on the feed; their revisions are already in the
+    cache, so they are counted and skipped. Another process's write is applied."""
+    db = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    async with db:
+        backend = backend_of(db)
+        feed = backend.feed
+        assert feed is not None
+        saved = [
+            await db.save_state(StateRecord(user_id=user, session_id=f"s{i}", state="A"))
+            for i in range(5)
+        ]
+
+        async def caught_up() -> bool:
+            return feed.cursor >= saved[-1].revision and not backend.stats().feed_backlog
+
+        await eventually(caught_up)
+        stats = backend.stats()
+        assert (stats.feed_own, stats.feed_changes) == (5, 0)
+        async with tiered(postgres_url, redis_server.url, follow=False) as other:
+            elsewhere = await other.save_state(saved[0].model_copy(update={"state": "B"}))
+
+        async def applied() -> bool:
+            return backend.stats().feed_changes == 1
+
+        await eventually(applied)
+        assert backend.stats().feed_own == 5
+        assert feed.cursor >= elsewhere.revision
+        await db.delete_user(user)
+
+
 async def _is(value: Awaitable[str | None], expected: str | None) -> bool:
     return await value == expected
 

@@ -75,6 +75,9 @@ REPAIR_CHUNK = 64
 REPAIR_BATCH = 256
 """Dirty keys one call repairs at most: a long outage's backlog is worked off by the calls
 that follow, each waiting a bounded time (dirty keys bypass the cache meanwhile)."""
+LANDED_MAX: Final = 100_000
+"""Revisions this process wrote to the cache that it remembers, so the change feed does not
+write them again (past that the memory is dropped: the feed then writes them, a no-op)."""
 FEED_BACKLOG_MAX = 100_000
 """Changes held for a cache that does not answer; past that the cache is presumed to have
 missed them and a new generation begins when it answers again."""
@@ -121,6 +124,9 @@ class TieredStats:
     """New generations begun by this process (cache restarted, restored, flushed)."""
     feed_changes: int
     """Changes read from the change feed and applied to the cache."""
+    feed_own: int
+    """Changes the feed brought back that this process had already written to the cache in
+    the same generation (not applied again)."""
     feed_backlog: int
     """Changes read from the feed and not yet applied (the cache did not answer)."""
     feed_errors: int
@@ -225,7 +231,9 @@ class TieredBackend(Backend):
         self._reads = self._hits = self._misses = self._fills = self._fill_dropped = 0
         self._cache_errors = self._bypassed = self._generation_changes = 0
         self._answered = self._busy_timeouts = 0
-        self._feed_changes = self._feed_errors = 0
+        self._feed_changes = self._feed_errors = self._feed_own = 0
+        self._landed: dict[int, Generation] = {}
+        """Revisions whose cache update this process made, and in which generation."""
 
     def __repr__(self) -> str:
         return (
@@ -283,6 +291,7 @@ class TieredBackend(Backend):
             generation=self._generation.number if self._generation else 0,
             generation_changes=self._generation_changes,
             feed_changes=self._feed_changes,
+            feed_own=self._feed_own,
             feed_backlog=len(self._feed_backlog),
             feed_errors=self._feed_errors,
         )
@@ -495,6 +504,8 @@ class TieredBackend(Backend):
                 return
             else:
                 self._succeeded()
+                if generation is not None and self._follower is not None:
+                    self._remember_landed(revision, generation)
                 return
 
     def _ttl_for(self, entry: Entry) -> float:
@@ -720,7 +731,7 @@ class TieredBackend(Backend):
                 self._feed_errors += 1
                 await asyncio.sleep(min(1.0, self.feed_interval * 10))
                 continue
-            self._feed_backlog.extend(changes)
+            self._feed_backlog.extend(self._news(changes, follower.watermark))
             if len(self._feed_backlog) > FEED_BACKLOG_MAX:
                 # the cache has been out of use too long to catch up: begin anew instead
                 self._feed_backlog = []
@@ -729,6 +740,25 @@ class TieredBackend(Backend):
                 await self._apply_feed()
             if len(changes) < follower.batch:
                 await asyncio.sleep(self.feed_interval)
+
+    def _remember_landed(self, revision: int, generation: Generation) -> None:
+        if len(self._landed) >= LANDED_MAX:
+            self._landed.clear()  # only costs writes the feed then repeats
+        self._landed[revision] = generation
+
+    def _news(self, changes: Sequence[Change], watermark: int) -> Sequence[Change]:
+        """The changes the cache may not hold yet: not those this process wrote to the
+        cache itself in the current generation (the cache holds that revision or a newer
+        one). Forgets what the feed will not deliver again (at or below ``watermark``)."""
+        landed = self._landed
+        if not landed:
+            return changes
+        news = [c for c in changes if landed.pop(c.revision, None) is not self._generation]
+        self._feed_own += len(changes) - len(news)
+        if landed and min(landed) <= watermark:
+            for revision in [r for r in landed if r <= watermark]:
+                del landed[revision]
+        return news
 
     async def _apply_feed(self) -> bool:
         """Put the backlog's tombstones in the cache; whether all of it landed. Changes stay
