@@ -12,6 +12,13 @@ once per connection. A save is one statement, the version check inside it (``INS
 CONFLICT DO UPDATE ... WHERE ... RETURNING`` or ``UPDATE ... WHERE version = ...``); an
 expired row counts as absent everywhere. Reads that lose their connection and statements
 that hit a serialization failure or deadlock are retried with bounded backoff.
+
+On PostgreSQL, hot statements take turns first come, first served: at most as many run at
+once as the pool holds connections (``pool_size + max_overflow``), the others wait in one
+FIFO queue (an :class:`asyncio.Semaphore`) for at most ``connect_timeout +
+statement_timeout``. Without it a task that just finished would take the next connection
+ahead of tasks that had been waiting (asyncio's and SQLAlchemy's queues let a newcomer take
+an item before a woken waiter runs): some tasks got 100 times the turns of others.
 """
 
 from __future__ import annotations
@@ -54,7 +61,12 @@ from backends.sql_schema import (
     stored_key,
 )
 from kvstore.clock import SYSTEM_CLOCK
-from kvstore.errors import ConflictError, DatabaseClosedError, SerializationError
+from kvstore.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    DatabaseClosedError,
+    SerializationError,
+)
 from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
 
 if TYPE_CHECKING:
@@ -138,18 +150,20 @@ sequence after forcing the transaction's id (which the change feed relies on: se
 _POSTGRES_REVISION: Final = (
     "CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('kv_revision') END"
 )
-_POSTGRES_SQL: Final = {
+POSTGRES_SQL: Final = {
     name: text.replace("{revision}", _POSTGRES_REVISION).replace(
         "{deleted}", "currval('kv_revision')"
     )
     for name, text in SQL.items()
 } | sql_feed.POSTGRES
-_SQLITE_SQL: Final = {
+"""Every statement as PostgreSQL runs it (benchmarks run the same text on the raw driver)."""
+SQLITE_SQL: Final = {
     name: re.sub(r"\$(\d)", r"?\1", text)
     .replace("{revision}", "(SELECT value + 1 FROM kv_revision WHERE id = 1)")
     .replace("{deleted}", "(SELECT value FROM kv_revision WHERE id = 1)")
     for name, text in SQL.items()
 } | sql_feed.SQLITE
+"""Every statement as SQLite runs it."""
 
 
 def _same(value: Any) -> Any:
@@ -183,7 +197,7 @@ class SQLBackend(Backend):
         self._init_lock = asyncio.Lock()
         self._where = config.masked_url
         self._postgres = config.dialect == "postgresql"
-        self._sql = _POSTGRES_SQL if self._postgres else _SQLITE_SQL
+        self._sql = POSTGRES_SQL if self._postgres else SQLITE_SQL
         self._to_time: Callable[[datetime | None], Any] = (
             _same if self._postgres else _to_sqlite_time
         )
@@ -194,6 +208,8 @@ class SQLBackend(Backend):
         self._shared: PoolProxiedConnection | None = None
         self._held: list[PoolProxiedConnection] = []
         self._hold_max = 0 if config.pool_pre_ping else config.pool_size // 2
+        self._turns = asyncio.Semaphore(config.pool_size + config.max_overflow)
+        self._turn_timeout = config.connect_timeout + config.statement_timeout
         self._active = 0
         """Statements in flight (hot path and SQLAlchemy): ``close`` waits for them."""
         self._drained: asyncio.Event | None = None
@@ -353,36 +369,57 @@ class SQLBackend(Backend):
         sql = self._sql[name]
         attempt, stale = 1, 0
         while True:
-            fairy = await self._checkout()
+            if self._postgres:
+                await self._take_turn(action)
             try:
-                driver: Any = fairy.driver_connection
+                fairy = await self._checkout()
+                try:
+                    driver: Any = fairy.driver_connection
+                    if self._postgres:
+                        rows = await driver.fetch(sql, *args)
+                    else:
+                        rows = await driver.execute_fetchall(sql, args)
+                except BaseException as exc:
+                    failure = classify(exc) if isinstance(exc, DRIVER_ERRORS) else None
+                    if failure in (Failure.LOST, Failure.STALE, Failure.TIMEOUT) or (
+                        failure is None and self._postgres
+                    ):
+                        # broken, or cancelled mid-statement (asyncpg can't resume the
+                        # protocol; an aiosqlite statement finishes in its thread: kept)
+                        self._discard(fairy)
+                    else:
+                        await self._release(fairy)  # the server answered: the connection is fine
+                    if failure is None:
+                        raise
+                    if failure is Failure.STALE and stale < self._checkout_tries:
+                        stale += 1  # nothing was sent: try the next pooled connection
+                        continue
+                    retry = failure is Failure.TRANSIENT or (failure is Failure.LOST and idempotent)
+                    if not retry or attempt >= MAX_ATTEMPTS:
+                        raise translate(exc, action, self._where) from exc
+                else:
+                    await self._release(fairy)
+                    return rows
+            finally:
                 if self._postgres:
-                    rows = await driver.fetch(sql, *args)
-                else:
-                    rows = await driver.execute_fetchall(sql, args)
-            except BaseException as exc:
-                failure = classify(exc) if isinstance(exc, DRIVER_ERRORS) else None
-                if failure in (Failure.LOST, Failure.STALE, Failure.TIMEOUT) or (
-                    failure is None and self._postgres
-                ):
-                    # broken, or cancelled mid-statement (asyncpg can't resume the protocol;
-                    # an aiosqlite statement finishes in its thread, so that one is kept)
-                    self._discard(fairy)
-                else:
-                    await self._release(fairy)  # the server answered: the connection is fine
-                if failure is None:
-                    raise
-                if failure is Failure.STALE and stale < self._checkout_tries:
-                    stale += 1  # nothing was sent: try the next pooled connection
-                    continue
-                retry = failure is Failure.TRANSIENT or (failure is Failure.LOST and idempotent)
-                if not retry or attempt >= MAX_ATTEMPTS:
-                    raise translate(exc, action, self._where) from exc
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
-            else:
-                await self._release(fairy)
-                return rows
+                    self._turns.release()
+            await asyncio.sleep(_backoff(attempt))  # without holding a turn
+            attempt += 1
+
+    async def _take_turn(self, action: str) -> None:
+        """Wait for this statement's turn (first come, first served; see the module
+        docstring), at most ``connect_timeout + statement_timeout``."""
+        turns = self._turns
+        if not turns.locked():
+            await turns.acquire()  # free: returns at once
+            return
+        try:
+            async with asyncio.timeout(self._turn_timeout):
+                await turns.acquire()
+        except TimeoutError as exc:
+            raise BackendUnavailableError(
+                f"{action} on {self._where}: no connection free within {self._turn_timeout:g} s"
+            ) from exc
 
     def _entry(self, row: Sequence[Any]) -> Entry:
         value, version, created_at, updated_at, expires_at, revision = row

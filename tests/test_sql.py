@@ -331,6 +331,27 @@ async def test_hot_calls_and_listings_share_a_small_pool(sql_url: str) -> None:
         assert len(await db.list_sessions("u1")) == 11
 
 
+@pytest.mark.parametrize("tasks", [32, 128])
+async def test_concurrent_statements_take_turns_first_come_first_served(
+    sql_url: str, tasks: int
+) -> None:
+    """More tasks than connections: each gets its turn in order, so every task makes
+    progress (ops per task within 2x of each other), whatever the pool size."""
+    async with create_database(DatabaseType.SQL, sql_url, pool_size=4, max_overflow=0) as db:
+        done = [0] * tasks
+        total = tasks * 10
+
+        async def worker(index: int) -> None:
+            record = StateRecord(user_id=f"fair-{index}", session_id="s1", state="A")
+            while sum(done) < total:
+                await db.save_state(record)
+                await db.get_state(record.user_id, "s1")
+                done[index] += 1
+
+        await asyncio.gather(*(worker(i) for i in range(tasks)))
+        assert min(done) * 2 >= max(done), sorted(done)
+
+
 async def test_purge_expired_drops_tombstones_past_their_retention(backend: SQLBackend) -> None:
     owner = f"purge-{uuid.uuid4().hex[:8]}"  # the session's database is shared
     mine = f"SELECT key FROM kv_tombstones WHERE owner = '{owner}' ORDER BY key"

@@ -139,6 +139,39 @@ async def test_statement_timeout_is_backend_unavailable(own_database: tuple[str,
         await admin.close()
 
 
+async def test_a_wait_for_a_connection_is_bounded_and_typed(
+    own_database: tuple[str, str],
+) -> None:
+    """With every connection busy past ``connect_timeout + statement_timeout``, a waiting
+    statement gets ``BackendUnavailableError`` instead of waiting on; the store works on
+    once they are free."""
+    _, url = own_database
+    admin = await asyncpg.connect(url)
+    try:
+        async with create_database(
+            DatabaseType.SQL,
+            url,
+            pool_size=1,
+            max_overflow=0,
+            statement_timeout=1.0,
+            connect_timeout=0.2,
+        ) as db:
+            await db.save_state(state())
+            async with admin.transaction():
+                await admin.execute("SELECT 1 FROM kv_records FOR UPDATE")
+                # the first two saves each hold the one connection for the 1 s statement
+                # timeout; the third waits for its turn from the start and gives up at 1.2 s
+                results = await asyncio.gather(
+                    *(db.save_state(state(f"B{i}")) for i in range(3)), return_exceptions=True
+                )
+            assert all(isinstance(result, BackendUnavailableError) for result in results)
+            messages = [str(result) for result in results]
+            assert sum("no connection free within 1.2 s" in m for m in messages) == 1, messages
+            assert (await db.save_state(state("C"))).version == 2
+    finally:
+        await admin.close()
+
+
 async def test_recycled_connections_are_replaced_transparently(
     own_database: tuple[str, str],
 ) -> None:
