@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,26 +56,89 @@ def time_sync(name: str, operation: Callable[[], object], *, seconds: float = 1.
     return Measurement(name, count / (now - start))
 
 
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """One timed run of one contender."""
+
+    ops: int
+    seconds: float
+    cpu_seconds: float
+    """CPU time of the whole process meanwhile (background tasks included)."""
+    latencies: list[float]
+    per_task: list[int]
+    """Operations each task finished."""
+
+    @property
+    def ops_per_second(self) -> float:
+        return self.ops / self.seconds
+
+
 async def time_async(
-    name: str,
-    operation: Callable[[], Awaitable[object]],
-    *,
-    seconds: float = 1.0,
-    tasks: int = 1,
-) -> Measurement:
-    """Run ``operation`` in ``tasks`` concurrent loops for about ``seconds``; ops per second."""
-    count = 0
-    start = time.perf_counter()
+    operation: Callable[[], Awaitable[object]], *, seconds: float = 1.0, tasks: int = 1
+) -> Slice:
+    """Run ``operation`` in ``tasks`` concurrent loops for about ``seconds``."""
+    latencies: list[float] = []
+    per_task = [0] * tasks
+    clock = time.perf_counter
+    start, cpu = clock(), time.process_time()
     deadline = start + seconds
 
-    async def loop() -> None:
-        nonlocal count
-        while time.perf_counter() < deadline:
+    async def loop(index: int) -> None:
+        while (began := clock()) < deadline:
             await operation()
-            count += 1
+            latencies.append(clock() - began)
+            per_task[index] += 1
 
-    await asyncio.gather(*(loop() for _ in range(tasks)))
-    return Measurement(name, count / (time.perf_counter() - start))
+    await asyncio.gather(*(loop(i) for i in range(tasks)))
+    elapsed, cpu = clock() - start, time.process_time() - cpu
+    return Slice(len(latencies), elapsed, cpu, latencies, per_task)
+
+
+async def measure(
+    title: str,
+    seconds: float,
+    contenders: list[tuple[str, Callable[[], Awaitable[object]]]],
+    tasks: int,
+    rounds: int = 5,
+) -> dict[str, float]:
+    """Time every contender in ``rounds`` interleaved slices (the machine is shared and
+    drifts) and print one table: per contender the median ops/s and its range over the
+    slices, the ratio of medians to the first contender, p50/p99 latency over every
+    operation, process CPU per operation, and the fewest and most operations one task
+    finished in a slice (fairness). Returns the median ops/s by contender."""
+    for _, operation in contenders:
+        await operation()  # warm up: connections, prepared statements
+    load = os.getloadavg()[0]
+    slices: dict[str, list[Slice]] = {name: [] for name, _ in contenders}
+    for _ in range(rounds):
+        for name, operation in contenders:
+            slices[name].append(await time_async(operation, seconds=seconds / rounds, tasks=tasks))
+    medians = {
+        name: statistics.median(s.ops_per_second for s in got) for name, got in slices.items()
+    }
+    baseline = medians[contenders[0][0]]
+    print(f"\n### {title}\n")
+    print(f"load average {load:.2f} (1 min) before; {rounds} interleaved slices\n")
+    print(
+        "| contender | ops/s, median (range) | ratio | p50 ms | p99 ms | CPU µs/op"
+        " | ops/task min-max |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, got in slices.items():
+        rates = [s.ops_per_second for s in got]
+        latencies = sorted(latency for s in got for latency in s.latencies)
+        p50, p99 = (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] for q in (0.5, 0.99)
+        )
+        cpu = sum(s.cpu_seconds for s in got) / sum(s.ops for s in got)
+        fewest = min(min(s.per_task) for s in got)
+        most = max(max(s.per_task) for s in got)
+        print(
+            f"| {name} | {medians[name]:,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
+            f"| {medians[name] / baseline:.2f}x | {p50 * 1000:.2f} | {p99 * 1000:.2f} "
+            f"| {cpu * 1e6:,.0f} | {fewest}-{most} |"
+        )
+    return medians
 
 
 def print_ratios(title: str, baseline: Measurement, others: list[Measurement]) -> None:

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import statistics
 import tempfile
 import uuid
 from pathlib import Path
@@ -27,10 +26,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.base import utcnow
-from backends.sql import _SQLITE_SQL, SQL, build_sql_backend
+from backends.sql import POSTGRES_SQL, SQLITE_SQL, build_sql_backend
 from backends.sql_migrate import upgrade
 from backends.sql_schema import kv_records, sqlite_time
-from benchmarks.common import Measurement, print_ratios, session_record, time_async
+from benchmarks.common import measure, session_record
 from kvstore.keys import Key
 from kvstore.models.base import METADATA_FIELDS
 from serializers import JSONSerializer
@@ -69,26 +68,6 @@ async def _noreset(_connection: asyncpg.Connection) -> None:
     """Release without asyncpg's reset query (the pool baseline BASELINES.md calls fair)."""
 
 
-async def measure(
-    title: str,
-    seconds: float,
-    contenders: list[tuple[str, Callable[[], Awaitable[object]]]],
-    tasks: int,
-    rounds: int = 5,
-) -> None:
-    """Time every contender in ``rounds`` interleaved slices (the machine is shared and
-    drifts); print the median of each against the first contender."""
-    for _, operation in contenders:
-        await operation()  # warm up: connections, prepared statements
-    samples: dict[str, list[float]] = {name: [] for name, _ in contenders}
-    for _ in range(rounds):
-        for name, operation in contenders:
-            result = await time_async(name, operation, seconds=seconds / rounds, tasks=tasks)
-            samples[name].append(result.ops_per_second)
-    results = [Measurement(name, statistics.median(values)) for name, values in samples.items()]
-    print_ratios(title, results[0], results[1:])
-
-
 async def postgres(seconds: float, admin_url: str) -> None:
     name = f"kvstore_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(admin_url)
@@ -112,13 +91,13 @@ async def _postgres_run(url: str, seconds: float) -> None:
     )
     keys = Keys()
     for i in range(KEYS):
-        await single.execute(SQL["put"], *key_args(i), TEXT, utcnow(), None)
+        await single.execute(POSTGRES_SQL["put"], *key_args(i), TEXT, utcnow(), None)
 
     async def raw_put(connection: Any) -> None:
-        await connection.fetch(SQL["put"], *key_args(keys.next()), TEXT, utcnow(), None)
+        await connection.fetch(POSTGRES_SQL["put"], *key_args(keys.next()), TEXT, utcnow(), None)
 
     async def raw_get(connection: Any) -> None:
-        rows = await connection.fetch(SQL["get"], *key_args(keys.next()), utcnow())
+        rows = await connection.fetch(POSTGRES_SQL["get"], *key_args(keys.next()), utcnow())
         assert rows
 
     async def pool_put() -> None:
@@ -201,16 +180,16 @@ async def sqlite(seconds: float) -> None:
         keys = Keys()
         for i in range(KEYS):
             now = sqlite_time(utcnow())
-            await raw.execute_fetchall(_SQLITE_SQL["put"], (*key_args(i), TEXT, now, None))
+            await raw.execute_fetchall(SQLITE_SQL["put"], (*key_args(i), TEXT, now, None))
 
         async def raw_put() -> None:
             now = sqlite_time(utcnow())
             args = (*key_args(keys.next()), TEXT, now, None)
-            await raw.execute_fetchall(_SQLITE_SQL["put"], args)
+            await raw.execute_fetchall(SQLITE_SQL["put"], args)
 
         async def raw_get() -> None:
             now = sqlite_time(utcnow())
-            rows = await raw.execute_fetchall(_SQLITE_SQL["get"], (*key_args(keys.next()), now))
+            rows = await raw.execute_fetchall(SQLITE_SQL["get"], (*key_args(keys.next()), now))
             assert rows
 
         try:

@@ -26,8 +26,7 @@ from redis.asyncio import Redis
 from backends.base import utcnow
 from backends.sql_migrate import upgrade
 from backends.tiered import TieredBackend
-from benchmarks.common import session_record
-from benchmarks.sql_backend import measure
+from benchmarks.common import measure, session_record
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.store import Store
 

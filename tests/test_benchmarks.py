@@ -1,0 +1,80 @@
+"""The benchmarks still run: each table a benchmark prints has a row per contender with
+its numbers (a few hundredths of a second per slice: this checks that they work, not what
+they measure)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests import postgres
+from tests.redis_servers import RedisServer
+from tests.services import unavailable
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+ROW = re.compile(
+    r"^\| (.+?) \| [\d,]+ \([\d,]+-[\d,]+\) \| [\d.]+x \| [\d.]+ \| [\d.]+ \| [\d,]+ \| \d+-\d+ \|$"
+)
+
+
+def tables(*args: str) -> dict[str, list[str]]:
+    """Run ``python -m benchmarks.<args>``; the contenders of each table it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, check=True
+    )
+    found: dict[str, list[str]] = {}
+    title = ""
+    for line in done.stdout.splitlines():
+        if line.startswith("### "):
+            title = line[4:]
+            found[title] = []
+        elif (row := ROW.match(line)) is not None:
+            found[title].append(row.group(1))
+    return found
+
+
+async def test_the_sql_benchmark_compares_every_contender() -> None:
+    if not await postgres.server_available():
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
+    found = await asyncio.to_thread(
+        tables, "benchmarks.sql_backend", "--seconds", "0.1", "--postgres", postgres.ADMIN_URL
+    )
+    assert len(found) == 8
+    assert found["PostgreSQL save (upsert), 32 tasks"] == [
+        "raw asyncpg pool (no reset)",
+        "SQL backend",
+        "SQLAlchemy Core, engine.begin()",
+    ]
+    assert found["SQLite get (by key), one task"] == [
+        "raw aiosqlite, one connection",
+        "SQL backend",
+    ]
+
+
+async def test_the_tiered_benchmark_compares_every_contender(private_redis: RedisServer) -> None:
+    if not await postgres.server_available():
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
+    found = await asyncio.to_thread(
+        tables,
+        "benchmarks.tiered",
+        "--seconds",
+        "0.1",
+        "--postgres",
+        postgres.ADMIN_URL,
+        "--redis",
+        private_redis.url,
+    )
+    assert len(found) == 4
+    assert found["save_state, 32 task(s)"][:2] == [
+        "raw asyncpg upsert + redis-py SET",
+        "tiered save_state",
+    ]
+    assert found["cache-hit get_state, 1 task(s)"] == [
+        "raw redis-py GET + model_validate_json",
+        "tiered get_state",
+    ]
