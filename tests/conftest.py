@@ -8,6 +8,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kvstore import Database, DatabaseType, create_database
-from tests import postgres
+from tests import pg_servers, postgres
 from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisServer
 from tests.services import REQUIRED, unavailable
 
@@ -304,6 +305,31 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSer
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[pg_servers.PostgresServer]:
+    """A PostgreSQL cluster of this test alone (to restart, freeze, stop), with the store's
+    tables. Stopped and removed afterwards; its log is kept in ``tmp_path``."""
+    missing = pg_servers.available()
+    if missing is not None:
+        unavailable(missing)
+    server = pg_servers.PostgresServer()
+    try:
+        server.start()
+        asyncio.run(_create_tables(server.url))
+        yield server
+    finally:
+        server.thaw()
+        server.stop()
+        if server.log.exists():
+            shutil.copyfile(server.log, tmp_path / "postgres.log")
+        server.remove()
+
+
+async def _create_tables(url: str) -> None:
+    async with create_database(DatabaseType.SQL, url) as db:
+        await db.initialize()
 
 
 @pytest.fixture

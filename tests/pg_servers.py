@@ -12,6 +12,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -143,6 +144,36 @@ class PostgresServer:
     def restart(self, mode: str = "fast") -> None:
         """``pg_ctl restart -m <mode>``: sessions are cut; committed data stays."""
         self._run("pg_ctl", "restart", *self._pg_ctl_options, "-m", mode)
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and those of its children (backends, background workers)."""
+        try:
+            postmaster = int((self.data / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        children = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # the parent pid is the 4th field, after the parenthesised command name
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[1]) == postmaster:
+                    children.append(int(entry.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and every process of it: connections stay open, nothing
+        answers (a VM pause, a host under swap)."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop at once (``-m immediate``); if pg_ctl cannot, SIGKILL the postmaster."""

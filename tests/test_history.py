@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -95,25 +94,6 @@ def sql_url() -> Iterator[str]:
         yield url
     finally:
         asyncio.run(postgres.drop_database(name))
-
-
-@pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[pg_servers.PostgresServer]:
-    """A PostgreSQL cluster of this test alone (it gets restarted), with the store's tables.
-    Stopped and removed afterwards; its log is kept in ``tmp_path``."""
-    missing = pg_servers.available()
-    if missing is not None:
-        unavailable(missing)
-    server = pg_servers.PostgresServer()
-    try:
-        server.start()
-        asyncio.run(_create_tables(server.url))
-        yield server
-    finally:
-        server.stop()
-        if server.log.exists():
-            shutil.copyfile(server.log, tmp_path / "postgres.log")
-        server.remove()
 
 
 @pytest.fixture
