@@ -11,7 +11,9 @@ string forms are defined here, once, so that no backend invents its own:
   distinct tuples give the same string, and no user-given part contains a glob character.
 
 Components are non-empty strings of at most :data:`MAX_COMPONENT_LENGTH` characters without
-control characters or lone surrogates; anything else raises :class:`InvalidKeyError`.
+control characters or lone surrogates, and a whole key (namespace and components) holds at
+most :data:`MAX_KEY_BYTES` bytes of UTF-8; anything else raises :class:`InvalidKeyError`,
+before any backend sees the key.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from kvstore.errors import InvalidKeyError
 
 MAX_COMPONENT_LENGTH = 255
 """The longest id, in characters."""
+
+MAX_KEY_BYTES = 2600
+"""The most a whole key may hold: namespace plus every component, in UTF-8 bytes, one byte
+per component added for its separator. PostgreSQL's primary-key index refuses an entry
+over 2,704 bytes (its own headers take up to ~30 of them), and values of random 4-byte
+characters do not compress: three ids of 255 such characters are 3,060 bytes. One rule for
+every backend, so a key one backend stores is never refused by another."""
 
 DEFAULT_PAGE_SIZE = 100
 """Keys per page of a listing unless the caller asks for another size."""
@@ -47,6 +56,19 @@ def check_component(value: object, what: str = "id") -> str:
     return value
 
 
+def check_key_size(namespace: str, components: tuple[str, ...]) -> None:
+    """Raise :class:`InvalidKeyError` if the key is over :data:`MAX_KEY_BYTES`."""
+    characters = len(namespace) + sum(map(len, components)) + len(components)
+    if characters * 4 <= MAX_KEY_BYTES:
+        return  # even all 4-byte characters would fit: skip the encoding
+    size = len(namespace) + sum(len(c.encode()) for c in components) + len(components)
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(
+            f"key is {size} bytes of UTF-8 (namespace and ids together), over the "
+            f"{MAX_KEY_BYTES} byte limit"
+        )
+
+
 def check_namespace(value: object) -> str:
     """Return ``value`` if it is a valid namespace (``[a-z][a-z0-9_.-]*``, at most 63 long)."""
     if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
@@ -67,6 +89,7 @@ class Key:
             raise InvalidKeyError("a key needs at least the owner component")
         for component in self.components:
             check_component(component)
+        check_key_size(self.namespace, self.components)
 
     @property
     def owner(self) -> str:

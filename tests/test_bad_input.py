@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydantic import ValidationError
@@ -25,10 +26,12 @@ from kvstore import (
     InvalidKeyError,
     InvalidRecordError,
     KVStoreError,
+    Record,
     SerializationError,
     StateRecord,
     UserRecord,
 )
+from kvstore.models.base import Id
 from tests.conftest import MakeDb
 
 Action = Callable[[Database], Awaitable[object]]
@@ -48,6 +51,19 @@ def tampered(**data: object) -> StateRecord:
     return record
 
 
+class Deep(Record):
+    """A caller's record addressed by three ids."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "a", "b")
+    user_id: Id
+    a: Id
+    b: Id
+
+
+WIDE = "".join(chr(0x20000 + 7 * i) for i in range(255))
+"""255 four-byte characters (CJK Extension B), all different: 1,020 bytes, incompressible."""
+
+
 @dataclass(frozen=True)
 class Case:
     """One bad input: what it is, what the caller does, which error it must get."""
@@ -65,6 +81,11 @@ CASES = [
     Case("NUL byte in an id", lambda db: db.get_state("vic\x00tim", "s1"), InvalidKeyError),
     Case("newline in an id", lambda db: db.delete_state("victim\n", "s1"), InvalidKeyError),
     Case("lone surrogate in an id", lambda db: db.get_identities("\udc80"), InvalidKeyError),
+    Case(
+        "three ids of 255 four-byte characters (3,066 bytes)",
+        lambda db: db.collection(Deep, "deep").save(Deep(user_id=WIDE, a=WIDE, b=WIDE)),
+        InvalidKeyError,
+    ),
     Case("id that is not a string", lambda db: db.get_state(42, "s1"), InvalidKeyError),  # type: ignore[arg-type]
     Case("NaN in data", lambda db: db.save_state(tampered(x=float("nan"))), SerializationError),
     Case(

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from kvstore.errors import InvalidKeyError
 from kvstore.keys import (
     MAX_COMPONENT_LENGTH,
+    MAX_KEY_BYTES,
     Key,
     decode_key,
     decode_redis_key,
@@ -97,3 +98,22 @@ def test_bad_namespaces_are_refused(bad: str) -> None:
 def test_keys_need_an_owner() -> None:
     with pytest.raises(InvalidKeyError):
         Key("ns", ())
+
+
+def wide(count: int, start: int = 0) -> str:
+    """``count`` different four-byte characters."""
+    return "".join(chr(0x20000 + start + i) for i in range(count))
+
+
+def test_a_key_holds_at_most_max_key_bytes_of_utf8() -> None:
+    """Namespace, ids and one separator byte per id: 2,600 bytes fit, one more does not,
+    however the ids split it, and whatever their characters."""
+    namespace = "deep"  # 4 bytes; 3 ids: 3 separator bytes
+    room = MAX_KEY_BYTES - len(namespace) - 3
+    full = Key(
+        namespace, (wide(255), wide(255, 300), wide(room // 4 - 510, 600) + "x" * (room % 4))
+    )
+    assert len(encode_key(full)) - 1 == MAX_KEY_BYTES  # encode_key adds the namespace's NUL
+    with pytest.raises(InvalidKeyError, match="2601 bytes"):
+        Key(namespace, (*full.components[:2], full.components[2] + "y"))
+    assert Key(namespace, ("x" * 255,) * 3)  # ASCII ids of the longest length always fit

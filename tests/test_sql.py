@@ -26,7 +26,7 @@ from kvstore import (
     UserRecord,
     create_database,
 )
-from kvstore.keys import Key
+from kvstore.keys import MAX_KEY_BYTES, Key, encode_key
 from kvstore.store import Store
 from tests import postgres
 
@@ -147,6 +147,23 @@ async def test_one_keys_revisions_grow_with_its_versions_under_concurrent_saves(
     revisions = [entry.revision for entry in by_version]
     assert revisions == sorted(revisions)
     assert len(set(revisions)) == len(revisions)
+
+
+async def test_the_largest_key_allowed_is_stored(backend: SQLBackend) -> None:
+    """A key of exactly ``MAX_KEY_BYTES`` of incompressible four-byte characters fits
+    PostgreSQL's primary-key index (and its tombstone's, on delete)."""
+    room = MAX_KEY_BYTES - len("deep") - 3
+    ids = [
+        "".join(chr(0x20000 + 7 * (i + 300 * n)) for i in range(size))
+        for n, size in enumerate((255, 255, room // 4 - 510))
+    ]
+    ids[2] += "x" * (room % 4)
+    key = Key("deep", tuple(ids))
+    assert len(encode_key(key)) - 1 == MAX_KEY_BYTES
+    await backend.put(key, b'{"n": 1}')
+    stored = await backend.get(key)
+    assert stored is not None
+    assert await backend.delete(key)
 
 
 async def test_multi_component_keys_are_separate_columns_and_list_by_prefix(
