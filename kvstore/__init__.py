@@ -4,6 +4,11 @@ Records are pydantic models, serialized to JSON and stored through one async
 :class:`Database` interface over a memory, SQL, Redis or tiered (cache + SQL) backend.
 """
 
+# ruff: noqa: E402 - the imports below come after the install check
+from kvstore.install import check_siblings
+
+check_siblings()
+
 from kvstore.collection import Collection, Page
 from kvstore.errors import (
     BackendUnavailableError,
