@@ -12,7 +12,7 @@ from kvstore.options import COMMON_OPTIONS, REDIS_OPTIONS, SQL_OPTIONS
 from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from datetime import timedelta
 
     from backends.base import Backend
@@ -59,36 +59,7 @@ def create_database(
     clock = options.get("clock", SYSTEM_CLOCK)
     if not isinstance(clock, Clock):
         raise ConfigurationError("clock must have now() and monotonic() (see kvstore.clock)")
-    own = {name: value for name, value in options.items() if name not in COMMON_OPTIONS}
-    if kind is DatabaseType.MEMORY:
-        from backends.memory import MemoryBackend
-
-        if connection_string not in (None, "memory://"):
-            raise ConfigurationError("the memory database takes no connection string")
-        _refuse_options(kind, own, allowed=frozenset())
-        backend: Backend = MemoryBackend(clock=clock)
-        description = "memory://"
-    elif kind is DatabaseType.SQL:
-        from backends.sql import build_sql_backend
-
-        url = connection_string or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
-        _refuse_options(kind, own, allowed=SQL_OPTIONS)
-        sql_backend = build_sql_backend(url, cast("SQLOptions", own), clock=clock)
-        backend, description = sql_backend, sql_backend.config.masked_url
-    elif kind is DatabaseType.TIERED:
-        from backends.tiered import build_tiered_backend
-
-        backend, description = build_tiered_backend(connection_string, options)
-    elif kind is DatabaseType.REDIS:
-        from backends.redis import build_redis_backend
-
-        _refuse_options(kind, own, allowed=REDIS_OPTIONS)
-        redis_backend = build_redis_backend(
-            connection_string, cast("RedisOptions", own), clock=clock
-        )
-        backend, description = redis_backend, redis_backend.description
-    else:
-        raise ConfigurationError(f"the {kind.value} backend is not available yet")
+    backend, description = BUILDERS[kind](connection_string, options, clock)
     return Store(
         backend,
         serializer=serializer,
@@ -96,6 +67,61 @@ def create_database(
         max_value_bytes=max_value_bytes,
         description=description,
     )
+
+
+# -- one builder per DatabaseType; each imports its backend only when called -------------
+
+Built = tuple["Backend", str]
+"""A backend and its description (its URL without secrets)."""
+
+
+def _memory(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
+    from backends.memory import MemoryBackend
+
+    if url not in (None, "memory://"):
+        raise ConfigurationError("the memory database takes no connection string")
+    _refuse_options(DatabaseType.MEMORY, _own(options), allowed=frozenset())
+    return MemoryBackend(clock=clock), "memory://"
+
+
+def _sql(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
+    from backends.sql import build_sql_backend
+
+    own = _own(options)
+    _refuse_options(DatabaseType.SQL, own, allowed=SQL_OPTIONS)
+    url = url or os.environ.get("KVSTORE_URL") or DEFAULT_SQL_URL
+    backend = build_sql_backend(url, cast("SQLOptions", own), clock=clock)
+    return backend, backend.config.masked_url
+
+
+def _redis(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
+    from backends.redis import build_redis_backend
+
+    own = _own(options)
+    _refuse_options(DatabaseType.REDIS, own, allowed=REDIS_OPTIONS)
+    backend = build_redis_backend(url, cast("RedisOptions", own), clock=clock)
+    return backend, backend.description
+
+
+def _tiered(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
+    from backends.tiered import build_tiered_backend
+
+    return build_tiered_backend(url, options)
+
+
+BUILDERS: Final[Mapping[DatabaseType, Callable[[str | None, DatabaseOptions, Clock], Built]]] = {
+    DatabaseType.MEMORY: _memory,
+    DatabaseType.SQL: _sql,
+    DatabaseType.REDIS: _redis,
+    DatabaseType.TIERED: _tiered,
+}
+"""How each kind of database is built (the drivers are imported by the builder alone, so
+``import kvstore`` loads none of them)."""
+
+
+def _own(options: DatabaseOptions) -> dict[str, object]:
+    """The backend's own options (those every kind takes left out)."""
+    return {name: value for name, value in options.items() if name not in COMMON_OPTIONS}
 
 
 def _refuse_options(
