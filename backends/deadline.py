@@ -16,8 +16,10 @@ deadline expires, as :func:`asyncio.timeout` would.
 A saturated loop (a thousand tasks, each with a little CPU work) never stalls long in one
 callback, yet a call waits behind all of them. Given ``progress`` (a counter of answers the
 dependency gave any caller), a deadline whose time is up while that counter moved grants
-another ``seconds``: the dependency answers, the caller is what is slow. Both grants come
-out of the same ``max_extra``.
+another ``seconds``: the dependency answers, the caller is what is slow. Stall grants come
+out of ``max_extra``; progress grants out of ``busy_extra`` (by default as much again): a
+caller that must wait behind a thousand others for as long as that takes needs a larger
+budget than a stall, and a dependency that answers nobody never gets any of it.
 
 A deadline inside another one in the same task that is due no later adds nothing but its
 cost (a tiered store's cache deadline around the Redis backend's own): it sets no timer, and
@@ -45,10 +47,12 @@ class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline
     """Raise :class:`TimeoutError` if the block takes longer than ``seconds`` of time the
     event loop was able to run, or than ``seconds`` without ``progress()`` moving (see the
     module docstring); ``max_extra`` (default ten times ``seconds``) bounds the time granted
-    back. A class rather than a generator: it sits on every cache call."""
+    back for stalls, ``busy_extra`` (default ``max_extra``) for the dependency's progress.
+    A class rather than a generator: it sits on every cache call."""
 
     __slots__ = (
         "_budget",
+        "_busy_budget",
         "_due",
         "_handle",
         "_loop",
@@ -70,10 +74,12 @@ class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline
         stall: float = STALL,
         max_extra: float | None = None,
         progress: Callable[[], int] | None = None,
+        busy_extra: float | None = None,
     ) -> None:
         self._seconds = seconds
         self._stall = stall
         self._budget = 10 * seconds if max_extra is None else max_extra
+        self._busy_budget = self._budget if busy_extra is None else busy_extra
         self._progress = progress
         self._seen = progress() if progress is not None else 0
 
@@ -106,16 +112,17 @@ class deadline:  # noqa: N801 - used like asyncio.timeout: ``async with deadline
     def _check(self) -> None:
         now = self._loop.time()
         late = now - self._due
-        if late > self._stall:
-            granted = late  # the loop was stalled
-        elif self._progress is not None and self._progress() != self._seen:
+        granted = 0.0
+        if self._progress is not None and self._progress() != self._seen and self._busy_budget:
+            # others were answered meanwhile: the caller is behind (in a saturated loop the
+            # timer is late too, so this comes first: a stall's budget would run out)
             self._seen = self._progress()
-            granted = self._seconds  # the dependency answered others meanwhile
-        else:
-            granted = 0.0
-        granted = min(granted, self._budget)
-        if granted > 0:
+            granted = min(self._seconds, self._busy_budget)
+            self._busy_budget -= granted
+        elif late > self._stall:
+            granted = min(late, self._budget)  # the loop was stalled
             self._budget -= granted
+        if granted > 0:
             self._due = now + granted
             self._handle = self._loop.call_at(self._due, self._check)
         else:

@@ -109,9 +109,10 @@ async def test_stalls_are_granted_back_only_up_to_max_extra() -> None:
     staller.cancel()
 
 
-async def test_a_dependency_that_answers_others_extends_the_deadline_up_to_max_extra() -> None:
+async def test_a_dependency_that_answers_others_extends_the_deadline_up_to_busy_extra() -> None:
     """While other calls get answers, a call still waiting is queued behind them, not
-    facing a dead dependency: its deadline is extended, within ``max_extra``."""
+    facing a dead dependency: its deadline is extended, within ``busy_extra`` (by default
+    ``max_extra``), a budget of its own."""
     loop = asyncio.get_running_loop()
     answers = 0
 
@@ -119,7 +120,7 @@ async def test_a_dependency_that_answers_others_extends_the_deadline_up_to_max_e
         nonlocal answers
         answers += 1
 
-    ticker = [loop.call_later(0.01 * n, answer_others) for n in range(1, 40)]
+    ticker = [loop.call_later(0.01 * n, answer_others) for n in range(1, 150)]
     reply: asyncio.Future[str] = loop.create_future()
     loop.call_later(0.15, reply.set_result, "late answer")
     async with deadline(0.05, progress=lambda: answers):
@@ -130,6 +131,10 @@ async def test_a_dependency_that_answers_others_extends_the_deadline_up_to_max_e
         async with deadline(0.05, max_extra=0.1, progress=lambda: answers):
             await loop.create_future()
     assert loop.time() - started < 0.3
+    late: asyncio.Future[str] = loop.create_future()
+    loop.call_later(0.3, late.set_result, "answered after 6 deadlines")
+    async with deadline(0.05, max_extra=0.1, busy_extra=1.0, progress=lambda: answers):
+        assert await late == "answered after 6 deadlines"  # past max_extra, within busy_extra
     for handle in ticker:
         handle.cancel()
     with pytest.raises(TimeoutError):  # nobody answered anyone: it expires on time

@@ -424,3 +424,33 @@ def test_the_description_of_a_tiered_store_carries_no_password() -> None:
     assert "s3cret" not in repr(db)
     assert "s3cret" not in repr(db.backend)  # type: ignore[attr-defined]
     assert "tiered(postgresql" in repr(db)
+
+
+async def test_a_read_that_timed_out_while_the_cache_answered_others_asks_the_cache_again() -> None:
+    """A lookup stuck past its deadline while another read was answered: the caller is
+    behind, not the cache, so the read goes to the cache once more (a hit), not to the
+    system of record, and the breaker hears nothing of it."""
+    r = rig(breaker_threshold=1)
+    await r.db.save_state(state("A", "s1"))
+    await r.db.save_state(state("B", "s2"))
+    original = r.faults.lookup
+    calls = 0
+
+    async def lookup(keys: list[Key], *, lease_ttl: float) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.Event().wait()  # this one never answers; the deadline ends it
+        return await original(keys, lease_ttl=lease_ttl)
+
+    r.faults.lookup = lookup  # type: ignore[assignment,method-assign]
+    before = r.backend.stats()
+    slow = asyncio.create_task(read_state(r.db, "s1"))
+    await asyncio.sleep(0)  # its lookup is in flight
+    assert await read_state(r.db, "s2") == "B"  # answered meanwhile
+    assert await slow == "A"
+    after = r.backend.stats()
+    assert calls == 3
+    assert (after.hits - before.hits, after.bypassed - before.bypassed) == (2, 0)
+    assert after.busy_timeouts - before.busy_timeouts == 1
+    assert after.breaker is BreakerState.CLOSED

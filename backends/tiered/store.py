@@ -63,6 +63,10 @@ T = TypeVar("T")
 DEFAULT_CACHE_TTL = 900.0
 DEFAULT_CACHE_TIMEOUT = 0.1
 DEFAULT_LEASE_TTL = 5.0
+BUSY_PATIENCE: Final = 10.0
+"""Seconds a cache call may go on waiting past ``cache_timeout`` while the cache answers
+other calls (a saturated caller: the cache is healthy, the caller is behind). Reading from
+the system of record instead would only add load where there is too much already."""
 RENEW_PATIENCE: Final = 10.0
 """Seconds upkeep (warm) waits for the move to a new generation; requests wait
 ``cache_timeout`` and then bypass the cache."""
@@ -319,9 +323,13 @@ class TieredBackend(Backend):
         self._bypassed += len(keys) - len(cached)
         if not cached:
             return await self.record.get_many(keys)
-        lookups = await self._call(
-            self.cache.lookup([keys[i] for i in cached], lease_ttl=self.lease_ttl)
-        )
+        wanted = [keys[i] for i in cached]
+        busy = self._busy_timeouts
+        lookups = await self._call(self.cache.lookup(wanted, lease_ttl=self.lease_ttl))
+        if lookups is FAILED and self._busy_timeouts > busy:
+            # it timed out while the cache answered others: the caller is what is behind,
+            # so ask the cache once more rather than add reads to the system of record
+            lookups = await self._call(self.cache.lookup(wanted, lease_ttl=self.lease_ttl))
         if lookups is FAILED:
             self._bypassed += len(cached)
             return await self.record.get_many(keys)
@@ -483,7 +491,7 @@ class TieredBackend(Backend):
                     self._mark_dirty(key, revision)
                     return
                 generation = self._generation
-                async with deadline(self.cache_timeout, progress=self._answers), writes.lock:
+                async with self._cache_deadline(), writes.lock:
                     if revision <= writes.applied:
                         return  # a newer write of this key is in the cache already
                     if entry is None or generation is None or revision <= generation.floor:
@@ -938,7 +946,7 @@ class TieredBackend(Backend):
         generation = self._generation
         answered = self._answered
         try:
-            async with deadline(self.cache_timeout, progress=self._answers):
+            async with self._cache_deadline():
                 result = await operation
         except CacheLostError:
             self._cache_errors += 1
@@ -952,6 +960,11 @@ class TieredBackend(Backend):
             return FAILED
         self._succeeded()
         return result
+
+    def _cache_deadline(self) -> deadline:
+        """The deadline of one cache call: ``cache_timeout`` of loop time, extended by stalls
+        (up to ten times) and while the cache answers others (up to :data:`BUSY_PATIENCE`)."""
+        return deadline(self.cache_timeout, progress=self._answers, busy_extra=BUSY_PATIENCE)
 
     def _succeeded(self) -> None:
         self._answered += 1
