@@ -14,11 +14,14 @@ expired row counts as absent everywhere. Reads that lose their connection and st
 that hit a serialization failure or deadlock are retried with bounded backoff.
 
 On PostgreSQL, hot statements take turns first come, first served: at most as many run at
-once as the pool holds connections (``pool_size + max_overflow``), the others wait in one
-FIFO queue (an :class:`asyncio.Semaphore`) for at most ``connect_timeout +
+once as the pool holds connections less one (``pool_size + max_overflow - 1``), the others
+wait in one FIFO queue (an :class:`asyncio.Semaphore`) for at most ``connect_timeout +
 statement_timeout``. Without it a task that just finished would take the next connection
 ahead of tasks that had been waiting (asyncio's and SQLAlchemy's queues let a newcomer take
-an item before a woken waiter runs): some tasks got 100 times the turns of others.
+an item before a woken waiter runs): some tasks got 100 times the turns of others. The
+connection left over serves the tiered store's upkeep (the change feed, cache generations:
+:data:`UPKEEP`) without a turn: the probe that closes the breaker after a cache outage must
+not queue behind the requests the outage piled up.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ HOLD_SECONDS: Final = 5.0
 """How long the hot path may keep a pooled connection between statements before it goes
 back through the pool (where recycling and pre-ping apply)."""
 _LEASED_AT: Final = "kvstore_leased_at"
+UPKEEP: Final = frozenset(
+    {"changes", "head", "read_generation", "insert_generation", "advance_generation"}
+)
+"""Statements that take no turn (see the module docstring)."""
 MAX_ATTEMPTS: Final = 3
 """Tries of a retryable operation (the first included)."""
 GET_MANY_CHUNK: Final = 500
@@ -208,7 +215,7 @@ class SQLBackend(Backend):
         self._shared: PoolProxiedConnection | None = None
         self._held: list[PoolProxiedConnection] = []
         self._hold_max = 0 if config.pool_pre_ping else config.pool_size // 2
-        self._turns = asyncio.Semaphore(config.pool_size + config.max_overflow)
+        self._turns = asyncio.Semaphore(max(1, config.pool_size + config.max_overflow - 1))
         self._turn_timeout = config.connect_timeout + config.statement_timeout
         self._active = 0
         """Statements in flight (hot path and SQLAlchemy): ``close`` waits for them."""
@@ -367,9 +374,10 @@ class SQLBackend(Backend):
         self, action: str, name: str, args: tuple[Any, ...], *, idempotent: bool
     ) -> Any:
         sql = self._sql[name]
+        turns = self._postgres and name not in UPKEEP
         attempt, stale = 1, 0
         while True:
-            if self._postgres:
+            if turns:
                 await self._take_turn(action)
             try:
                 fairy = await self._checkout()
@@ -401,7 +409,7 @@ class SQLBackend(Backend):
                     await self._release(fairy)
                     return rows
             finally:
-                if self._postgres:
+                if turns:
                     self._turns.release()
             await asyncio.sleep(_backoff(attempt))  # without holding a turn
             attempt += 1

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
+from backends.sql import build_sql_backend
 from kvstore import BackendUnavailableError, DatabaseType, StateRecord, create_database
+from kvstore.keys import Key
 from tests import postgres
 from tests.services import unavailable
 
@@ -170,6 +172,32 @@ async def test_a_wait_for_a_connection_is_bounded_and_typed(
             assert (await db.save_state(state("C"))).version == 2
     finally:
         await admin.close()
+
+
+async def test_the_change_feed_is_read_while_every_turn_is_taken(
+    own_database: tuple[str, str],
+) -> None:
+    """The tiered store's upkeep (feed, generations) takes no turn: with every turn held by
+    saves blocked on a row lock and more queued, the head revision is read at once."""
+    name, url = own_database
+    admin = await asyncpg.connect(url)
+    backend = build_sql_backend(url, {"pool_size": 3, "max_overflow": 0})
+    try:
+        await backend.initialize()
+        key = Key("state", ("u1", "s1"))
+        await backend.put(key, b"{}")
+        async with admin.transaction():
+            await admin.execute("SELECT 1 FROM kv_records FOR UPDATE")
+            blocked = [asyncio.create_task(backend.put(key, b"{}")) for _ in range(6)]
+            await wait_until_blocked(admin, name)
+            async with asyncio.timeout(5):  # a hang guard: the saves wait 30 s for the lock
+                head, _ = await backend.head()
+            assert head >= 1
+            assert not any(task.done() for task in blocked)
+        await asyncio.gather(*blocked)
+    finally:
+        await admin.close()
+        await backend.close()
 
 
 async def test_recycled_connections_are_replaced_transparently(
