@@ -21,7 +21,7 @@ import uuid
 
 import asyncpg
 
-from backends.sql_migrate import upgrade
+from backends.sql.migrate import upgrade
 from kvstore import DatabaseType, StateRecord, create_database
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

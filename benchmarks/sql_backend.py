@@ -2,10 +2,11 @@
 
 python -m benchmarks.sql_backend [--seconds 1] [--postgres URL] [--skip-sqlite]
 
-Every contender runs the same statements (``backends.sql.SQL``) on the same ``kv_records``
-table with the same ~1.2 KB JSON value: raw asyncpg (one connection, and a pool without the
-reset query on release), raw aiosqlite (one connection, WAL, synchronous=NORMAL), the SQL
-backend, and, for scale, the same upsert through SQLAlchemy Core (``engine.begin()``).
+Every contender runs the same statements (``backends.sql.statements``) on the same
+``kv_records`` table with the same ~1.2 KB JSON value: raw asyncpg (one connection, and a
+pool without the reset query on release), raw aiosqlite (one connection, WAL,
+synchronous=NORMAL), the SQL backend, and, for scale, the same upsert through SQLAlchemy
+Core (``engine.begin()``).
 PostgreSQL runs in a throwaway database created and dropped here.
 """
 
@@ -27,8 +28,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.base import utcnow
 from backends.sql import POSTGRES_SQL, SQLITE_SQL, build_sql_backend
-from backends.sql_migrate import upgrade
-from backends.sql_schema import kv_records, sqlite_time
+from backends.sql.migrate import upgrade
+from backends.sql.schema import kv_records, sqlite_time
 from benchmarks.common import measure, session_record
 from kvstore.keys import Key
 from kvstore.models.base import METADATA_FIELDS

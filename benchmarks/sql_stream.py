@@ -26,8 +26,8 @@ import asyncpg
 
 from backends.base import utcnow
 from backends.sql import build_sql_backend
-from backends.sql_migrate import upgrade
-from backends.sql_schema import sqlite_time
+from backends.sql.migrate import upgrade
+from backends.sql.schema import sqlite_time
 from benchmarks.common import session_record
 from kvstore.models.base import METADATA_FIELDS
 from serializers import JSONSerializer

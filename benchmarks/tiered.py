@@ -24,7 +24,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from backends.base import utcnow
-from backends.sql_migrate import upgrade
+from backends.sql.migrate import upgrade
 from backends.tiered import TieredBackend
 from benchmarks.common import measure, session_record
 from kvstore import DatabaseType, StateRecord, create_database

@@ -145,7 +145,7 @@ def postgres_url() -> Iterator[str]:
     schema; dropped at the end. Skips (fails in CI) when the server is not there."""
     if not _blocking(postgres.server_available()):
         unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
-    from backends.sql_migrate import upgrade
+    from backends.sql.migrate import upgrade
 
     name = postgres.unique_name("test")
     url = _blocking(postgres.create_database(name))

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from backends.base import Entry
 from backends.sql import build_sql_backend
-from backends.sql_migrate import head_revision
+from backends.sql.migrate import head_revision
 from kvstore import BackendUnavailableError, DatabaseType, Id, Record, create_database
 from kvstore.cli import main
 from kvstore.keys import Key

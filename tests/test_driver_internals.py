@@ -10,7 +10,7 @@ a release changes one of them, this file fails loudly, before production does.
   ``RedisCluster`` takes no ``redis_connect_func``; kvstore puts it in
   ``nodes_manager.connection_kwargs`` and each known node's ``connection_kwargs``, from
   which every new node connection is made (the cache's per-node ``run_id`` check).
-* ``backends/sql.py`` (the hot path): checks a pooled connection out of SQLAlchemy's
+* ``backends/sql/hot_path.py``: checks a pooled connection out of SQLAlchemy's
   ``QueuePool`` synchronously when one is idle (``sync_engine.raw_connection()``, which
   raises ``MissingGreenlet`` when it would need I/O) and closes one with ``greenlet_spawn``.
 """

@@ -14,7 +14,7 @@ MODULES = sorted(
     ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     for package in ("kvstore", "backends", "serializers")
     for path in (ROOT / package).rglob("*.py")
-    if "sql_migrations" not in path.parts
+    if "migrations" not in path.parts
 )
 
 

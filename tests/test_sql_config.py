@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from backends.sql import SQLBackend
-from backends.sql_config import SQLConfig, parse_sql_url
+from backends.sql.config import SQLConfig, parse_sql_url
 from kvstore import ConfigurationError, DatabaseType, create_database
 from kvstore.store import Store
 

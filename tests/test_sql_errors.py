@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from backends.sql_errors import Failure, classify, translate
+from backends.sql.errors import Failure, classify, translate
 from kvstore import BackendUnavailableError, SerializationError
 
 

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from backends.sql import build_sql_backend
-from backends.sql_config import create_engine, parse_sql_url
-from backends.sql_migrate import current_revision, head_revision, upgrade
-from backends.sql_schema import sqlite_time
+from backends.sql.config import create_engine, parse_sql_url
+from backends.sql.migrate import current_revision, head_revision, upgrade
+from backends.sql.schema import sqlite_time
 from kvstore import BackendUnavailableError
 from kvstore.keys import Key
 from tests import postgres

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.sql_numbers import jsonb_exact
+from backends.sql.numbers import jsonb_exact
 from tests.postgres import ADMIN_URL
 
 pytestmark = pytest.mark.postgres

@@ -37,7 +37,7 @@ def upgrade_command(url: str | None) -> None:
     target = _sql_url(url)
 
     async def work() -> None:
-        from backends.sql_migrate import head_revision, upgrade
+        from backends.sql.migrate import head_revision, upgrade
 
         revision = await upgrade(target)
         console.print(f"{mask_url(target)} is at revision {revision} (head {head_revision()})")
@@ -53,7 +53,7 @@ def current_command(url: str | None) -> None:
     target = _sql_url(url)
 
     async def work() -> int:
-        from backends.sql_migrate import current_revision, head_revision
+        from backends.sql.migrate import current_revision, head_revision
 
         revision = await current_revision(target)
         head = head_revision()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 from backends.base import Change, Snapshot
-from backends.sql_schema import key_parts, stored_key
+from backends.sql.schema import key_parts, stored_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

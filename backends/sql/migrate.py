@@ -23,16 +23,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from backends.sql_config import create_engine, parse_sql_url
-from backends.sql_errors import DRIVER_ERRORS, translate
-from backends.sql_schema import VERSION_TABLE
+from backends.sql.config import create_engine, parse_sql_url
+from backends.sql.errors import DRIVER_ERRORS, translate
+from backends.sql.schema import VERSION_TABLE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-MIGRATIONS: Final = Path(__file__).with_name("sql_migrations")
+MIGRATIONS: Final = Path(__file__).with_name("migrations")
 _LOCK_ID: Final = 0x6B7673746F7265  # "kvstore": the advisory lock serializing migrations
 
 

@@ -3,7 +3,7 @@ for everyone else's.
 
 Until 0002 a row trigger drew every written row's revision. A plpgsql trigger runs per row
 on the server; kvstore's hot statements now draw the revision themselves (after forcing the
-transaction's id, as the trigger does: see ``backends.sql_feed``), and the trigger only
+transaction's id, as the trigger does: see ``backends.sql.feed``), and the trigger only
 fires for a write that leaves ``revision`` alone: an INSERT that omits it (the column
 defaults to 0) or an UPDATE that does not change it (a batch job's plain SQL, or a restore).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from backends.sql_schema import VERSION_TABLE, metadata
+from backends.sql.schema import VERSION_TABLE, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -9,6 +9,7 @@ any operation may be retried), ``TIMEOUT``, ``DATA`` (the server refused a value
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from enum import Enum
 from typing import Final
@@ -19,6 +20,14 @@ from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.dialects.sqlite import aiosqlite as sqlite_aiosqlite
 
 from kvstore.errors import BackendUnavailableError, KVStoreError, SerializationError
+
+MAX_ATTEMPTS: Final = 3
+"""Tries of a retryable operation (the first included)."""
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before try ``attempt + 1``: exponential from 20 ms, capped, jittered."""
+    return min(0.02 * 2.0**attempt, 0.5) * (0.5 + random.random() / 2)  # noqa: S311
 
 
 class Failure(Enum):

@@ -8,7 +8,7 @@ per cache, the generation its keys live under and the cache incarnation it belon
 
 PostgreSQL: a sequence; BEFORE row triggers assign it after forcing the transaction's id
 (``pg_current_xact_id()``), so a revision is never held by a transaction without an id and
-the feed can tell in-flight revisions from lost ones by snapshot (see ``backends.sql_feed``).
+the feed can tell in-flight revisions from lost ones by snapshot (see ``backends.sql.feed``).
 SQLite: a one-row counter bumped inside the write transaction; SQLite commits one writer
 at a time, so revisions commit in order.
 

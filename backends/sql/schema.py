@@ -1,6 +1,6 @@
 """The SQL schema, defined once: the ``kv_records`` table every namespace shares.
 
-Alembic migrations (:mod:`backends.sql_migrations`) create it; the backend's statements and
+Alembic migrations (:mod:`backends.sql.migrations`) create it; the backend's statements and
 batch jobs read it. Key components are real columns so plain SQL filters with ``=``:
 ``owner`` is the first component, ``key`` the rest joined by :data:`KEY_SEPARATOR` (``''``
 for a record addressed by its owner alone). Text key columns use the ``"C"`` collation on

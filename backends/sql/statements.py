@@ -1,0 +1,88 @@
+"""The hot statements as fixed SQL text: one per operation, the version check inside it.
+
+Written once in PostgreSQL's ``$n`` style; SQLite gets ``?n`` with the same numbers. A save
+is one statement (``INSERT ... ON CONFLICT DO UPDATE ... WHERE ... RETURNING`` or ``UPDATE
+... WHERE version = ...``); an expired row counts as absent everywhere. No statement is
+built from input: every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from backends.sql import feed
+
+_UPSERT: Final = """
+INSERT INTO kv_records AS r
+    (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
+VALUES ($1, $2, $3, $4, 1, $5, $5, $6, {revision})
+ON CONFLICT (namespace, owner, key) DO UPDATE SET
+    value = excluded.value,
+    version = CASE WHEN r.expires_at <= excluded.updated_at THEN 1 ELSE r.version + 1 END,
+    created_at = CASE WHEN r.expires_at <= excluded.updated_at
+        THEN excluded.created_at ELSE r.created_at END,
+    updated_at = excluded.updated_at,
+    expires_at = excluded.expires_at,
+    revision = {revision}
+"""
+SQL: Final = {
+    "get": """
+        SELECT value, version, created_at, updated_at, expires_at, revision FROM kv_records
+        WHERE namespace = $1 AND owner = $2 AND key = $3
+          AND (expires_at IS NULL OR expires_at > $4)""",
+    "version": """
+        SELECT version FROM kv_records
+        WHERE namespace = $1 AND owner = $2 AND key = $3
+          AND (expires_at IS NULL OR expires_at > $4)""",
+    # no condition: insert, or update the live row, or restart an expired one at version 1
+    "put": _UPSERT + "RETURNING version, created_at, revision",
+    # expected_version=0: insert, or restart an expired row; a live row blocks it
+    "put_new": _UPSERT
+    + "WHERE r.expires_at <= excluded.updated_at RETURNING version, created_at, revision",
+    # expected_version=N: update the live row at version N, nothing else
+    "put_if": """
+        UPDATE kv_records SET value = $4, version = version + 1, updated_at = $5,
+            expires_at = $6, revision = {revision}
+        WHERE namespace = $1 AND owner = $2 AND key = $3 AND version = $7
+          AND (expires_at IS NULL OR expires_at > $5)
+        RETURNING version, created_at, revision""",
+    # returns expires_at, not a liveness expression: SQLite 3.40 evaluates
+    # "expires_at IS NULL" wrongly in the RETURNING clause of a DELETE
+    "delete": """
+        DELETE FROM kv_records WHERE namespace = $1 AND owner = $2 AND key = $3
+        RETURNING expires_at, {deleted}""",
+    "delete_if": """
+        DELETE FROM kv_records
+        WHERE namespace = $1 AND owner = $2 AND key = $3 AND version = $4
+          AND (expires_at IS NULL OR expires_at > $5)
+        RETURNING version, {deleted}""",
+}
+"""The hot statements, in PostgreSQL's ``$n`` style (SQLite gets ``?n``, same numbers).
+
+Revisions: the statement draws the written row's revision itself (an upsert's update draws
+a new one in its ``SET``, evaluated once the row is locked, so one key's revisions grow with
+its versions however concurrent saves interleave), on PostgreSQL from the
+sequence after forcing the transaction's id (which the change feed relies on: see
+:mod:`backends.sql.feed`; ``CASE`` evaluates its condition first), on SQLite as the counter
++ 1 (a trigger moves the counter). Triggers give one to writes that leave the column alone
+(batch jobs' plain SQL). The delete trigger draws the tombstone's revision, read back with
+``currval`` (PostgreSQL) or from the counter (SQLite)."""
+
+_POSTGRES_REVISION: Final = (
+    "CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('kv_revision') END"
+)
+POSTGRES_SQL: Final = {
+    name: text.replace("{revision}", _POSTGRES_REVISION).replace(
+        "{deleted}", "currval('kv_revision')"
+    )
+    for name, text in SQL.items()
+} | feed.POSTGRES
+"""Every statement as PostgreSQL runs it (benchmarks run the same text on the raw driver)."""
+SQLITE_SQL: Final = {
+    name: re.sub(r"\$(\d)", r"?\1", text)
+    .replace("{revision}", "(SELECT value + 1 FROM kv_revision WHERE id = 1)")
+    .replace("{deleted}", "(SELECT value FROM kv_revision WHERE id = 1)")
+    for name, text in SQL.items()
+} | feed.SQLITE
+"""Every statement as SQLite runs it."""

@@ -1,0 +1,474 @@
+"""The SQL backend: the system of record on PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+One table holds every namespace (:mod:`backends.sql.schema`); Alembic keeps it current
+(:mod:`backends.sql.migrate`). ``get``, ``put`` and ``delete`` are one fixed statement each
+(:mod:`backends.sql.statements`) run on the hot path (:mod:`backends.sql.hot_path`); so are
+the change feed's and the cache generations' (:mod:`backends.sql.feed`). SQLAlchemy owns
+the engine, the pool, the schema and every other statement (:mod:`backends.sql.queries`:
+listings, ``get_many``, ``delete_owner``, purges, restore, streams), run by
+:meth:`SQLBackend._query` on a pooled connection. An expired row counts as absent
+everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from backends.base import (
+    Backend,
+    Capabilities,
+    Change,
+    Entry,
+    Snapshot,
+    check_listing,
+    version_conflict,
+)
+from backends.sql import feed, queries
+from backends.sql.config import READ_ONLY, SQLConfig, create_engine, parse_sql_url
+from backends.sql.errors import DRIVER_ERRORS, MAX_ATTEMPTS, Failure, backoff, classify, translate
+from backends.sql.hot_path import HotPath
+from backends.sql.migrate import ensure_schema
+from backends.sql.numbers import jsonb_exact
+from backends.sql.schema import key_parts, key_text, parse_sqlite_time, sqlite_time, stored_key
+from kvstore.clock import SYSTEM_CLOCK
+from kvstore.errors import ConflictError, DatabaseClosedError, SerializationError
+from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from kvstore.clock import Clock
+    from kvstore.options import SQLOptions
+
+GET_MANY_CHUNK: Final = 500
+DEFAULT_STREAM_BATCH: Final = 1000
+TOMBSTONE_RETENTION: Final = 7 * 86400.0
+"""Seconds ``purge_expired`` keeps the tombstone of a deletion: change-feed followers read
+only the last moments, batch jobs a week's watermark."""
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _to_sqlite_time(value: datetime | None) -> str | None:
+    return None if value is None else sqlite_time(value)
+
+
+def _from_sqlite_time(value: str | None) -> datetime | None:
+    return None if value is None else parse_sqlite_time(value)
+
+
+class SQLBackend(Backend):
+    """Records in one SQL table; see the module docstring."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        persistent=True, shared=True, bulk=True, feed=True
+    )
+
+    def __init__(
+        self, config: SQLConfig, *, engine: AsyncEngine | None = None, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self._engine = engine
+        self._owns_engine = engine is None
+        self._ready = False
+        self._closed = False
+        self._init_lock = asyncio.Lock()
+        self._where = config.masked_url
+        self._postgres = config.dialect == "postgresql"
+        self._to_time: Callable[[datetime | None], Any] = (
+            _same if self._postgres else _to_sqlite_time
+        )
+        self._from_time: Callable[[Any], datetime | None] = (
+            _same if self._postgres else _from_sqlite_time
+        )
+        self._hot = HotPath(config, self._where, self._ready_engine)
+        self._active = 0
+        """Statements in flight (hot path and SQLAlchemy): ``close`` waits for them."""
+        self._drained: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLBackend({self._where!r})"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine (created by :meth:`initialize`)."""
+        if self._engine is None:
+            raise DatabaseClosedError("the SQL backend is not initialized")
+        return self._engine
+
+    async def initialize(self) -> None:
+        """Create the engine and bring the schema to the current revision."""
+        if self._closed:
+            raise DatabaseClosedError("the SQL backend is closed")
+        if self._ready:
+            return
+        async with self._init_lock:
+            if self._ready:
+                return
+            if self._engine is None:
+                self._engine = create_engine(self.config)
+            try:
+                await ensure_schema(self._engine)
+            except DRIVER_ERRORS as exc:
+                raise translate(exc, "initialize", self._where) from exc
+            self._ready = True
+
+    async def _ready_engine(self) -> AsyncEngine:
+        if not self._ready:
+            await self.initialize()
+        return self.engine
+
+    async def close(self) -> None:
+        """Refuse new statements, wait for those in flight (up to ``statement_timeout``),
+        then close every connection: after ``close`` returns, none is left open."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._active:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.statement_timeout):
+                    await self._drained.wait()
+        engine, self._engine = self._engine, None
+        await self._hot.close()
+        if engine is not None and self._owns_engine:
+            await engine.dispose()
+
+    def _enter(self) -> None:
+        if self._closed:
+            raise DatabaseClosedError("the SQL backend is closed")
+        self._active += 1
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if not self._active and self._drained is not None:
+            self._drained.set()
+
+    async def _run(self, action: str, name: str, args: tuple[Any, ...], *, idempotent: bool) -> Any:
+        """Run hot statement ``name`` (:mod:`backends.sql.hot_path`); return its rows."""
+        self._enter()
+        try:
+            return await self._hot.run(action, name, args, idempotent=idempotent)
+        finally:
+            self._leave()
+
+    # -- the hot path: one fixed statement per operation -----------------------------------
+
+    def _entry(self, row: Sequence[Any]) -> Entry:
+        value, version, created_at, updated_at, expires_at, revision = row
+        return Entry(
+            value=value.encode(),
+            version=version,
+            created_at=self._from_time(created_at),  # type: ignore[arg-type]
+            updated_at=self._from_time(updated_at),  # type: ignore[arg-type]
+            expires_at=self._from_time(expires_at),
+            revision=revision,
+        )
+
+    async def get(self, key: Key) -> Entry | None:
+        args = (key.namespace, key.owner, key_text(key.rest), self._to_time(self.clock.now()))
+        rows = await self._run("get", "get", args, idempotent=True)
+        return self._entry(rows[0]) if rows else None
+
+    async def put(
+        self,
+        key: Key,
+        value: bytes,
+        *,
+        expected_version: int | None = None,
+        ttl: float | None = None,
+    ) -> Entry:
+        try:
+            text = jsonb_exact(bytes(value)) if self._postgres else bytes(value).decode()
+        except UnicodeDecodeError as exc:
+            raise SerializationError("the SQL backend stores UTF-8 JSON text") from exc
+        now = self.clock.now()
+        expires_at = None if ttl is None else now + timedelta(seconds=ttl)
+        args: tuple[Any, ...] = (
+            key.namespace,
+            key.owner,
+            key_text(key.rest),
+            text,
+            self._to_time(now),
+            self._to_time(expires_at),
+        )
+        if expected_version is None:
+            name = "put"
+        elif expected_version == 0:
+            name = "put_new"
+        else:
+            name, args = "put_if", (*args, expected_version)
+        rows = await self._run("save", name, args, idempotent=False)
+        if not rows:
+            raise await self._conflict(key, expected_version or 0)
+        version, created_at, revision = rows[0]
+        return Entry(
+            value=bytes(value),
+            version=version,
+            created_at=self._from_time(created_at),  # type: ignore[arg-type]
+            updated_at=now,
+            expires_at=expires_at,
+            revision=revision,
+        )
+
+    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
+        args: tuple[Any, ...] = (key.namespace, key.owner, key_text(key.rest))
+        clock = self.clock.now()
+        now = self._to_time(clock)
+        if expected_version is None:
+            rows = await self._run("delete", "delete", args, idempotent=False)
+            if not rows:
+                return 0
+            expires_at, revision = rows[0]
+            # an expired row was not live: its removal is still a change (a tombstone)
+            return int(revision) if queries.live_at(self._from_time(expires_at), clock) else 0
+        if expected_version == 0:
+            rows = await self._run("delete", "version", (*args, now), idempotent=True)
+            if rows:
+                raise version_conflict(0, rows[0][0])
+            return 0
+        rows = await self._run(
+            "delete", "delete_if", (*args, expected_version, now), idempotent=False
+        )
+        if not rows:
+            raise await self._conflict(key, expected_version)
+        return int(rows[0][1])
+
+    async def _conflict(self, key: Key, expected: int) -> ConflictError:
+        args = (key.namespace, key.owner, key_text(key.rest), self._to_time(self.clock.now()))
+        rows = await self._run("read version", "version", args, idempotent=True)
+        return version_conflict(expected, rows[0][0] if rows else 0)
+
+    # -- the change feed and cache generations (backends.sql.feed) -------------------------
+
+    async def read_changes(
+        self, after: int, limit: int
+    ) -> tuple[builtins.list[Change], Snapshot | None]:
+        rows = await self._run("read changes", "changes", (after, limit), idempotent=True)
+        return feed.changes_of(rows), feed.snapshot_of(rows)
+
+    async def head(self) -> tuple[int, Snapshot | None]:
+        rows = await self._run("read the head revision", "head", (), idempotent=True)
+        return int(rows[0][2]), feed.snapshot_of(rows)
+
+    async def read_generation(self, cache: str) -> tuple[int, str] | None:
+        rows = await self._run(
+            "read the cache generation", "read_generation", (cache,), idempotent=True
+        )
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
+    async def advance_generation(
+        self, cache: str, incarnation: str, *, current: int | None, to: int
+    ) -> bool:
+        if current is None:
+            args: tuple[Any, ...] = (cache, incarnation, to)
+            name = "insert_generation"
+        else:
+            args, name = (cache, incarnation, to, current), "advance_generation"
+        rows = await self._run("set the cache generation", name, args, idempotent=False)
+        return bool(rows)
+
+    # -- everything else: SQLAlchemy Core (backends.sql.queries) ---------------------------
+
+    async def _query(
+        self,
+        action: str,
+        statement: sa.Executable,
+        *,
+        write: bool = False,
+        parameters: builtins.list[dict[str, Any]] | None = None,
+    ) -> Any:
+        """Run ``statement`` on a pooled SQLAlchemy connection; return all rows. Reads run
+        without a write lock (autocommit on PostgreSQL) and are retried when the
+        connection is lost; writes commit, and are retried on serialization failures."""
+        self._enter()
+        try:
+            return await self._query_statement(action, statement, write, parameters)
+        finally:
+            self._leave()
+
+    async def _query_statement(
+        self,
+        action: str,
+        statement: sa.Executable,
+        write: bool,
+        parameters: builtins.list[dict[str, Any]] | None,
+    ) -> Any:
+        if not self._ready:
+            await self.initialize()
+        await self._hot.return_held()
+        attempt = 1
+        while True:
+            try:
+                async with self.engine.connect() as connection:
+                    if not write:
+                        options: dict[str, Any] = (
+                            {"isolation_level": "AUTOCOMMIT"}
+                            if self._postgres
+                            else {READ_ONLY: True}
+                        )
+                        await connection.execution_options(**options)
+                    result = await connection.execute(statement, parameters)
+                    rows = result.all()
+                    if write:
+                        await connection.commit()
+                    return rows
+            except DRIVER_ERRORS as exc:
+                failure = classify(exc)
+                retry = failure in (Failure.TRANSIENT, Failure.STALE) or (
+                    failure is Failure.LOST and not write
+                )
+                if not retry or attempt >= MAX_ATTEMPTS:
+                    raise translate(exc, action, self._where) from exc
+                await asyncio.sleep(backoff(attempt))
+                attempt += 1
+
+    async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
+        if not keys:
+            return []
+        if len(keys) == 1:  # the tiered store's single misses: take the hot path
+            return [await self.get(keys[0])]
+        found: dict[tuple[str, str, str], Entry] = {}
+        wanted = [(k.namespace, k.owner, key_text(k.rest)) for k in keys]
+        unique = list(dict.fromkeys(wanted))
+        now = self.clock.now()
+        for start in range(0, len(unique), GET_MANY_CHUNK):
+            statement = queries.select_keys(unique[start : start + GET_MANY_CHUNK], now)
+            for row in await self._query("get_many", statement):
+                found[(row.namespace, row.owner, row.key)] = queries.entry_of(row)
+        return [found.get(k) for k in wanted]
+
+    async def list(
+        self,
+        namespace: str,
+        prefix: tuple[str, ...],
+        *,
+        after: tuple[str, ...] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> list[tuple[Key, Entry]]:
+        check_listing(namespace, prefix, after, limit)
+        statement = queries.select_listing(namespace, prefix, after, limit, self.clock.now())
+        if statement is None:
+            return []
+        owner = prefix[0]
+        return [
+            (stored_key(namespace, (owner, *key_parts(row[0]))), queries.entry_of(row))
+            for row in await self._query("list", statement)
+        ]
+
+    async def delete_owner(self, owner: str) -> int:
+        check_component(owner, "owner")
+        now = self.clock.now()
+        rows = await self._query("delete_owner", queries.delete_owner(owner), write=True)
+        return sum(1 for row in rows if queries.live_at(row.expires_at, now))
+
+    async def purge_expired(
+        self, batch_size: int = 1000, *, tombstones_older_than: float = TOMBSTONE_RETENTION
+    ) -> int:
+        """Delete expired rows, ``batch_size`` per transaction, and the tombstones of
+        deletions older than ``tombstones_older_than`` seconds (the change feed reads only
+        recent ones); return how many rows were deleted."""
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        cutoff = self.clock.now() - timedelta(seconds=tombstones_older_than)
+        statement = queries.purge_tombstones(cutoff, batch_size)
+        while len(await self._query("purge_expired", statement, write=True)) >= batch_size:
+            pass
+        total = 0
+        while True:
+            statement = queries.purge_expired(self.clock.now(), batch_size)
+            deleted = len(await self._query("purge_expired", statement, write=True))
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    async def recent(
+        self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE
+    ) -> builtins.list[tuple[Key, Entry]]:
+        """Live entries of ``namespace`` (of ``owner`` if given), newest ``updated_at``
+        first, at most ``limit``: served by the (namespace, updated_at) index (cache warm-up,
+        "sessions updated lately")."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        check_namespace(namespace)
+        if owner is not None:
+            check_component(owner, "owner")
+        statement = queries.select_recent(namespace, owner, limit, self.clock.now())
+        return [
+            (stored_key(row[0], (row[1], *key_parts(row[2]))), queries.entry_of(row))
+            for row in await self._query("recent", statement)
+        ]
+
+    async def count(self) -> dict[str, int]:
+        """Live records per namespace: one ``GROUP BY namespace`` query counted in the
+        database (no value leaves it; what ``kvstore stats`` shows)."""
+        rows = await self._query("count", queries.count_live(self.clock.now()))
+        return {str(name): int(number) for name, number in rows}
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = DEFAULT_STREAM_BATCH,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        return self.stream(namespace, owner, batch_size=batch_size)
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        """Write ``items`` where they are newer than (or the row has expired) what is
+        stored; the JSON text is cast on the server, never re-encoded."""
+        if not items:
+            return 0
+        statement = queries.restore(self._postgres, self.clock.now())
+        rows = queries.restore_rows(items, self._postgres)
+        return len(await self._query("restore", statement, write=True, parameters=rows))
+
+    async def stream(
+        self,
+        namespace: str | None = None,
+        owner: str | None = None,
+        *,
+        updated_since: datetime | None = None,
+        updated_before: datetime | None = None,
+        batch_size: int = DEFAULT_STREAM_BATCH,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        """Every live entry (of ``namespace``, of ``owner``, updated in
+        ``[updated_since, updated_before)``), in key order, for batch jobs.
+
+        Keyset pagination over the primary key: each batch is one short query on a pooled
+        connection (none is held while the caller works), so memory stays flat however many
+        rows there are. Rows saved while the stream runs may or may not be seen.
+        """
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        if namespace is not None:
+            check_namespace(namespace)
+        if owner is not None:
+            check_component(owner, "owner")
+        pages = queries.StreamPages(namespace, owner, updated_since, updated_before)
+        last: tuple[str, ...] | None = None
+        while True:
+            statement = pages.page(last, batch_size, self.clock.now())
+            rows = await self._query("stream", statement)
+            for row in rows:
+                yield stored_key(row[0], (row[1], *key_parts(row[2]))), queries.entry_of(row)
+            if len(rows) < batch_size:
+                return
+            last = tuple(rows[-1][pages.fixed : 3])
+
+
+def build_sql_backend(
+    url: str, options: SQLOptions | None = None, *, clock: Clock = SYSTEM_CLOCK
+) -> SQLBackend:
+    """A SQL backend for ``url`` (``postgresql://``, ``sqlite:///path``). No I/O."""
+    return SQLBackend(parse_sql_url(url, options), clock=clock)
