@@ -1,12 +1,17 @@
 """The tiered store: a versioned cache in write-through in front of a system of record.
 
-:mod:`.store` is the store itself (reads, writes, repair, generations), :mod:`.feed` follows
-the system of record's change feed, :mod:`.upkeep` warms and verifies the cache, and
-:mod:`.build` makes one from ``create_database`` options.
+By role: :mod:`.store` the store itself (reads, writes, the breaker's probe), :mod:`.guard`
+the cache's deadlines, breaker and generations, :mod:`.repair` dirty keys and their
+repair, :mod:`.writes` writes in flight, :mod:`.feed` follows the system of record's change
+feed and :mod:`.changes` applies it to the cache, :mod:`.upkeep` warms and verifies the
+cache, :mod:`.stats` its counters, and :mod:`.build` makes one from ``create_database``
+options.
 """
 
 from backends.tiered.build import build_tiered_backend
-from backends.tiered.store import REPAIR_BATCH, TieredBackend, TieredStats
+from backends.tiered.repair import REPAIR_BATCH
+from backends.tiered.stats import TieredStats
+from backends.tiered.store import TieredBackend
 from backends.tiered.upkeep import ScannableCache, VerifyReport, WarmReport
 
 __all__ = [

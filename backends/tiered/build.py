@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from backends.redis_connect import SCHEMES as REDIS_SCHEMES
+from backends.tiered.changes import DEFAULT_FEED_INTERVAL
 from backends.tiered.store import (
     DEFAULT_BREAKER_RESET_AFTER,
     DEFAULT_BREAKER_THRESHOLD,
     DEFAULT_CACHE_TIMEOUT,
     DEFAULT_CACHE_TTL,
-    DEFAULT_FEED_INTERVAL,
     DEFAULT_LEASE_TTL,
     TieredBackend,
 )
