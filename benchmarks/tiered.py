@@ -2,7 +2,9 @@
 
 python -m benchmarks.tiered [--seconds 2] [--postgres ADMIN_URL] [--redis URL]
 
-* cache-hit ``get_state`` vs raw redis-py ``GET`` + ``StateRecord.model_validate_json``;
+* cache-hit ``get_state`` vs raw redis-py ``GET`` + ``StateRecord.model_validate_json``
+  (redis-py at its fastest: hiredis, ``socket_timeout=None``), from Redis and from a near
+  cache in the process (``near_cache_entries``);
 * ``save_state`` vs a raw asyncpg upsert (pool without reset, the SQL backend's own
   statement) followed by a raw redis-py ``SET`` of the serialized record;
 
@@ -80,6 +82,7 @@ def tiered(
     *,
     invalidate_before_write: bool = False,
     follow_changes: bool = True,
+    near_cache_entries: int = 0,
 ) -> Store:
     db = create_database(
         DatabaseType.TIERED,
@@ -90,6 +93,7 @@ def tiered(
         max_overflow=0,
         invalidate_before_write=invalidate_before_write,
         follow_changes=follow_changes,
+        near_cache_entries=near_cache_entries,
     )
     assert isinstance(db, Store)
     return db
@@ -100,7 +104,9 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
     db = tiered(url, redis_url, prefix)
     # a second store in the same process: one change-feed follower per process, as deployed
     db_ibw = tiered(url, redis_url, prefix, invalidate_before_write=True, follow_changes=False)
-    redis = Redis.from_url(redis_url)
+    # a third with a near cache (it follows the change feed: the near cache needs it)
+    db_near = tiered(url, redis_url, prefix, near_cache_entries=KEYS)
+    redis = Redis.from_url(redis_url, socket_timeout=None)  # the raw driver at its fastest
     pool = await asyncpg.create_pool(url, min_size=10, max_size=10, reset=_noreset)
     to_json = StateRecord.__pydantic_serializer__.to_json
 
@@ -111,6 +117,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
     try:
         await db.initialize()
         await db_ibw.initialize()
+        await db_near.initialize()
         await pool.execute(RAW_TABLE)
         saved = [await db.save_state(record) for record in RECORDS]
         for key, record in zip(raw_keys, saved, strict=True):
@@ -119,7 +126,16 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
             await db.get_state(record.user_id, record.session_id)
         backend = db.backend
         assert isinstance(backend, TieredBackend)
+        near = db_near.backend
+        assert isinstance(near, TieredBackend)
+        for _ in range(1000):  # until its change feed has caught up (10 s at most)
+            if near.stats().near_serving:
+                break
+            await asyncio.sleep(0.01)
+        for record in RECORDS:
+            await db_near.get_state(record.user_id, record.session_id)
         before = backend.stats()
+        near_before = near.stats()
 
         def raw_get(cycle: Cycle) -> Callable[[], Awaitable[object]]:
             async def get() -> object:
@@ -178,12 +194,18 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                 [
                     ("raw redis-py GET + model_validate_json", raw_get(Cycle())),
                     ("tiered get_state", tiered_get(db, Cycle())),
+                    ("tiered get_state, near cache", tiered_get(db_near, Cycle())),
                 ],
                 tasks,
             )
         hits = backend.stats().hits - before.hits
         misses = backend.stats().misses - before.misses
-        print(f"\n(cache hits during the get runs: {hits}, misses: {misses})")
+        near_hits = near.stats().near_hits - near_before.near_hits
+        near_reads = near.stats().reads - near_before.reads
+        print(
+            f"\n(cache hits during the get runs: {hits}, misses: {misses}; near cache: "
+            f"{near_hits} of {near_reads} reads)"
+        )
         for tasks in (1, TASKS):
             await measure(
                 f"save_state, {tasks} task(s)",
@@ -199,6 +221,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
     finally:
         await db.close()  # first: their change-feed followers write to the cache until then
         await db_ibw.close()
+        await db_near.close()
         keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
         for start in range(0, len(keys), 500):
             await redis.delete(*keys[start : start + 500])

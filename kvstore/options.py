@@ -63,6 +63,8 @@ class TieredOptions(TypedDict, total=False):
     invalidate_before_write: bool
     follow_changes: bool
     feed_interval: float
+    near_cache_entries: int
+    near_cache_max_lag: float
 
 
 class DatabaseOptions(CommonOptions, SQLOptions, RedisOptions, TieredOptions, total=False):

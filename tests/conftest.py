@@ -51,13 +51,18 @@ BACKENDS = [
     "tiered_sqlite_dict",
     "tiered_sqlite_fakeredis",
     "tiered_postgres_redis",
+    "tiered_sqlite_near",
+    "tiered_postgres_redis_near",
 ]
 _MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
     "postgres": (pytest.mark.postgres,),
     "redis": (pytest.mark.redis,),
     "redis_cluster": (pytest.mark.redis_cluster,),
     "tiered_postgres_redis": (pytest.mark.postgres, pytest.mark.redis),
+    "tiered_postgres_redis_near": (pytest.mark.postgres, pytest.mark.redis),
 }
+NEAR_CACHE_ENTRIES = 1000
+"""The near cache of the ``*_near`` configurations."""
 
 REDIS_TEST_URL = os.environ.get("KVSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 """The shared Redis of this machine, on a database number of the tests' own (flushed)."""
@@ -278,6 +283,19 @@ def make_db_tiered_sqlite_dict(tmp_path: Path) -> MakeDb:
 
 
 @pytest.fixture
+def make_db_tiered_sqlite_near(tmp_path: Path) -> MakeDb:
+    """Tiered: SQLite behind the per-process dict cache, with a near cache in front."""
+    url = f"sqlite:///{tmp_path / 'kvstore.db'}"
+    return lambda **options: create_database(
+        DatabaseType.TIERED,
+        url,
+        cache_url="memory://",
+        near_cache_entries=NEAR_CACHE_ENTRIES,
+        **options,
+    )
+
+
+@pytest.fixture
 async def make_db_tiered_sqlite_fakeredis(tmp_path: Path) -> AsyncIterator[MakeDb]:
     """Tiered: SQLite behind a fake Redis cache (injected clients, closed here)."""
     url = f"sqlite:///{tmp_path / 'kvstore.db'}"
@@ -358,6 +376,16 @@ async def make_db_tiered_postgres_redis(postgres_url: str, private_redis: RedisS
         await client.aclose()
     return lambda **options: create_database(
         DatabaseType.TIERED, postgres_url, cache_url=private_redis.url, **options
+    )
+
+
+@pytest.fixture
+async def make_db_tiered_postgres_redis_near(
+    make_db_tiered_postgres_redis: MakeDb,
+) -> MakeDb:
+    """Tiered: PostgreSQL behind the private Redis, with a near cache in front."""
+    return lambda **options: make_db_tiered_postgres_redis(
+        near_cache_entries=NEAR_CACHE_ENTRIES, **options
     )
 
 

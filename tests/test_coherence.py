@@ -34,6 +34,7 @@ from tests.redis_servers import (
     redis_cli,
 )
 from tests.services import unavailable
+from tests.waiting import DEADLINE, eventually
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -42,9 +43,6 @@ if TYPE_CHECKING:
     from kvstore.clock import Clock
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-
-DEADLINE = 10.0
-"""Seconds something expected may take before the test fails (a hang guard)."""
 
 
 def tiered(
@@ -70,15 +68,6 @@ def backend_of(db: Store) -> TieredBackend:
 
 def new_user() -> str:
     return f"coherent-{uuid.uuid4().hex[:12]}"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait until ``check()`` holds (polling), failing after :data:`DEADLINE` seconds."""
-    async with asyncio.timeout(DEADLINE):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def state_of(db: Store, user: str) -> str | None:

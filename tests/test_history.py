@@ -64,6 +64,11 @@ STALENESS_BOUND_MS = 500
 (``python -m benchmarks.feed_lag``): p50 30 ms, p99 53 ms; the bound leaves room for a
 2-core machine whose cores are both busy."""
 
+NEAR_STALENESS_BOUND_MS = 1500
+"""The worst staleness of a read answered by a near cache: it serves only while its change
+feed was current within ``near_cache_max_lag`` (0.5 s), and the feed delivers a PostgreSQL
+transaction that committed out of revision order within its recheck interval (1 s)."""
+
 WORKERS = ("w0", "w1", "w2", "w3")
 SHARED_KEYS = 4
 """Keys every worker writes; listed hot to cold (earlier keys are written more often)."""
@@ -734,3 +739,34 @@ async def batch_update(sql_url: str, key: str, marker: str) -> str:
     finally:
         await connection.close()
     return status
+
+
+def test_11_near_caches_in_every_worker(
+    history_reports: list[Report], tmp_path: Path, sql_url: str, redis_server: RedisServer
+) -> None:
+    """Every worker keeps a near cache in its process: its hits are kept coherent by the
+    change feed alone, so a read may trail another process's write by the feed's lag (the
+    bound), and never trails the worker's own writes (sequential_violations)."""
+    keys = Keys()
+    specs = default_specs(keys)
+    for spec in specs:
+        spec.options = {"near_cache_entries": 1000}
+    outcome = run_scenario(
+        "11 near caches",
+        reports=history_reports,
+        tmp_path=tmp_path,
+        sql_url=sql_url,
+        cache_url=redis_server.url,
+        specs=specs,
+        faults=sleep_for(3.0),
+        seed=11,
+    )
+    assert_sound(outcome)
+    report = outcome.report
+    assert report.near_hits, "harness: no read was answered by a near cache"
+    assert report.sequential_violations == 0, report.samples.get("sequential_violations")
+    stale, worst = report.stale_reads, report.worst_staleness_ms
+    assert worst <= NEAR_STALENESS_BOUND_MS, (
+        f"{stale} stale reads, worst {worst} ms > {NEAR_STALENESS_BOUND_MS} ms: "
+        f"{report.samples.get('worst_stale_read')}"
+    )

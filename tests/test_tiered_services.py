@@ -23,6 +23,7 @@ from tests import postgres
 from tests.redis_servers import REDIS_SERVER, RedisServer, free_port
 from tests.services import unavailable
 from tests.tiered_stress import run_stress
+from tests.waiting import feed_caught_up
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -240,19 +241,9 @@ async def values_left(client: Redis, user: str) -> list[bytes]:
     async for key in client.scan_iter(match=f"*{user}*"):
         if await client.type(key) == b"string" and not key.endswith(b"}*w"):
             data = await client.get(key)
-            if data is not None and unpack(data) is not None:
+            if isinstance(data, bytes) and unpack(data) is not None:
                 left.append(key)
     return left
-
-
-async def feed_caught_up(backend: TieredBackend) -> None:
-    """Wait (at most 10 s) until the change feed has applied everything committed so far."""
-    follower = backend.feed
-    assert follower is not None
-    head, _ = await backend.record.head()
-    async with asyncio.timeout(10):
-        while follower.cursor < head or backend.stats().feed_backlog:
-            await asyncio.sleep(0.01)
 
 
 async def test_warm_loads_the_newest_rows_of_postgresql_into_redis(

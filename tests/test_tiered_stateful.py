@@ -140,3 +140,22 @@ def test_tiered_store_matches_a_dict_under_cache_faults() -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_an_erasure_during_a_repair_pass_leaves_nothing_stale() -> None:
+    """Found by the machine: a background repair pass read the user's key from the system of
+    record before ``delete_user`` erased it, and wrote it to the cache after the erasure's
+    invalidation; the key's mark was then forgotten and the erased record served."""
+    state = TieredMachine()
+    try:
+        state.delete_user(plan=[])
+        state.delete_user(plan=[True])  # the invalidation fails: the user is dirty
+        state.save(plan=[], session="s1", state="A")
+        state.save_if(expected=0, plan=[], session="s1", state="A")  # conflict: key dirty
+        state.read_many(plan=[], sessions=["s1"])  # starts the background repair
+        state.save_if(expected=0, plan=[], session="s1", state="A")
+        state.delete_user(plan=[])  # while the repair pass runs
+        state.read_many(plan=[], sessions=["s1"])
+        state.read_many(plan=[], sessions=["s1"])
+    finally:
+        state.teardown()

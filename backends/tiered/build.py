@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, cast
 
 from backends.redis_connect import SCHEMES as REDIS_SCHEMES
 from backends.tiered.changes import DEFAULT_FEED_INTERVAL
+from backends.tiered.near import DEFAULT_MAX_LAG
 from backends.tiered.store import (
     DEFAULT_BREAKER_RESET_AFTER,
     DEFAULT_BREAKER_THRESHOLD,
@@ -62,6 +63,8 @@ def build_tiered_backend(
         follow=options.get("follow_changes", True),
         feed_interval=options.get("feed_interval", DEFAULT_FEED_INTERVAL),
         cache_name=options.get("key_prefix", "kv:"),
+        near_entries=options.get("near_cache_entries", 0),
+        near_max_lag=options.get("near_cache_max_lag", DEFAULT_MAX_LAG),
         clock=clock,
     )
     return backend, f"tiered({record_description} + {cache_description})"

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from backends.base import Change, Generation, VersionedCache
     from backends.tiered.feed import FeedFollower
     from backends.tiered.guard import CacheGuard
+    from backends.tiered.near import NearCache
 
 logger = logging.getLogger("kvstore.tiered")
 
@@ -49,10 +50,13 @@ class FeedApplier:
         usable: Callable[[], Awaitable[bool]],
         cache_ttl: float,
         interval: float = DEFAULT_FEED_INTERVAL,
+        near: NearCache | None = None,
     ) -> None:
         """``usable`` says whether a writer may use the cache now (it may run the breaker's
-        probe, which calls :meth:`apply`)."""
+        probe, which calls :meth:`apply`). ``near``, if given, learns of every change
+        first, whether the shared cache answers or not."""
         self.follower = follower
+        self._near = near
         self._cache = cache
         self._guard = guard
         self._usable = usable
@@ -87,6 +91,11 @@ class FeedApplier:
                 self.errors += 1
                 await asyncio.sleep(min(1.0, self._interval * 10))
                 continue
+            near = self._near
+            if near is not None:
+                near.changed(changes)
+                if follower.caught_up:
+                    near.feed_current()
             self.backlog.extend(self._news(changes, follower.watermark))
             if len(self.backlog) > FEED_BACKLOG_MAX:
                 # the cache has been out of use too long to catch up: begin anew instead

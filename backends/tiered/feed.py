@@ -66,6 +66,9 @@ class FeedFollower:
         self._xmin = 0
         self._last_full = 0.0
         self._started = False
+        self.caught_up = False
+        """Whether the last poll read everything committed up to its start (fewer changes
+        than ``batch``)."""
 
     @property
     def started(self) -> bool:
@@ -101,6 +104,7 @@ class FeedFollower:
         )
         after = self.watermark if full else self.cursor
         changes, snapshot = await self.source.read_changes(after, self.batch)
+        self.caught_up = len(changes) < self.batch
         fresh = [change for change in changes if change.revision not in self._seen]
         if snapshot is None:
             if changes:

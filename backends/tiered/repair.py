@@ -88,8 +88,14 @@ class Repairer:
         self._ttl_for = ttl_for
         self._cache_ttl = cache_ttl
         self._running = False
+        self._passes = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+
+    def passes(self) -> tuple[int, bool]:
+        """Repair passes begun so far, and whether one is running: compare before and after
+        a cache call to tell whether a pass (whose writes may land late) overlapped it."""
+        return self._passes, self._running
 
     def soon(self) -> None:
         """Start repairing in the background, unless that is under way already."""
@@ -134,6 +140,7 @@ class Repairer:
         if self._running:
             return False
         self._running = True
+        self._passes += 1
         try:
             owners = self._dirty.owners
             for owner, seq in dict(owners).items():

@@ -49,8 +49,17 @@ class TieredStats:
     """Changes read from the feed and not yet applied (the cache did not answer)."""
     feed_errors: int
     """Reads of the change feed that failed (retried)."""
+    near_hits: int = 0
+    """Of the hits, keys answered by the near cache in the process (also counted in
+    ``hits``)."""
+    near_entries: int = 0
+    """Entries the near cache holds now (0 without one)."""
+    near_serving: bool = False
+    """Whether the near cache serves now: its change feed has been current within
+    ``near_cache_max_lag`` (``False`` without one)."""
 
     @property
     def hit_ratio(self) -> float:
-        """Hits over every key read (bypassed reads count as not answered by the cache)."""
+        """Hits (the near cache's and the shared cache's) over every key read: bypassed
+        reads count as not answered by the cache."""
         return self.hits / self.reads if self.reads else 0.0

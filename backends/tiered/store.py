@@ -27,11 +27,12 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, runtime_checkable
 
-from backends.base import Backend, Capabilities, Entry
+from backends.base import Backend, Capabilities, Change, Entry
 from backends.tiered import upkeep
 from backends.tiered.changes import DEFAULT_FEED_INTERVAL, FeedApplier
 from backends.tiered.feed import FeedFollower
 from backends.tiered.guard import FAILED, CacheGuard
+from backends.tiered.near import DEFAULT_MAX_LAG, NearCache
 from backends.tiered.repair import REPAIR_CHUNK, DirtyKeys, Repairer
 from backends.tiered.stats import TieredStats
 from backends.tiered.writes import WritesInFlight
@@ -88,12 +89,19 @@ class TieredBackend(Backend):
         follow: bool = True,
         feed_interval: float = DEFAULT_FEED_INTERVAL,
         cache_name: str = "kv:",
+        near_entries: int = 0,
+        near_max_lag: float = DEFAULT_MAX_LAG,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        """``near_entries`` > 0 puts a near cache of that many entries in the process
+        (:mod:`.near`); it needs the change feed (``follow`` and a system of record that
+        has one)."""
         if cache_ttl <= 0 or cache_timeout <= 0 or lease_ttl <= 0 or feed_interval <= 0:
             raise ConfigurationError(
                 "cache_ttl, cache_timeout, lease_ttl and feed_interval must be > 0"
             )
+        if near_entries < 0 or near_max_lag <= 0:
+            raise ConfigurationError("near_cache_entries must be >= 0 and near_cache_max_lag > 0")
         self.record = record
         self.cache = cache
         self.cache_ttl = cache_ttl
@@ -116,6 +124,12 @@ class TieredBackend(Backend):
             clock=clock,
         )
         follower = FeedFollower(record, clock) if follow and record.capabilities.feed else None
+        if near_entries and follower is None:
+            raise ConfigurationError(
+                "the near cache is kept coherent by the change feed: it needs a SQL system "
+                "of record and follow_changes=True"
+            )
+        self._near = NearCache(near_entries, clock, max_lag=near_max_lag) if near_entries else None
         self._feed = FeedApplier(
             follower,
             cache,
@@ -123,6 +137,7 @@ class TieredBackend(Backend):
             usable=lambda: self._usable(writing=True),
             cache_ttl=cache_ttl,
             interval=feed_interval,
+            near=self._near,
         )
         self._follow_task: asyncio.Task[None] | None = None
         self._dirty = DirtyKeys()
@@ -138,7 +153,7 @@ class TieredBackend(Backend):
             cache_ttl=cache_ttl,
         )
         self._reads = self._hits = self._misses = self._fills = self._fill_dropped = 0
-        self._bypassed = 0
+        self._bypassed = self._near_hits = 0
 
     def __repr__(self) -> str:
         state = self._guard.breaker.state.value
@@ -195,6 +210,9 @@ class TieredBackend(Backend):
             feed_own=feed.own,
             feed_backlog=len(feed.backlog),
             feed_errors=feed.errors,
+            near_hits=self._near_hits,
+            near_entries=len(self._near) if self._near is not None else 0,
+            near_serving=self._near is not None and self._near.serving,
         )
 
     @property
@@ -210,11 +228,39 @@ class TieredBackend(Backend):
     # -- reads -----------------------------------------------------------------------------
 
     async def get(self, key: Key) -> Entry | None:
+        near = self._near
+        if near is not None:
+            entry = near.get(key)
+            if entry is not None:
+                self._reads += 1
+                self._hits += 1
+                self._near_hits += 1
+                return entry
         return (await self.get_many((key,)))[0]
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
             return []
+        near = self._near
+        if near is None:
+            return await self._get_many(keys)
+        stamp = near.stamp()
+        found = [near.get(key) for key in keys]
+        rest = [i for i, entry in enumerate(found) if entry is None]
+        hits = len(keys) - len(rest)
+        self._reads += hits
+        self._hits += hits
+        self._near_hits += hits
+        if rest:
+            fetched = await self._get_many([keys[i] for i in rest])
+            for i, entry in zip(rest, fetched, strict=True):
+                found[i] = entry
+                if entry is not None:
+                    near.offer(keys[i], entry, stamp)
+        return found
+
+    async def _get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
+        """Keys from the shared cache, misses from the system of record (and filled)."""
         self._reads += len(keys)
         if not await self._usable():
             self._bypassed += len(keys)
@@ -297,6 +343,9 @@ class TieredBackend(Backend):
         """Restore into the system of record, then drop the keys from the cache (restored
         entries get new revisions; the feed fences older ones out too)."""
         keys = [key for key, _ in items]
+        if self._near is not None:
+            for key in keys:
+                self._near.forget(key)
         try:
             written = await self.record.restore(items)
         except BaseException:
@@ -329,6 +378,8 @@ class TieredBackend(Backend):
             entry = await self._committed(
                 key, self.record.put(key, value, expected_version=expected_version, ttl=ttl)
             )
+            if self._near is not None:
+                self._near.wrote(key, entry)
             await self._update_cache(key, writes, entry.revision, entry)
         finally:
             self._writes.end(key, writes)
@@ -341,6 +392,8 @@ class TieredBackend(Backend):
                 key, self.record.delete(key, expected_version=expected_version)
             )
             if revision:
+                if self._near is not None:
+                    self._near.changed([Change(key, revision, deleted=True)])
                 await self._update_cache(key, writes, revision, None)
         finally:
             self._writes.end(key, writes)
@@ -348,18 +401,28 @@ class TieredBackend(Backend):
 
     async def delete_owner(self, owner: str) -> int:
         self._writes.begin_wipe(owner)
+        near = self._near
+        if near is not None:
+            near.forget_owner(owner)
         try:
             try:
                 removed = await self.record.delete_owner(owner)
             except BackendUnavailableError:
                 self._dirty.mark_owner(owner)  # the outcome is unknown: repair the cache
                 raise
+            before = self._repairer.passes()
             if not await self._usable(writing=True) or (
                 await self._guard.call(self.cache.invalidate_owner(owner)) is FAILED
             ):
                 self._dirty.mark_owner(owner)
+            elif before[1] or self._repairer.passes() != (before[0], False):
+                # a repair pass ran meanwhile: it may have read the owner's keys before the
+                # erasure and write them after it; the next pass erases the owner again
+                self._dirty.mark_owner(owner)
         finally:
             self._writes.end_wipe(owner)
+            if near is not None:
+                near.forget_owner(owner)  # and what reads offered while the erasure ran
         return removed
 
     async def _committed(self, key: Key, operation: Awaitable[T]) -> T:
@@ -370,6 +433,8 @@ class TieredBackend(Backend):
             return await operation
         except BaseException:
             self._dirty.mark(key)
+            if self._near is not None:
+                self._near.forget(key)
             raise
 
     async def _update_cache(

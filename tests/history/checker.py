@@ -103,6 +103,8 @@ class Report:
     feed_converged: bool | None = None
     cache_hits: int | None = None
     cache_misses: int | None = None
+    near_hits: int | None = None
+    """Of the cache hits, those answered by the workers' near caches."""
     seconds: float = 0.0
     """How long the history lasted (first start to last end)."""
     notes: list[str] = field(default_factory=list)
@@ -463,6 +465,9 @@ def _cache_stats(report: Report, records: Sequence[Mapping[str, Any]]) -> None:
         report.cache_hits = sum(hits)
     if misses and all(isinstance(m, int) for m in misses):
         report.cache_misses = sum(misses)
+    near = [s["stats"].get("near_hits") for s in final if isinstance(s.get("stats"), dict)]
+    if near and all(isinstance(n, int) for n in near):
+        report.near_hits = sum(near)
 
 
 # -- output ------------------------------------------------------------------------------
