@@ -89,7 +89,7 @@ def _build_cache(
             raise ConfigurationError(
                 f"a memory:// cache does not take: {', '.join(sorted(redis_options))}"
             )
-        from backends.memory_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryCache
+        from backends.memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryCache
 
         memory = MemoryCache(
             max_entries=options.get("cache_max_entries", DEFAULT_MAX_ENTRIES),
