@@ -12,10 +12,9 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from backends import redis_lua as lua
-from backends.redis import MAX_LEASE_TTL, build_redis_backend
-from backends.redis_connect import ConnectionSettings, connect
-from backends.redis_format import member_key
+from backends.redis import MAX_LEASE_TTL, build_redis_backend, lua
+from backends.redis.connect import ConnectionSettings, connect
+from backends.redis.format import member_key
 from kvstore import BackendUnavailableError, ConfigurationError, DatabaseType, create_database
 from kvstore.keys import Key
 from kvstore.models import StateRecord

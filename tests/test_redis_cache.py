@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from backends.base import Entry, utcnow
 from backends.redis import build_redis_backend
-from backends.redis_format import LEASE_SUFFIX, Layout
+from backends.redis.format import LEASE_SUFFIX, Layout
 from kvstore.keys import Key, decode_redis_key, redis_key
 from tests.conftest import flushed_redis
 

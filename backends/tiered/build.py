@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from backends.redis_connect import SCHEMES as REDIS_SCHEMES
+from backends.redis.connect import SCHEMES as REDIS_SCHEMES
 from backends.tiered.store import (
     DEFAULT_BREAKER_RESET_AFTER,
     DEFAULT_BREAKER_THRESHOLD,

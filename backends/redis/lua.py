@@ -3,7 +3,7 @@
 Scripts run by EVALSHA; a server that lost them (restart, ``SCRIPT FLUSH``) answers
 NOSCRIPT and the caller re-sends the same call as EVAL, which caches the script again.
 Each script touches only keys of one owner (one hash tag), all declared in ``KEYS``, so
-each runs on one Redis Cluster node. Values are laid out as in :mod:`backends.redis_format`.
+each runs on one Redis Cluster node. Values are laid out as in :mod:`backends.redis.format`.
 """
 
 from __future__ import annotations

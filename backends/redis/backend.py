@@ -1,8 +1,8 @@
 """The Redis backend on ``redis.asyncio``: a store of its own, and the tiered store's cache.
 
-Layout of keys and values: :mod:`backends.redis_format`; Lua scripts: :mod:`backends.redis_lua`;
-URLs and options: :mod:`backends.redis_connect`; concurrent callers share pipelines:
-:mod:`backends.redis_pipe`. Reads are a plain GET / MGET of a packed string; every write is
+Layout of keys and values: :mod:`backends.redis.format`; Lua scripts: :mod:`backends.redis.lua`;
+URLs and options: :mod:`backends.redis.connect`; concurrent callers share pipelines:
+:mod:`backends.redis.pipe`. Reads are a plain GET / MGET of a packed string; every write is
 one Lua script, atomic per key. A per-(owner, namespace) sorted set indexes the owner's keys
 for ordered listings and erasure, so no operation ever scans the keyspace (no KEYS, no SCAN).
 
@@ -25,7 +25,6 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from backends import redis_lua as lua
 from backends.base import (
     Backend,
     CacheLookup,
@@ -36,8 +35,9 @@ from backends.base import (
     version_conflict,
 )
 from backends.deadline import deadline
-from backends.redis_connect import Closer, ConnectionSettings, check_url, connect
-from backends.redis_format import (
+from backends.redis import lua
+from backends.redis.connect import Closer, ConnectionSettings, check_url, connect
+from backends.redis.format import (
     DEFAULT_KEY_PREFIX,
     Layout,
     from_us,
@@ -48,7 +48,7 @@ from backends.redis_format import (
     to_us,
     unpack,
 )
-from backends.redis_pipe import AutoPipeline
+from backends.redis.pipe import AutoPipeline
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import (
     BackendUnavailableError,
