@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
     from kvstore.options import RedisOptions
 
-DEFAULT_URL: Final = "redis://localhost:6379/0"
 SCHEMES: Final = frozenset(
     {
         "redis",

@@ -220,5 +220,3 @@ store(KEYS[1], value, ARGV[2], KEYS[2], ARGV[4], KEYS[3], ARGV[5], cur)
 return 1
 """
 )
-
-ALL_SCRIPTS = (PUT, DELETE, LEASE, FILL, WRITE, FORGET, ERASE, RESTORE)
