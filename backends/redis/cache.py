@@ -80,7 +80,9 @@ class RedisCache(VersionedCache):
             return []
         if not 0 < lease_ttl <= MAX_LEASE_TTL:
             raise InvalidRecordError(f"lease_ttl must be positive seconds, at most {MAX_LEASE_TTL}")
-        values = await self.redis.read_values(keys, marked=self.redis.incarnation is not None)
+        values = await self.redis.read_values(
+            keys, marked=self.redis.incarnation_in_use is not None
+        )
         answers: Lookups = []
         misses: list[int] = []
         for position, data in enumerate(values):
@@ -175,7 +177,7 @@ class RedisCache(VersionedCache):
     def _marked(self) -> bool:
         """Whether cache calls check the generation marker: once a generation is in use
         (:meth:`use_generation`), on a standalone server (a Cluster keeps no marker)."""
-        return self.redis.incarnation is not None and not self.redis.cluster
+        return self.redis.incarnation_in_use is not None and not self.redis.cluster
 
     def _call(
         self, script: lua.Script, key: Key, token: str, packed: bytes, px: int, revision: int

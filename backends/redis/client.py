@@ -96,14 +96,15 @@ class RedisClient:
             self._settings.max_retries,
             supported_errors=(RedisConnectionError,),
         )
-        self.incarnation: str | None = None
+        self.incarnation_in_use: str | None = None
         """The server incarnation of the cache generation in use, ``None`` before one."""
         self.seen_incarnation: str | None = None
         """The newest incarnation a new connection met (may differ from the one in use)."""
         self._node_runs: dict[str, str] = {}
         """On a Cluster: each primary's ``run_id`` in the incarnation in use."""
         self.seen_runs: dict[str, str] = {}
-        """On a Cluster: the ``run_id`` each node gave on its newest connection."""
+        """On a Cluster: the ``run_id`` each node gave on its newest connection (or when
+        :meth:`RedisCache.incarnation <backends.redis.cache.RedisCache.incarnation>` asked)."""
         self._pipe: AutoPipeline | None = None
         self._closers: list[Closer] = []
         self._closed = False
@@ -206,7 +207,7 @@ class RedisClient:
         connection to any other incarnation fails with :class:`CacheLostError` (on a
         Cluster: a connection to a node whose ``run_id`` is not the one in ``incarnation``,
         or to a node not in it)."""
-        self.incarnation = self.seen_incarnation = incarnation
+        self.incarnation_in_use = self.seen_incarnation = incarnation
         if self.cluster:
             pairs = (pair.partition("=") for pair in incarnation.split(","))
             self._node_runs = {name: run_id for name, _, run_id in pairs}
@@ -220,7 +221,7 @@ class RedisClient:
         a node not in it (a replica promoted by a failover) counts as new too."""
         await connection.on_connect()
         cluster = self.cluster
-        if self.incarnation is None and not cluster:
+        if self.incarnation_in_use is None and not cluster:
             return
         await connection.send_command("INFO", "server")
         reply = await connection.read_response()
@@ -233,10 +234,10 @@ class RedisClient:
         if cluster:
             name = f"{getattr(connection, 'host', '')}:{getattr(connection, 'port', '')}"
             self.seen_runs[name] = run_id
-            if self.incarnation is not None and self._node_runs.get(name) != run_id:
+            if self.incarnation_in_use is not None and self._node_runs.get(name) != run_id:
                 self.seen_incarnation = None  # every primary is asked again
                 raise NewIncarnationError(f"the Redis Cluster node {name} is a new incarnation")
-        elif run_id != self.incarnation:
+        elif run_id != self.incarnation_in_use:
             self.seen_incarnation = run_id
             raise NewIncarnationError(f"the Redis server is a new incarnation ({run_id})")
 
