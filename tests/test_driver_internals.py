@@ -2,11 +2,11 @@
 module, each driver pinned below its next major (or minor) release in pyproject.toml. When
 a release changes one of them, this file fails loudly, before production does.
 
-* ``backends/redis_connect.py`` (``WaitingPool``): takes and returns an idle connection of
+* ``backends/redis/connect.py`` (``WaitingPool``): takes and returns an idle connection of
   redis-py's ``BlockingConnectionPool`` without its condition variable (about a fifth of a
   cache-hit GET here): ``_available_connections``, ``_in_use_connections``, ``_condition``
   with its ``_waiters``.
-* ``backends/redis_connect.py`` (``install_cluster_connect_hook``): redis-py's asyncio
+* ``backends/redis/connect.py`` (``install_cluster_connect_hook``): redis-py's asyncio
   ``RedisCluster`` takes no ``redis_connect_func``; kvstore puts it in
   ``nodes_manager.connection_kwargs`` and each known node's ``connection_kwargs``, from
   which every new node connection is made (the cache's per-node ``run_id`` check).
@@ -26,7 +26,7 @@ from redis.asyncio.connection import AbstractConnection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
-from backends.redis_connect import WaitingPool, install_cluster_connect_hook
+from backends.redis.connect import WaitingPool, install_cluster_connect_hook
 
 
 def test_redis_pool_internals_the_waiting_pool_reads() -> None:

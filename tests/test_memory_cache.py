@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from backends.base import Entry, utcnow
-from backends.memory_cache import SLOT_OVERHEAD, MemoryCache
+from backends.memory.cache import SLOT_OVERHEAD, MemoryCache
 from kvstore import ConfigurationError
 from kvstore.keys import Key
 

@@ -12,10 +12,9 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from backends import redis_lua as lua
-from backends.redis import MAX_LEASE_TTL, build_redis_backend
-from backends.redis_connect import ConnectionSettings, connect
-from backends.redis_format import member_key
+from backends.redis import MAX_LEASE_TTL, build_redis_backend, lua
+from backends.redis.connect import ConnectionSettings, connect
+from backends.redis.format import member_key
 from kvstore import BackendUnavailableError, ConfigurationError, DatabaseType, create_database
 from kvstore.keys import Key
 from kvstore.models import StateRecord
@@ -175,7 +174,7 @@ async def test_expired_index_members_are_cleaned_lazily(server: RedisServer) -> 
     try:
         for name in ("a", "b", "c"):
             await backend.put(Key("notes", ("u1", name)), b"{}", ttl=0.2 if name != "b" else None)
-        index = backend._layout.index("u1", "notes")
+        index = backend.redis.layout.index("u1", "notes")
         assert await admin.zcard(index) == 3
         await asyncio.sleep(0.5)
         assert [k.components for k, _ in await backend.list("notes", ("u1",), limit=2)] == [
@@ -183,7 +182,7 @@ async def test_expired_index_members_are_cleaned_lazily(server: RedisServer) -> 
         ]
         assert await admin.zcard(index) == 1
         assert await backend.delete_owner("u1") == 1
-        epoch = backend._layout.erase_epoch("u1")
+        epoch = backend.redis.layout.erase_epoch("u1")
         assert await admin.dbsize() == 1  # the erase epoch, fencing leases taken before
         assert await admin.exists(epoch) == 1
         assert 0 < await admin.pttl(epoch) <= MAX_LEASE_TTL * 1000
@@ -203,7 +202,7 @@ async def test_erasing_a_large_user_and_refusing_a_stale_view() -> None:
         for key in keys:
             await backend.put(key, b"x")
         await backend.put(Key("user", ("u1",)), b"me")
-        layout = backend._layout
+        layout = backend.redis.layout
         ns_set = layout.namespaces("u1")
         indexes = [layout.index("u1", ns) for ns in ("notes", "user")]
         listed: list[list[bytes]] = [await client.zrange(i, 0, -1) for i in indexes]  # type: ignore[misc]
@@ -218,9 +217,9 @@ async def test_erasing_a_large_user_and_refusing_a_stale_view() -> None:
         args: list[int | bytes] = [2, len(records), 60_000, *(len(items) for items in listed)]
         args += [item for items in listed for item in items]
         await backend.put(Key("notes", ("u1", "late")), b"x")  # lands after the view was read
-        assert await backend._ready().script(lua.ERASE, view, args) == -1
+        assert await backend.redis.ready().script(lua.ERASE, view, args) == -1
         await backend.delete(Key("notes", ("u1", "late")))
-        assert await backend._ready().script(lua.ERASE, view, args) == 1204
+        assert await backend.redis.ready().script(lua.ERASE, view, args) == 1204
         await backend.put(Key("notes", ("u1", "again")), b"x")
         assert await backend.get(keys[0]) is None
         assert await backend.delete_owner("u1") == 1

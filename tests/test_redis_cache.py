@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from backends.base import Entry, utcnow
 from backends.redis import build_redis_backend
-from backends.redis_format import LEASE_SUFFIX, Layout
+from backends.redis.format import LEASE_SUFFIX, Layout
 from kvstore.keys import Key, decode_redis_key, redis_key
 from tests.conftest import flushed_redis
 
@@ -264,9 +264,9 @@ async def test_misses_never_grow_the_owners_index(cache: RedisBackend) -> None:
     for start in range(0, len(keys), 200):
         answers = await cache.lookup(keys[start : start + 200], lease_ttl=0.2)
         assert all(a.entry is None and a.lease is not None for a in answers)
-    client = cache._ready().client
-    assert await client.zcard(cache._layout.index("u1", "state")) == 0
-    assert await client.scard(cache._layout.namespaces("u1")) == 0
+    client = cache.redis.ready().client
+    assert await client.zcard(cache.redis.layout.index("u1", "state")) == 0
+    assert await client.scard(cache.redis.layout.namespaces("u1")) == 0
     await asyncio.sleep(0.3)  # the leases are gone
     [again] = await cache.lookup([keys[0]], lease_ttl=LEASE)
     assert again.lease is not None

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from backends.breaker import BreakerState
-from backends.memory import MemoryBackend
-from backends.memory_cache import MemoryCache
+from backends.memory import MemoryBackend, MemoryCache
 from backends.tiered import REPAIR_BATCH, TieredBackend, WarmReport
 from kvstore import ConfigurationError, DatabaseType, StateRecord, create_database
 from kvstore.keys import Key

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from backends.breaker import BreakerState
-from backends.redis_format import unpack
+from backends.redis.format import unpack
 from backends.tiered import TieredBackend, WarmReport
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.keys import Key

@@ -18,8 +18,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from backends.memory import MemoryBackend
-from backends.memory_cache import MemoryCache
+from backends.memory import MemoryBackend, MemoryCache
 from backends.tiered import TieredBackend
 from kvstore import ConflictError, StateRecord
 from kvstore.store import Store

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
-from backends.redis_connect import SCHEMES as REDIS_SCHEMES
+from backends.redis.connect import SCHEMES as REDIS_SCHEMES
 from backends.tiered.changes import DEFAULT_FEED_INTERVAL
 from backends.tiered.near import DEFAULT_MAX_LAG
 from backends.tiered.store import (
@@ -36,7 +36,7 @@ def build_tiered_backend(
     ``record_url`` is the system of record: a SQL URL, or ``"memory://"`` (a
     :class:`~backends.memory.MemoryBackend`, for tests). The cache is ``redis_client`` if
     given, else ``cache_url``: ``"redis://..."`` (also ``rediss://``, ``unix://``) or
-    ``"memory://"`` (a per-process :class:`~backends.memory_cache.MemoryCache`).
+    ``"memory://"`` (a per-process :class:`~backends.memory.MemoryCache`).
     """
     from kvstore.options import COMMON_OPTIONS, REDIS_OPTIONS, SQL_OPTIONS, TIERED_OPTIONS
 
@@ -92,7 +92,7 @@ def _build_cache(
             raise ConfigurationError(
                 f"a memory:// cache does not take: {', '.join(sorted(redis_options))}"
             )
-        from backends.memory_cache import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryCache
+        from backends.memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryCache
 
         memory = MemoryCache(
             max_entries=options.get("cache_max_entries", DEFAULT_MAX_ENTRIES),

@@ -124,11 +124,6 @@ class Layout:
         """The generation marker: its absence tells a cache that lost keys (flushed)."""
         return f"{self.prefix}*live"
 
-    def record_of_member(self, owner: str, namespace: str, member: bytes) -> tuple[Key, str]:
-        """The key and record key named by an index member."""
-        key = member_key(owner, namespace, member)
-        return key, self.record(key)
-
 
 def member(components: tuple[str, ...]) -> bytes:
     """Index member for the components after the owner: ordered like the tuples."""

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection, ConnectionPool
     from redis.typing import EncodableT
 
-    from backends.redis_lua import Script
+    from backends.redis.lua import Script
 
 Command = tuple["EncodableT", ...]
 _RAW: dict[str, Any] = {NEVER_DECODE: True}

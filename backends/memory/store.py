@@ -1,4 +1,4 @@
-"""The memory backend: a dict of serialized bytes, for tests and development.
+"""The memory backend's store: a dict of serialized bytes, for tests and development.
 
 It behaves like a remote store: it keeps bytes (callers can't mutate what is stored), honours
 versions and TTL, and lists in key order. Keys are kept as ordered bytes

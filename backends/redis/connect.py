@@ -6,9 +6,10 @@ Schemes: ``redis://`` and ``rediss://`` (TLS) ``[user:password@]host:port/db``,
 ``rediss+cluster`` for TLS). Standalone clients draw from a :class:`BlockingConnectionPool`
 (callers wait for a free connection rather than failing).
 
-The clients are built with ``socket_timeout=None`` and no retries of their own: the backend
-puts one deadline (``socket_timeout``) around each whole operation, which costs far less per
-call than redis-py's per-read timeout, and retries only idempotent operations.
+The clients are built with ``socket_timeout=None`` and no retries of their own:
+:mod:`.client` puts one deadline (``socket_timeout``) around each whole operation, which
+costs far less per call than redis-py's per-read timeout, and retries only idempotent
+operations.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
     from kvstore.options import RedisOptions
 
-DEFAULT_URL: Final = "redis://localhost:6379/0"
 SCHEMES: Final = frozenset(
     {
         "redis",

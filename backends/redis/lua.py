@@ -3,7 +3,7 @@
 Scripts run by EVALSHA; a server that lost them (restart, ``SCRIPT FLUSH``) answers
 NOSCRIPT and the caller re-sends the same call as EVAL, which caches the script again.
 Each script touches only keys of one owner (one hash tag), all declared in ``KEYS``, so
-each runs on one Redis Cluster node. Values are laid out as in :mod:`backends.redis_format`.
+each runs on one Redis Cluster node. Values are laid out as in :mod:`backends.redis.format`.
 """
 
 from __future__ import annotations
@@ -118,34 +118,45 @@ return 1
 """
 )
 
+_LAND = """
+-- The body FILL and WRITE share. KEYS: record, lease, index, namespaces, owner's erase
+-- epoch[, generation marker]; ARGV: token, packed, px, revision, member, namespace.
+-- Stores ARGV[2] where it lands by revision ARGV[4]; returns 1 if stored, else 0.
+local function land(tombstone)
+  local cur = redis.call('GET', KEYS[1])
+  if not lands(cur, tonumber(ARGV[4]), tombstone) then return 0 end
+  store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[5], KEYS[4], ARGV[6], cur)
+  return 1
+end
+"""
+"""FILL and WRITE (which also writes tombstones) differ only in their lease rule, which is
+opposite: a fill needs the key's valid lease and consumes it, a write revokes whatever
+lease is out. They stay two scripts so that no argument can turn a fill whose lease is
+missing or wrong into a write."""
+
 FILL = Script(
     _COMMON
+    + _LAND
     + """
--- KEYS: record, lease, index, namespaces, owner's erase epoch[, generation marker]; ARGV:
--- token, packed, px, revision, member, namespace. Stores only with the valid lease
--- (consumed; taken since the owner's last erase) and where the entry lands. Returns 1 if
--- stored, 0 if not, -1 if the marker is gone.
+-- A fill after a miss: only with the valid lease (taken since the owner's last erase),
+-- which it consumes, and only an entry. Returns 1 if stored, 0 if not, -1 if the
+-- generation marker is gone.
 if lost(6) then return -1 end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] .. '|' .. epoch() then return 0 end
 redis.call('DEL', KEYS[2])
-local cur = redis.call('GET', KEYS[1])
-if not lands(cur, tonumber(ARGV[4]), false) then return 0 end
-store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[5], KEYS[4], ARGV[6], cur)
-return 1
+return land(false)
 """
 )
 
 WRITE = Script(
     _COMMON
+    + _LAND
     + """
--- KEYS and ARGV as FILL; the token (ARGV[1]) is unused and the lease is revoked. Stores
--- an entry (ARGV[2] starts with 'e') or a tombstone ('t') where it lands.
+-- The writer's update after a commit: revokes the lease (the token ARGV[1] is unused) and
+-- stores an entry (ARGV[2] starts with 'e') or a tombstone ('t'). Returns as FILL.
 if lost(6) then return -1 end
 redis.call('DEL', KEYS[2])
-local cur = redis.call('GET', KEYS[1])
-if not lands(cur, tonumber(ARGV[4]), string.sub(ARGV[2], 1, 1) == 't') then return 0 end
-store(KEYS[1], ARGV[2], ARGV[3], KEYS[3], ARGV[5], KEYS[4], ARGV[6], cur)
-return 1
+return land(string.sub(ARGV[2], 1, 1) == 't')
 """
 )
 
@@ -209,5 +220,3 @@ store(KEYS[1], value, ARGV[2], KEYS[2], ARGV[4], KEYS[3], ARGV[5], cur)
 return 1
 """
 )
-
-ALL_SCRIPTS = (PUT, DELETE, LEASE, FILL, WRITE, FORGET, ERASE, RESTORE)
