@@ -31,7 +31,17 @@ def test_plain_urls_map_to_the_async_drivers(url: str, driver: str, dialect: str
 
 
 @pytest.mark.parametrize(
-    "url", ["mysql://u@h/db", "postgresql+psycopg://u@h/db", "sqlite://", "sqlite:///:memory:"]
+    "url",
+    [
+        "mysql://u@h/db",
+        "postgresql+psycopg://u@h/db",
+        "sqlite://",
+        "sqlite:///:memory:",
+        # a host, user or password means the URL was meant for a server (found by the fuzz
+        # test: SQLAlchemy refused it only when the engine was made, with its own error)
+        "sqlite://coach:secret@127.0.0.1:1/0",
+        "sqlite://host/kv.db",
+    ],
 )
 def test_unsupported_urls_are_configuration_errors(url: str) -> None:
     with pytest.raises(ConfigurationError):

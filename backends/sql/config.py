@@ -108,6 +108,11 @@ def parse_sql_url(url: str, options: SQLOptions | None = None) -> SQLConfig:
             "SQLite needs a file (sqlite:///path/to/file.db); for an in-memory store use "
             "DatabaseType.MEMORY"
         )
+    if dialect == "sqlite" and (parsed.username or parsed.password or parsed.host):
+        raise ConfigurationError(
+            f"a SQLite URL names a file, with no user, password or host: {mask_url(url)}; "
+            "use sqlite:///path/to/file.db"
+        )
     try:
         port = parsed.port
     except ValueError:
