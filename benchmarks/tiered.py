@@ -83,6 +83,7 @@ def tiered(
     invalidate_before_write: bool = False,
     follow_changes: bool = True,
     near_cache_entries: int = 0,
+    group_commit: bool = True,
 ) -> Store:
     db = create_database(
         DatabaseType.TIERED,
@@ -94,6 +95,7 @@ def tiered(
         invalidate_before_write=invalidate_before_write,
         follow_changes=follow_changes,
         near_cache_entries=near_cache_entries,
+        group_commit=group_commit,
     )
     assert isinstance(db, Store)
     return db
@@ -106,6 +108,8 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
     db_ibw = tiered(url, redis_url, prefix, invalidate_before_write=True, follow_changes=False)
     # a third with a near cache (it follows the change feed: the near cache needs it)
     db_near = tiered(url, redis_url, prefix, near_cache_entries=KEYS)
+    # and one whose saves each go alone (no group commit), for comparison
+    db_alone = tiered(url, redis_url, prefix, follow_changes=False, group_commit=False)
     redis = Redis.from_url(redis_url, socket_timeout=None)  # the raw driver at its fastest
     pool = await asyncpg.create_pool(url, min_size=10, max_size=10, reset=_noreset)
     to_json = StateRecord.__pydantic_serializer__.to_json
@@ -118,6 +122,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
         await db.initialize()
         await db_ibw.initialize()
         await db_near.initialize()
+        await db_alone.initialize()
         await pool.execute(RAW_TABLE)
         saved = [await db.save_state(record) for record in RECORDS]
         for key, record in zip(raw_keys, saved, strict=True):
@@ -213,6 +218,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                 [
                     ("raw asyncpg upsert + redis-py SET", raw_save(Cycle())),
                     ("tiered save_state", tiered_save(db, Cycle())),
+                    ("tiered save_state, group_commit=False", tiered_save(db_alone, Cycle())),
                     ("tiered, invalidate_before_write", tiered_save(db_ibw, Cycle())),
                     ("(for scale) SQL backend put alone, no cache", record_put(Cycle())),
                 ],
@@ -222,6 +228,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
         await db.close()  # first: their change-feed followers write to the cache until then
         await db_ibw.close()
         await db_near.close()
+        await db_alone.close()
         keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
         for start in range(0, len(keys), 500):
             await redis.delete(*keys[start : start + 500])

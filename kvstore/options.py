@@ -33,6 +33,7 @@ class SQLOptions(TypedDict, total=False):
     connect_timeout: float
     statement_timeout: float
     echo: bool
+    group_commit: bool
 
 
 class RedisOptions(TypedDict, total=False):

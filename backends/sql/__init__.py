@@ -8,6 +8,13 @@ change feed, :mod:`~backends.sql.schema` the tables, :mod:`~backends.sql.migrate
 """
 
 from backends.sql.statements import POSTGRES_SQL, SQLITE_SQL
-from backends.sql.store import TOMBSTONE_RETENTION, SQLBackend, build_sql_backend
+from backends.sql.store import TOMBSTONE_RETENTION, SQLBackend, SQLStats, build_sql_backend
 
-__all__ = ["POSTGRES_SQL", "SQLITE_SQL", "TOMBSTONE_RETENTION", "SQLBackend", "build_sql_backend"]
+__all__ = [
+    "POSTGRES_SQL",
+    "SQLITE_SQL",
+    "TOMBSTONE_RETENTION",
+    "SQLBackend",
+    "SQLStats",
+    "build_sql_backend",
+]

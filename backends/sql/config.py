@@ -81,6 +81,9 @@ class SQLConfig:
     connect_timeout: float = 10.0
     statement_timeout: float = 30.0
     echo: bool = False
+    group_commit: bool = True
+    """PostgreSQL: saves that queue for a connection go as one statement per round
+    (:mod:`backends.sql.batch`)."""
 
     @property
     def masked_url(self) -> str:
@@ -159,6 +162,7 @@ def _validate(config: SQLConfig) -> None:
         "pool_recycle": isinstance(config.pool_recycle, int | float),
         "pool_pre_ping": isinstance(config.pool_pre_ping, bool),
         "echo": isinstance(config.echo, bool),
+        "group_commit": isinstance(config.group_commit, bool),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:

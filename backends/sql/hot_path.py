@@ -74,8 +74,11 @@ class HotPath:
         self._shared: PoolProxiedConnection | None = None
         self._held: list[PoolProxiedConnection] = []
         self._hold_max = 0 if config.pool_pre_ping else config.pool_size // 2
-        self._turns = asyncio.Semaphore(max(1, config.pool_size + config.max_overflow - 1))
-        self._turn_timeout = config.connect_timeout + config.statement_timeout
+        self.turns = max(1, config.pool_size + config.max_overflow - 1)
+        """Hot statements that may run at once (PostgreSQL)."""
+        self._turns = asyncio.Semaphore(self.turns)
+        self.turn_timeout = config.connect_timeout + config.statement_timeout
+        """The longest a statement waits for its turn."""
 
     async def run(self, action: str, name: str, args: tuple[Any, ...], *, idempotent: bool) -> Any:
         """Run statement ``name`` with ``args``; return its rows. Retries what is safe to
@@ -146,12 +149,16 @@ class HotPath:
             await turns.acquire()  # free: returns at once
             return
         try:
-            async with asyncio.timeout(self._turn_timeout):
+            async with asyncio.timeout(self.turn_timeout):
                 await turns.acquire()
         except TimeoutError as exc:
-            raise BackendUnavailableError(
-                f"{action} on {self._where}: no connection free within {self._turn_timeout:g} s"
-            ) from exc
+            raise self.no_turn(action) from exc
+
+    def no_turn(self, action: str) -> BackendUnavailableError:
+        """The error of a statement that waited :attr:`turn_timeout` for its turn."""
+        return BackendUnavailableError(
+            f"{action} on {self._where}: no connection free within {self.turn_timeout:g} s"
+        )
 
     async def _checkout(self) -> PoolProxiedConnection:
         engine = self._engine = await self._get_engine()

@@ -69,6 +69,53 @@ sequence after forcing the transaction's id (which the change feed relies on: se
 (batch jobs' plain SQL). The delete trigger draws the tombstone's revision, read back with
 ``currval`` (PostgreSQL) or from the counter (SQLite)."""
 
+_BATCH_PUT: Final = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::timestamptz[], $7::int[])
+        AS i(namespace, owner, key, value, now, expires_at, expected)
+),
+put AS (
+    INSERT INTO kv_records AS r
+        (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
+    SELECT namespace, owner, key, value::jsonb, 1, now, now, expires_at, {revision}
+    FROM input WHERE expected IS NULL ORDER BY namespace, owner, key
+    ON CONFLICT (namespace, owner, key) DO UPDATE SET
+        value = excluded.value,
+        version = CASE WHEN r.expires_at <= excluded.updated_at THEN 1 ELSE r.version + 1 END,
+        created_at = CASE WHEN r.expires_at <= excluded.updated_at
+            THEN excluded.created_at ELSE r.created_at END,
+        updated_at = excluded.updated_at,
+        expires_at = excluded.expires_at,
+        revision = {revision}
+    RETURNING r.namespace, r.owner, r.key, r.version, r.created_at, r.revision
+),
+put_new AS (
+    INSERT INTO kv_records AS r
+        (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
+    SELECT namespace, owner, key, value::jsonb, 1, now, now, expires_at, {revision}
+    FROM input WHERE expected = 0 ORDER BY namespace, owner, key
+    ON CONFLICT (namespace, owner, key) DO UPDATE SET
+        value = excluded.value, version = 1, created_at = excluded.created_at,
+        updated_at = excluded.updated_at, expires_at = excluded.expires_at,
+        revision = {revision}
+    WHERE r.expires_at <= excluded.updated_at
+    RETURNING r.namespace, r.owner, r.key, r.version, r.created_at, r.revision
+),
+put_if AS (
+    UPDATE kv_records AS r SET value = i.value::jsonb, version = r.version + 1,
+        updated_at = i.now, expires_at = i.expires_at, revision = {revision}
+    FROM input AS i
+    WHERE i.expected > 0 AND r.namespace = i.namespace AND r.owner = i.owner
+      AND r.key = i.key AND r.version = i.expected
+      AND (r.expires_at IS NULL OR r.expires_at > i.now)
+    RETURNING r.namespace, r.owner, r.key, r.version, r.created_at, r.revision
+)
+SELECT * FROM put UNION ALL SELECT * FROM put_new UNION ALL SELECT * FROM put_if"""
+"""Group commit (PostgreSQL): many saves in one statement, one row per key, each with its
+own version check (``expected``: NULL none, 0 must not exist, N must be at version N), the
+same as ``put``, ``put_new`` and ``put_if``; a row whose check failed returns nothing."""
+
 _POSTGRES_REVISION: Final = (
     "CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('kv_revision') END"
 )
@@ -76,7 +123,7 @@ POSTGRES_SQL: Final = {
     name: text.replace("{revision}", _POSTGRES_REVISION).replace(
         "{deleted}", "currval('kv_revision')"
     )
-    for name, text in SQL.items()
+    for name, text in (SQL | {"put_batch": _BATCH_PUT}).items()
 } | feed.POSTGRES
 """Every statement as PostgreSQL runs it (benchmarks run the same text on the raw driver)."""
 SQLITE_SQL: Final = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -27,6 +28,7 @@ from backends.base import (
     version_conflict,
 )
 from backends.sql import feed, queries
+from backends.sql.batch import GroupCommit
 from backends.sql.config import READ_ONLY, SQLConfig, create_engine, parse_sql_url
 from backends.sql.errors import DRIVER_ERRORS, MAX_ATTEMPTS, Failure, backoff, classify, translate
 from backends.sql.hot_path import HotPath
@@ -52,6 +54,16 @@ DEFAULT_STREAM_BATCH: Final = 1000
 TOMBSTONE_RETENTION: Final = 7 * 86400.0
 """Seconds ``purge_expired`` keeps the tombstone of a deletion: change-feed followers read
 only the last moments, batch jobs a week's watermark."""
+
+
+@dataclass(frozen=True, slots=True)
+class SQLStats:
+    """Counters of one SQL backend since it was built."""
+
+    saves: int
+    """Saves sent to the database (group commit: each row of a round counts)."""
+    save_statements: int
+    """Statements that carried them: fewer than ``saves`` when rounds grouped saves."""
 
 
 def _same(value: Any) -> Any:
@@ -92,12 +104,19 @@ class SQLBackend(Backend):
             _same if self._postgres else _from_sqlite_time
         )
         self._hot = HotPath(config, self._where, self._ready_engine)
+        self._saves = GroupCommit(
+            self._hot, self._hot.turns, together=self._postgres and config.group_commit
+        )
         self._active = 0
         """Statements in flight (hot path and SQLAlchemy): ``close`` waits for them."""
         self._drained: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"SQLBackend({self._where!r})"
+
+    def stats(self) -> SQLStats:
+        """The counters now."""
+        return SQLStats(saves=self._saves.saves, save_statements=self._saves.statements)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -140,6 +159,7 @@ class SQLBackend(Backend):
                 async with asyncio.timeout(self.config.statement_timeout):
                     await self._drained.wait()
         engine, self._engine = self._engine, None
+        await self._saves.close()
         await self._hot.close()
         if engine is not None and self._owns_engine:
             await engine.dispose()
@@ -202,16 +222,14 @@ class SQLBackend(Backend):
             self._to_time(now),
             self._to_time(expires_at),
         )
-        if expected_version is None:
-            name = "put"
-        elif expected_version == 0:
-            name = "put_new"
-        else:
-            name, args = "put_if", (*args, expected_version)
-        rows = await self._run("save", name, args, idempotent=False)
-        if not rows:
+        self._enter()
+        try:
+            saved = await self._saves.save(args, expected_version)
+        finally:
+            self._leave()
+        if saved is None:
             raise await self._conflict(key, expected_version or 0)
-        version, created_at, revision = rows[0]
+        version, created_at, revision = saved
         return Entry(
             value=bytes(value),
             version=version,

@@ -70,13 +70,14 @@ class FeedApplier:
         self.applied = 0
         self.own = 0
         self.errors = 0
+        self._stopped = False
 
     async def run(self) -> None:
-        """Read the change feed and apply it, until cancelled."""
+        """Read the change feed and apply it, until :meth:`stop` (or cancelled)."""
         follower = self.follower
         assert follower is not None
         failing = False
-        while True:
+        while not self._stopped:
             try:
                 changes = await follower.poll()
                 failing = False
@@ -105,6 +106,12 @@ class FeedApplier:
                 await self.apply()
             if len(changes) < follower.batch:
                 await asyncio.sleep(self._interval)
+
+    def stop(self) -> None:
+        """End :meth:`run` at its next turn. Cancelling its task alone is not enough: a
+        library that swallows one cancellation (seen under load: the loop went on after
+        its task was cancelled, and ``close`` waited for it forever) would keep it going."""
+        self._stopped = True
 
     def landed(self, revision: int, generation: Generation) -> None:
         """This process put ``revision`` in the cache in ``generation``."""

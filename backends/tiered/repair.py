@@ -124,7 +124,7 @@ class Repairer:
         only keys with writes in flight are left (the next read that finds dirty keys
         starts again)."""
         try:
-            while self._dirty and self._guard.breaker.closed:
+            while self._dirty and self._guard.breaker.closed and not self._closing:
                 before = len(self._dirty)
                 if self._guard.lost or not await self._repair():
                     return

@@ -175,6 +175,7 @@ class TieredBackend(Backend):
 
     async def close(self) -> None:
         task, self._follow_task = self._follow_task, None
+        self._feed.stop()
         if task is not None:
             task.cancel()
         await asyncio.gather(self._repairer.close(), self._guard.close())
