@@ -87,6 +87,8 @@ async def _postgres_run(url: str, seconds: float) -> None:
     pool = await asyncpg.create_pool(url, min_size=10, max_size=10, reset=_noreset)
     backend = build_sql_backend(url, {"pool_size": 10, "max_overflow": 0})
     await backend.initialize()
+    alone = build_sql_backend(url, {"pool_size": 10, "max_overflow": 0, "group_commit": False})
+    await alone.initialize()
     core = create_async_engine(
         url.replace("postgresql://", "postgresql+asyncpg://"), pool_size=10, max_overflow=0
     )
@@ -142,6 +144,7 @@ async def _postgres_run(url: str, seconds: float) -> None:
             put: list[tuple[str, Callable[[], Awaitable[object]]]] = [
                 ("raw asyncpg pool (no reset)", pool_put),
                 ("SQL backend", backend_put(backend)),
+                ("SQL backend, group_commit=False", backend_put(alone)),
                 ("SQLAlchemy Core, engine.begin()", core_put),
             ]
             get: list[tuple[str, Callable[[], Awaitable[object]]]] = [
@@ -156,6 +159,7 @@ async def _postgres_run(url: str, seconds: float) -> None:
             await measure(f"PostgreSQL get (by key), {where}", seconds, get, tasks)
     finally:
         await backend.close()
+        await alone.close()
         await core.dispose()
         await pool.close()
         await single.close()

@@ -48,6 +48,7 @@ async def test_the_sql_benchmark_compares_every_contender() -> None:
     assert found["PostgreSQL save (upsert), 32 tasks"] == [
         "raw asyncpg pool (no reset)",
         "SQL backend",
+        "SQL backend, group_commit=False",
         "SQLAlchemy Core, engine.begin()",
     ]
     assert found["SQLite get (by key), one task"] == [
@@ -70,11 +71,13 @@ async def test_the_tiered_benchmark_compares_every_contender(private_redis: Redi
         private_redis.url,
     )
     assert len(found) == 4
-    assert found["save_state, 32 task(s)"][:2] == [
+    assert found["save_state, 32 task(s)"][:3] == [
         "raw asyncpg upsert + redis-py SET",
         "tiered save_state",
+        "tiered save_state, group_commit=False",
     ]
     assert found["cache-hit get_state, 1 task(s)"] == [
         "raw redis-py GET + model_validate_json",
         "tiered get_state",
+        "tiered get_state, near cache",
     ]

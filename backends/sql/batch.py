@@ -61,6 +61,8 @@ class GroupCommit:
         self._rounds = max(1, rounds)
         self._together_ok = together
         self._in_flight = 0
+        self._grouped = 0
+        """Rounds of queued saves in flight (0 or 1)."""
         self._queue: list[_Save] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -76,7 +78,9 @@ class GroupCommit:
         failed."""
         if self._closed:
             raise DatabaseClosedError("the SQL backend is closed")
-        if not self._together_ok or (self._in_flight < self._rounds and not self._queue):
+        if not self._together_ok or (
+            self._in_flight < self._rounds and not self._queue and not self._grouped
+        ):
             self._in_flight += 1
             try:
                 return await self._alone(args, expected)
@@ -114,9 +118,10 @@ class GroupCommit:
     # -- rounds ------------------------------------------------------------------------------
 
     def _start_rounds(self) -> None:
-        while self._queue and self._in_flight < self._rounds:
+        if self._queue and self._in_flight < self._rounds and not self._grouped:
             batch = self._take()
             self._in_flight += 1
+            self._grouped += 1
             task = asyncio.get_running_loop().create_task(self._round(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -162,6 +167,7 @@ class GroupCommit:
             for item in batch:  # the round was cut off (cancelled): nobody is left waiting
                 _fail(item, BackendUnavailableError("the save's round was cut off"))
             self._in_flight -= 1
+            self._grouped -= 1
             if not self._closed:
                 self._start_rounds()
 

@@ -27,6 +27,7 @@ cost SQLAlchemy adds per call; SQLAlchemy's upper bound is pinned and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,6 +46,13 @@ if TYPE_CHECKING:
     from sqlalchemy.pool import PoolProxiedConnection
 
     from backends.sql.config import SQLConfig
+
+_BURY: Final = """
+SELECT pid, pg_terminate_backend(pid, $2) FROM pg_stat_activity
+WHERE pid = ANY($1::int[]) AND usename = current_user AND datname = current_database()"""
+"""End the server processes of connections dropped with a write in flight; each call waits
+up to ``$2`` ms for them to exit."""
+_ALIVE: Final = "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])"
 
 HOLD_SECONDS: Final = 5.0
 """How long the hot path may keep a pooled connection between statements before it goes
@@ -77,6 +85,9 @@ class HotPath:
         self.turns = max(1, config.pool_size + config.max_overflow - 1)
         """Hot statements that may run at once (PostgreSQL)."""
         self._turns = asyncio.Semaphore(self.turns)
+        self._ghosts: set[int] = set()
+        """PostgreSQL server processes of connections dropped while a write was in flight
+        (see :meth:`_bury_ghosts`)."""
         self.turn_timeout = config.connect_timeout + config.statement_timeout
         """The longest a statement waits for its turn."""
 
@@ -94,6 +105,8 @@ class HotPath:
                 try:
                     driver: Any = fairy.driver_connection
                     if self._postgres:
+                        if self._ghosts and not idempotent:
+                            await self._bury_ghosts(driver)
                         rows = await driver.fetch(sql, *args)
                     else:
                         rows = await driver.execute_fetchall(sql, args)
@@ -104,6 +117,8 @@ class HotPath:
                     ):
                         # broken, or cancelled mid-statement (asyncpg can't resume the
                         # protocol; an aiosqlite statement finishes in its thread: kept)
+                        if self._postgres and not idempotent and failure is not Failure.STALE:
+                            self._remember_ghost(driver)
                         self._discard(fairy)
                     else:
                         await self._release(fairy)  # the server answered: the connection is fine
@@ -140,6 +155,27 @@ class HotPath:
         if shared is not None:
             await greenlet_spawn(shared.close)
         self._engine = None
+
+    def _remember_ghost(self, driver: Any) -> None:
+        """A write whose connection is dropped may still be waiting in the server's socket
+        (a frozen or overloaded server reads it later) and commit after a later write of
+        the same key that was acknowledged: the older value would win. Its server process
+        is ended before this backend sends another write."""
+        with contextlib.suppress(Exception):
+            self._ghosts.add(int(driver.get_server_pid()))
+
+    async def _bury_ghosts(self, driver: Any) -> None:
+        """End the server processes of dropped writes (:meth:`_remember_ghost`) and wait
+        until they are gone, before a write is sent on ``driver``: whatever they were going
+        to commit has committed by then, before it. Raises (a driver error, handled as any
+        failure of the write) if one is still there after ``statement_timeout``."""
+        ghosts = list(self._ghosts)
+        wait_ms = round(self._config.statement_timeout * 1000)
+        await driver.fetch(_BURY, ghosts, wait_ms)
+        alive = {row[0] for row in await driver.fetch(_ALIVE, ghosts)}
+        self._ghosts.difference_update(set(ghosts) - alive)
+        if alive:
+            raise TimeoutError(f"{len(alive)} dropped connection(s) still running on the server")
 
     async def _take_turn(self, action: str) -> None:
         """Wait for this statement's turn (first come, first served), at most
