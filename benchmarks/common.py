@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import asyncpg
+
+from backends.sql.migrate import upgrade
 from kvstore import StateRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 
 def session_record(user_id: str = "user-1", session_id: str = "session-1") -> StateRecord:
@@ -149,3 +154,19 @@ def print_ratios(title: str, baseline: Measurement, others: list[Measurement]) -
     for measurement in [baseline, *others]:
         ratio = measurement.ops_per_second / baseline.ops_per_second
         print(f"| {measurement.name} | {measurement.ops_per_second:,.0f} | {ratio:.2f}x |")
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(admin_url: str, what: str) -> AsyncIterator[str]:
+    """A new PostgreSQL database on the server of ``admin_url`` with kvstore's tables (its
+    URL), dropped afterwards whatever happens."""
+    name = f"kvstore_bench_{what}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rpartition("/")[0] + f"/{name}"
+    try:
+        await upgrade(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

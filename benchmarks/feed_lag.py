@@ -21,7 +21,7 @@ import uuid
 
 import asyncpg
 
-from backends.sql.migrate import upgrade
+from benchmarks.common import throwaway_database
 from kvstore import DatabaseType, StateRecord, create_database
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -60,16 +60,8 @@ async def run(url: str, redis_url: str, rounds: int) -> list[float]:
 
 
 async def main_async(rounds: int, admin_url: str, redis_url: str) -> None:
-    name = f"kvstore_bench_lag_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rpartition("/")[0] + f"/{name}"
-    try:
-        await upgrade(url)
+    async with throwaway_database(admin_url, "lag") as url:
         lags = sorted(await run(url, redis_url, rounds))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
     ms = [lag * 1000 for lag in lags]
     p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
     print(f"change-feed lag over {len(ms)} rounds (load average {os.getloadavg()[0]:.2f}):")

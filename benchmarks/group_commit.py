@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import uuid
 from typing import TYPE_CHECKING
 
-import asyncpg
-
 from backends.sql import build_sql_backend
-from backends.sql.migrate import upgrade
-from benchmarks.common import measure
+from benchmarks.common import measure, throwaway_database
 from kvstore.keys import Key
 
 if TYPE_CHECKING:
@@ -70,16 +65,8 @@ async def run(url: str, seconds: float) -> None:
 
 
 async def main_async(seconds: float, admin_url: str) -> None:
-    name = f"kvstore_bench_group_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rpartition("/")[0] + f"/{name}"
-    try:
-        await upgrade(url)
+    async with throwaway_database(admin_url, "group") as url:
         await run(url, seconds)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +28,7 @@ from backends.base import utcnow
 from backends.sql import POSTGRES_SQL, SQLITE_SQL, build_sql_backend
 from backends.sql.migrate import upgrade
 from backends.sql.schema import kv_records, sqlite_time
-from benchmarks.common import measure, session_record
+from benchmarks.common import measure, session_record, throwaway_database
 from kvstore.keys import Key
 from kvstore.models.base import METADATA_FIELDS
 from serializers import JSONSerializer
@@ -70,16 +68,8 @@ async def _noreset(_connection: asyncpg.Connection) -> None:
 
 
 async def postgres(seconds: float, admin_url: str) -> None:
-    name = f"kvstore_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rpartition("/")[0] + f"/{name}"
-    try:
-        await upgrade(url)
+    async with throwaway_database(admin_url, "sql") as url:
         await _postgres_run(url, seconds)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def _postgres_run(url: str, seconds: float) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import uuid
 from typing import TYPE_CHECKING
 
@@ -26,9 +25,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from backends.base import utcnow
-from backends.sql.migrate import upgrade
 from backends.tiered import TieredBackend
-from benchmarks.common import measure, session_record
+from benchmarks.common import measure, session_record, throwaway_database
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.store import Store
 
@@ -237,16 +235,8 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
 
 
 async def main_async(seconds: float, admin_url: str, redis_url: str) -> None:
-    name = f"kvstore_bench_tiered_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rpartition("/")[0] + f"/{name}"
-    try:
-        await upgrade(url)
+    async with throwaway_database(admin_url, "tiered") as url:
         await run(url, redis_url, seconds)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:

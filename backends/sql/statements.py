@@ -13,10 +13,7 @@ from typing import Final
 
 from backends.sql import feed
 
-_UPSERT: Final = """
-INSERT INTO kv_records AS r
-    (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
-VALUES ($1, $2, $3, $4, 1, $5, $5, $6, {revision})
+_ON_CONFLICT_UPDATE: Final = """
 ON CONFLICT (namespace, owner, key) DO UPDATE SET
     value = excluded.value,
     version = CASE WHEN r.expires_at <= excluded.updated_at THEN 1 ELSE r.version + 1 END,
@@ -26,6 +23,11 @@ ON CONFLICT (namespace, owner, key) DO UPDATE SET
     expires_at = excluded.expires_at,
     revision = {revision}
 """
+"""An upsert's update of a live row (version + 1) or of an expired one (a new life at 1)."""
+_UPSERT: Final = """
+INSERT INTO kv_records AS r
+    (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
+VALUES ($1, $2, $3, $4, 1, $5, $5, $6, {revision}){on_conflict_update}"""
 SQL: Final = {
     "get": """
         SELECT value, version, created_at, updated_at, expires_at, revision FROM kv_records
@@ -79,15 +81,7 @@ put AS (
     INSERT INTO kv_records AS r
         (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
     SELECT namespace, owner, key, value::jsonb, 1, now, now, expires_at, {revision}
-    FROM input WHERE expected IS NULL ORDER BY namespace, owner, key
-    ON CONFLICT (namespace, owner, key) DO UPDATE SET
-        value = excluded.value,
-        version = CASE WHEN r.expires_at <= excluded.updated_at THEN 1 ELSE r.version + 1 END,
-        created_at = CASE WHEN r.expires_at <= excluded.updated_at
-            THEN excluded.created_at ELSE r.created_at END,
-        updated_at = excluded.updated_at,
-        expires_at = excluded.expires_at,
-        revision = {revision}
+    FROM input WHERE expected IS NULL ORDER BY namespace, owner, key{on_conflict_update}
     RETURNING r.namespace, r.owner, r.key, r.version, r.created_at, r.revision
 ),
 put_new AS (
@@ -120,14 +114,14 @@ _POSTGRES_REVISION: Final = (
     "CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('kv_revision') END"
 )
 POSTGRES_SQL: Final = {
-    name: text.replace("{revision}", _POSTGRES_REVISION).replace(
-        "{deleted}", "currval('kv_revision')"
-    )
+    name: text.replace("{on_conflict_update}", _ON_CONFLICT_UPDATE)
+    .replace("{revision}", _POSTGRES_REVISION)
+    .replace("{deleted}", "currval('kv_revision')")
     for name, text in (SQL | {"put_batch": _BATCH_PUT}).items()
 } | feed.POSTGRES
 """Every statement as PostgreSQL runs it (benchmarks run the same text on the raw driver)."""
 SQLITE_SQL: Final = {
-    name: re.sub(r"\$(\d)", r"?\1", text)
+    name: re.sub(r"\$(\d)", r"?\1", text.replace("{on_conflict_update}", _ON_CONFLICT_UPDATE))
     .replace("{revision}", "(SELECT value + 1 FROM kv_revision WHERE id = 1)")
     .replace("{deleted}", "(SELECT value FROM kv_revision WHERE id = 1)")
     for name, text in SQL.items()
