@@ -18,6 +18,7 @@ a release changes one of them, this file fails loudly, before production does.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool
@@ -72,3 +73,27 @@ async def test_sqlalchemy_pool_internals_the_hot_path_uses() -> None:
         assert callable(engine.sync_engine.raw_connection)
     finally:
         await engine.dispose()
+
+
+PRIVATE_DETAILS = {
+    "greenlet_spawn": "backends/sql/hot_path.py",
+    "MissingGreenlet": "backends/sql/hot_path.py",
+    "sync_engine.raw_connection": "backends/sql/hot_path.py",
+    "_available_connections": "backends/redis/connect.py",
+    "_in_use_connections": "backends/redis/connect.py",
+    "._condition.": "backends/redis/connect.py",
+    "nodes_manager": "backends/redis/connect.py",
+}
+"""Each private driver detail kvstore uses, and the one module allowed to use it."""
+
+
+def test_each_private_detail_lives_in_one_module() -> None:
+    root = Path(__file__).parent.parent
+    for detail, home in PRIVATE_DETAILS.items():
+        users = sorted(
+            str(path.relative_to(root))
+            for package in ("kvstore", "backends", "serializers")
+            for path in (root / package).rglob("*.py")
+            if detail in path.read_text(encoding="utf-8")
+        )
+        assert users == [home], (detail, users)
