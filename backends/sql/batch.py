@@ -1,11 +1,14 @@
 """Group commit: concurrent saves go to PostgreSQL as one statement per round.
 
-A save that finds a round free (fewer rounds in flight than the hot path has turns) and no
-save queued runs alone, at once: a lone caller waits for nothing. The others queue; as soon
-as a round returns, the next one takes what queued meanwhile (one row per key: a key saved
+A save that finds a connection turn free (fewer saves in flight than the hot path has
+turns), no save queued and no grouped round in flight runs alone, at once: a lone caller
+waits for nothing, and at low concurrency saves run side by side. The others queue. One
+grouped round runs at a time: it takes everything queued (one row per key: a key saved
 twice waits for the following round, so one key's saves keep their order) and sends it as
-one statement (:data:`~backends.sql.statements.BATCH_PUT`) with one commit. Each row keeps
-its own version check and gets its own result: a conflict fails only that caller.
+one statement (``put_batch`` in :mod:`backends.sql.statements`) with one commit; what
+queues meanwhile goes in the next. Each row keeps its own version check and gets its own
+result: a conflict fails only that caller. While a grouped round runs, new saves queue
+rather than run alone, so the round's tasks are not lapped by others.
 
 A round runs in a task of its own, so a caller cancelled while its row is being written
 does not cut the others off (its save's outcome is then unknown, as for a statement
@@ -54,11 +57,12 @@ class _Save:
 class GroupCommit:
     """The saves of one SQL backend on PostgreSQL, grouped into rounds."""
 
-    def __init__(self, hot: HotPath, rounds: int, *, together: bool = True) -> None:
-        """At most ``rounds`` rounds run at once; with ``together`` false (SQLite, or
-        ``group_commit=False``) every save runs alone, as it comes."""
+    def __init__(self, hot: HotPath, turns: int, *, together: bool = True) -> None:
+        """At most ``turns`` statements (saves alone and the grouped round) are sent at
+        once; with ``together`` false (SQLite, or ``group_commit=False``) every save runs
+        alone, as it comes."""
         self._hot = hot
-        self._rounds = max(1, rounds)
+        self._turns = max(1, turns)
         self._together_ok = together
         self._in_flight = 0
         self._grouped = 0
@@ -79,7 +83,7 @@ class GroupCommit:
         if self._closed:
             raise DatabaseClosedError("the SQL backend is closed")
         if not self._together_ok or (
-            self._in_flight < self._rounds and not self._queue and not self._grouped
+            self._in_flight < self._turns and not self._queue and not self._grouped
         ):
             self._in_flight += 1
             try:
@@ -118,7 +122,7 @@ class GroupCommit:
     # -- rounds ------------------------------------------------------------------------------
 
     def _start_rounds(self) -> None:
-        if self._queue and self._in_flight < self._rounds and not self._grouped:
+        if self._queue and self._in_flight < self._turns and not self._grouped:
             batch = self._take()
             self._in_flight += 1
             self._grouped += 1
