@@ -229,14 +229,6 @@ class TieredBackend(Backend):
     # -- reads -----------------------------------------------------------------------------
 
     async def get(self, key: Key) -> Entry | None:
-        near = self._near
-        if near is not None:
-            entry = near.get(key)
-            if entry is not None:
-                self._reads += 1
-                self._hits += 1
-                self._near_hits += 1
-                return entry
         return (await self.get_many((key,)))[0]
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
