@@ -18,7 +18,6 @@ import os
 import resource
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,7 @@ from backends.base import utcnow
 from backends.sql import build_sql_backend
 from backends.sql.migrate import upgrade
 from backends.sql.schema import sqlite_time
-from benchmarks.common import session_record
+from benchmarks.common import session_record, throwaway_database
 from kvstore.models.base import METADATA_FIELDS
 from serializers import JSONSerializer
 
@@ -133,12 +132,7 @@ async def cursor_stream(url: str, batch: int) -> AsyncIterator[object]:
 
 
 async def postgres(total: int, batch: int, admin_url: str) -> None:
-    name = f"kvstore_stream_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rpartition("/")[0] + f"/{name}"
-    try:
-        await upgrade(url)
+    async with throwaway_database(admin_url, "stream") as url:
         await fill_postgres(url, total)
         backend = build_sql_backend(url)
         await backend.initialize()
@@ -147,9 +141,6 @@ async def postgres(total: int, batch: int, admin_url: str) -> None:
         finally:
             await backend.close()
         await timed("PostgreSQL, raw asyncpg server-side cursor", cursor_stream(url, batch), total)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def sqlite(total: int, batch: int) -> None:
