@@ -23,6 +23,8 @@ that can be the cache tier of the tiered store also implements :class:`Versioned
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,8 +32,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
+    from backends.reports import VerifyReport, WarmReport
+
+from backends.reports import Stats
 from kvstore.errors import ConflictError, InvalidKeyError, InvalidRecordError
 from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
 
@@ -119,6 +124,9 @@ class Capabilities:
     """Implements :class:`VersionedCache`, so it can be the tiered store's cache tier."""
     bulk: bool = False
     """Implements :meth:`Backend.scan` and :meth:`Backend.restore` (export, import, migrate)."""
+    cache: bool = False
+    """Has a cache tier in front of its system of record: implements :meth:`Backend.warm`
+    and :meth:`Backend.verify`."""
     feed: bool = False
     """Implements the change feed and cache generations (:meth:`Backend.read_changes`,
     :meth:`Backend.head`, :meth:`Backend.read_generation`): the tiered store follows it to
@@ -128,7 +136,11 @@ class Capabilities:
 class Backend(ABC):
     """Primitive async key-value operations over bytes with versions and expiry."""
 
-    capabilities: ClassVar[Capabilities]
+    kind: ClassVar[str]
+    """What it is, for people and counters: ``"memory"``, ``"sql"``, ``"redis"``, ..."""
+    capabilities: Capabilities
+    """What it can do beyond the contract: a class attribute, or set per instance by a
+    backend built on others (the tiered store takes its system of record's)."""
 
     async def initialize(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Connect and prepare (create tables, load scripts). Idempotent."""
@@ -194,6 +206,56 @@ class Backend(ABC):
     @abstractmethod
     async def delete_owner(self, owner: str) -> int:
         """Remove every entry of ``owner`` in every namespace; return how many were live."""
+
+    def stats(self) -> Stats:
+        """Counters since the backend was built, one part per tier (none by default)."""
+        return Stats(backend=self.kind)
+
+    async def recent(
+        self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE
+    ) -> builtins.list[tuple[Key, Entry]]:
+        """Live entries of ``namespace`` (of ``owner`` if given), newest ``updated_at``
+        first, at most ``limit`` (> 0). By default one :meth:`scan` keeping the newest; a
+        backend with an index by recency answers it with one query. Only if
+        ``capabilities.bulk``."""
+        if limit <= 0:
+            raise InvalidRecordError("limit must be positive")
+        newest: builtins.list[tuple[datetime, int, Key, Entry]] = []
+        tiebreak = itertools.count()
+        async for key, entry in self.scan(namespace=namespace, owner=owner):
+            item = (entry.updated_at, next(tiebreak), key, entry)
+            if len(newest) < limit:
+                heapq.heappush(newest, item)
+            elif item[0] > newest[0][0]:
+                heapq.heapreplace(newest, item)
+        return [(key, entry) for _, _, key, entry in sorted(newest, reverse=True)]
+
+    async def warm(
+        self,
+        namespace: str,
+        *,
+        owner: str | None = None,
+        limit: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> WarmReport:
+        """Load the ``limit`` most recently updated records of ``namespace`` (of ``owner``
+        if given) from the system of record into the cache, never over a newer entry;
+        ``progress`` is called with each chunk's size. Only if ``capabilities.cache``."""
+        raise NotImplementedError(f"{type(self).__name__} has no cache tier")
+
+    async def verify(
+        self,
+        namespace: str,
+        *,
+        owner: str | None = None,
+        repair: bool = False,
+        limit: int = 10_000,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Compare the cache with the system of record for at most ``limit`` records of
+        ``namespace`` (of ``owner`` if given); with ``repair``, invalidate what differs.
+        Only if ``capabilities.cache``."""
+        raise NotImplementedError(f"{type(self).__name__} has no cache tier")
 
     def scan(
         self,
@@ -276,6 +338,17 @@ class VersionedCache(ABC):
     Every operation is atomic per key on the cache server. Tombstones and leases are never
     returned as hits. ``ttl`` is in seconds; ``None`` uses the cache's default.
     """
+
+    lists_keys: bool = False
+    """Implements :meth:`cached_keys` (lets ``verify`` find entries absent from SQL)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release connections this cache created; injected clients stay open. Idempotent."""
+
+    async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
+        """Keys with a live entry in ``namespace`` (of ``owner`` if given). Only if
+        :attr:`lists_keys`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its keys")
 
     @abstractmethod
     async def lookup(self, keys: Sequence[Key], *, lease_ttl: float) -> list[CacheLookup]:

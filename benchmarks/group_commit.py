@@ -47,14 +47,14 @@ async def run(url: str, seconds: float) -> None:
     await alone.initialize()
     try:
         for tasks in (4, 8, 16, 32):
-            before = grouped.stats()
+            before = grouped.sql_stats()
             await measure(
                 f"SQL backend save, {tasks} tasks",
                 seconds,
                 [("group_commit=False", saves(alone)), ("group commit", saves(grouped))],
                 tasks,
             )
-            after = grouped.stats()
+            after = grouped.sql_stats()
             rows = (after.saves - before.saves) / max(
                 1, after.save_statements - before.save_statements
             )

@@ -252,7 +252,7 @@ async def _drive(
             uncertain.discard(number)
             report.messages += 1
             if not warm and len(acked) == report.sessions:
-                warm.append(tiered.stats())
+                warm.append(tiered.tier_stats())
             turn += 1
             await asyncio.sleep(random.uniform(0, 2 * think))  # the user reads and types
 
@@ -270,7 +270,7 @@ async def _drive(
         if chaos:
             tasks.append(_chaos(report, url, redis, deadline, chaos_every))
         await asyncio.gather(*tasks)
-        stats = tiered.stats()
+        stats = tiered.tier_stats()
         report.hit_ratio = stats.hit_ratio
         report.misses = stats.misses
         report.bypassed = stats.bypassed
@@ -338,11 +338,11 @@ async def _recovered(store: Store, tiered: TieredBackend, within: float = 15.0) 
     give_up = time.monotonic() + within
     while time.monotonic() < give_up:
         await store.get_state("recovery-probe", "s")
-        stats = tiered.stats()
+        stats = tiered.tier_stats()
         if stats.breaker == "closed" and stats.dirty == 0:
             return
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"the cache did not recover within {within} s: {tiered.stats()}")
+    raise RuntimeError(f"the cache did not recover within {within} s: {tiered.tier_stats()}")
 
 
 async def _check(

@@ -132,13 +132,13 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
         near = db_near.backend
         assert isinstance(near, TieredBackend)
         for _ in range(1000):  # until its change feed has caught up (10 s at most)
-            if near.stats().near_serving:
+            if near.tier_stats().near_serving:
                 break
             await asyncio.sleep(0.01)
         for record in RECORDS:
             await db_near.get_state(record.user_id, record.session_id)
-        before = backend.stats()
-        near_before = near.stats()
+        before = backend.tier_stats()
+        near_before = near.tier_stats()
 
         def raw_get(cycle: Cycle) -> Callable[[], Awaitable[object]]:
             async def get() -> object:
@@ -201,10 +201,10 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                 ],
                 tasks,
             )
-        hits = backend.stats().hits - before.hits
-        misses = backend.stats().misses - before.misses
-        near_hits = near.stats().near_hits - near_before.near_hits
-        near_reads = near.stats().reads - near_before.reads
+        hits = backend.tier_stats().hits - before.hits
+        misses = backend.tier_stats().misses - before.misses
+        near_hits = near.tier_stats().near_hits - near_before.near_hits
+        near_reads = near.tier_stats().reads - near_before.reads
         print(
             f"\n(cache hits during the get runs: {hits}, misses: {misses}; near cache: "
             f"{near_hits} of {near_reads} reads)"

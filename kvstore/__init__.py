@@ -9,6 +9,7 @@ from kvstore.install import check_siblings
 
 check_siblings()
 
+from backends.reports import SQLStats, Stats, TieredStats, VerifyReport, WarmReport
 from kvstore.collection import Collection, Page
 from kvstore.errors import (
     BackendUnavailableError,
@@ -49,8 +50,13 @@ __all__ = [
     "KVStoreError",
     "Page",
     "Record",
+    "SQLStats",
     "SerializationError",
     "StateRecord",
+    "Stats",
+    "TieredStats",
     "UserRecord",
+    "VerifyReport",
+    "WarmReport",
     "create_database",
 ]

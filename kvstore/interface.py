@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Self, TypeVar
 from kvstore.models import ContextRecord, IdentityRecord, Record, StateRecord, UserRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import timedelta
     from types import TracebackType
 
+    from backends.reports import Stats, VerifyReport, WarmReport
     from kvstore.collection import Collection
 
 R = TypeVar("R", bound=Record)
@@ -53,6 +55,45 @@ class Database(ABC):
         """Typed operations for ``model`` records in ``namespace`` (a ``Record`` subclass
         whose ``KEY_FIELDS`` name its key, owner first). ``ttl``: default expiry, seconds
         or a ``timedelta``."""
+
+    # -- operations ----------------------------------------------------------------------
+    @abstractmethod
+    def stats(self) -> Stats:
+        """Counters of this process since the database was built, one part per tier:
+        ``.tier`` the cache tier's hits, misses, bypasses, breaker and change feed (``None``
+        without a cache), ``.sql`` the SQL store's saves and statements (``None`` without
+        SQL). Synchronous; no I/O."""
+
+    @abstractmethod
+    async def warm_cache(
+        self,
+        namespace: str = "state",
+        *,
+        owner: str | None = None,
+        limit: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> WarmReport:
+        """Load the ``limit`` most recently updated records of ``namespace`` (of ``owner``
+        if given) into the cache tier, 500 keys per cache call, never over a newer entry
+        (fills take leases, as misses do); ``progress`` is called with each chunk's size.
+        Raises ``ConfigurationError`` without a cache tier, ``BackendUnavailableError`` if
+        the cache does not answer."""
+
+    @abstractmethod
+    async def verify_cache(
+        self,
+        namespace: str = "state",
+        *,
+        owner: str | None = None,
+        repair: bool = False,
+        limit: int = 10_000,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Compare the cache tier with the system of record for the ``limit`` most recently
+        updated records of ``namespace`` (of ``owner`` if given), 500 keys per cache call;
+        with ``repair``, invalidate stale and extra entries. Raises ``ConfigurationError``
+        without a cache tier, ``BackendUnavailableError`` if the cache does not answer a
+        call (a report never covers part of the keys)."""
 
     # -- state -------------------------------------------------------------------------
     @abstractmethod

@@ -6,16 +6,17 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
 from kvstore.collection import Collection, R
-from kvstore.errors import DatabaseClosedError, InvalidKeyError
+from kvstore.errors import ConfigurationError, DatabaseClosedError, InvalidKeyError
 from kvstore.interface import Database
 from kvstore.keys import check_component
 from kvstore.models import ContextRecord, IdentityRecord, StateRecord, UserRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from datetime import timedelta
 
     from backends.base import Backend
+    from backends.reports import Stats, VerifyReport, WarmReport
     from serializers import Serializer
 
 STATE: Final = "state"
@@ -101,6 +102,39 @@ class Store(Database):
         if not self._initialized or self._closed:
             await self.initialize()
         return self.backend
+
+    def stats(self) -> Stats:
+        return self.backend.stats()
+
+    async def warm_cache(
+        self,
+        namespace: str = "state",
+        *,
+        owner: str | None = None,
+        limit: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> WarmReport:
+        backend = await self._cached_backend()
+        return await backend.warm(namespace, owner=owner, limit=limit, progress=progress)
+
+    async def verify_cache(
+        self,
+        namespace: str = "state",
+        *,
+        owner: str | None = None,
+        repair: bool = False,
+        limit: int = 10_000,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        backend = await self._cached_backend()
+        return await backend.verify(
+            namespace, owner=owner, repair=repair, limit=limit, progress=progress
+        )
+
+    async def _cached_backend(self) -> Backend:
+        if not self.backend.capabilities.cache:
+            raise ConfigurationError(f"{self._description} has no cache tier")
+        return await self.backend_ready()
 
     def collection(
         self, model: type[R], namespace: str, *, ttl: float | timedelta | None = None

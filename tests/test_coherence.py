@@ -110,7 +110,7 @@ async def test_a_batch_jobs_plain_sql_update_and_delete_reach_the_cache(
             await eventually(lambda: _is(state_of(db, user), None))
         finally:
             await connection.close()
-        assert backend_of(db).stats().feed_changes >= 2
+        assert backend_of(db).tier_stats().feed_changes >= 2
 
 
 async def test_the_feed_does_not_write_again_what_this_process_wrote(
@@ -130,19 +130,19 @@ async def test_the_feed_does_not_write_again_what_this_process_wrote(
         ]
 
         async def caught_up() -> bool:
-            return feed.cursor >= saved[-1].revision and not backend.stats().feed_backlog
+            return feed.cursor >= saved[-1].revision and not backend.tier_stats().feed_backlog
 
         await eventually(caught_up)
-        stats = backend.stats()
+        stats = backend.tier_stats()
         assert (stats.feed_own, stats.feed_changes) == (5, 0)
         async with tiered(postgres_url, redis_server.url, follow=False) as other:
             elsewhere = await other.save_state(saved[0].model_copy(update={"state": "B"}))
 
         async def applied() -> bool:
-            return backend.stats().feed_changes == 1
+            return backend.tier_stats().feed_changes == 1
 
         await eventually(applied)
-        assert backend.stats().feed_own == 5
+        assert backend.tier_stats().feed_own == 5
         assert feed.cursor >= elsewhere.revision
         await db.delete_user(user)
 
@@ -224,7 +224,7 @@ async def test_a_redis_restored_from_an_older_snapshot_never_serves_it(
         async with tiered(postgres_url, redis_server.url, follow=follow) as fresh:
             for _ in range(50):
                 assert await state_of(fresh, user) == "V2"
-        stats = backend_of(db).stats()
+        stats = backend_of(db).tier_stats()
         assert stats.generation_changes >= 1
         await db.delete_user(user)
 
@@ -270,9 +270,9 @@ async def test_a_cluster_node_restored_from_an_older_snapshot_is_fenced_off(
     async with db:
         saved = await db.save_state(StateRecord(user_id=user, session_id="s1", state="V1"))
         assert await state_of(db, user) == "V1"
-        hits = backend_of(db).stats().hits
+        hits = backend_of(db).tier_stats().hits
         assert await state_of(db, user) == "V1"
-        assert backend_of(db).stats().hits == hits + 1  # V1 is in the cache
+        assert backend_of(db).tier_stats().hits == hits + 1  # V1 is in the cache
         holder = next(
             node
             for node in own_cluster.nodes
@@ -287,7 +287,7 @@ async def test_a_cluster_node_restored_from_an_older_snapshot_is_fenced_off(
         wait_for_cluster(own_cluster)
         for _ in range(20):
             assert await state_of(db, user) == "V2"
-        assert backend_of(db).stats().generation_changes >= 1
+        assert backend_of(db).tier_stats().generation_changes >= 1
         async with tiered(postgres_url, own_cluster.url, follow=False) as fresh:
             for _ in range(20):
                 assert await state_of(fresh, user) == "V2"
@@ -352,15 +352,15 @@ async def test_a_cluster_failover_to_a_replica_that_lagged_is_fenced_off(
         backend = backend_of(db)
         while True:  # reads go to PostgreSQL until the store uses the cache again
             assert await state_of(db, user) == "V2"
-            stats = backend.stats()
+            stats = backend.tier_stats()
             if stats.breaker.value == "closed" and stats.generation_changes >= 1:
                 break
             assert time.monotonic() < give_up, f"the cache was not used again: {stats}"
             await asyncio.sleep(0.05)
-        hits = backend.stats().hits
+        hits = backend.tier_stats().hits
         for _ in range(20):
             assert await state_of(db, user) == "V2"
-        assert backend.stats().hits > hits  # served by the cache, from the new generation
+        assert backend.tier_stats().hits > hits  # served by the cache, from the new generation
         async with tiered(postgres_url, servers.url, follow=False) as fresh:
             for _ in range(20):
                 assert await state_of(fresh, user) == "V2"
@@ -393,7 +393,7 @@ async def test_a_write_that_meets_a_restarted_redis_lands_in_the_new_generation(
         redis_server.process.wait()
         redis_server.start()
         await db.save_state(saved.model_copy(update={"state": "V2"}))
-        stats = backend_of(db).stats()
+        stats = backend_of(db).tier_stats()
         assert (stats.generation_changes, stats.dirty, stats.breaker.value) == (1, 0, "closed")
         # V2 committed before the new generation began, so the write left its tombstone
         # there: a fill of V1 read from SQL before the commit cannot land
@@ -416,14 +416,14 @@ async def test_a_flushed_redis_starts_a_new_generation(
     try:
         async with db:
             await db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
-            before = backend_of(db).stats().generation
+            before = backend_of(db).tier_stats().generation
             await admin.flushall()
             await eventually(lambda: _is(state_of(db, user), "A"))
             await eventually(lambda: _generation_above(db, before))
-            hits = backend_of(db).stats().hits
+            hits = backend_of(db).tier_stats().hits
             assert await state_of(db, user) == "A"
             assert await state_of(db, user) == "A"
-            assert backend_of(db).stats().hits > hits  # served from the cache again
+            assert backend_of(db).tier_stats().hits > hits  # served from the cache again
             await db.delete_user(user)
     finally:
         await admin.aclose()
@@ -431,7 +431,7 @@ async def test_a_flushed_redis_starts_a_new_generation(
 
 async def _generation_above(db: Store, before: int) -> bool:
     await db.get_state("nobody", "s1")
-    return backend_of(db).stats().generation > before
+    return backend_of(db).tier_stats().generation > before
 
 
 async def test_generations_advance_by_compare_and_set_one_winner_at_a_time(

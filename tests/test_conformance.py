@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from kvstore import (
+    ConfigurationError,
     ConflictError,
     ContextRecord,
     Database,
@@ -491,6 +492,40 @@ async def test_scan_and_restore_copy_a_store_exactly(db: Database, make_db: Make
         newer = await copy.save_state(state(user_id="u1", name="NEWER"))
         assert await target.restore(everything) == 0  # never over a newer version
         assert await copy.get_state("u1", "s1") == newer
+
+
+async def test_stats_name_the_store_and_count_each_tier(db: Database) -> None:
+    before = db.stats()
+    await db.save_state(state())
+    assert await db.get_state("u1", "s1") is not None
+    after = db.stats()
+    assert after.backend in {"memory", "sql", "redis", "tiered"}
+    assert after.backend == before.backend
+    assert (after.tier is not None) == (after.backend == "tiered")
+    if after.tier is not None and before.tier is not None:
+        assert after.tier.reads == before.tier.reads + 1
+        assert after.tier.hits + after.tier.misses + after.tier.bypassed >= after.tier.reads
+    if after.sql is not None and before.sql is not None:
+        assert after.sql.saves == before.sql.saves + 1
+
+
+async def test_cache_upkeep_works_with_a_cache_tier_and_is_refused_without(
+    db: Database,
+) -> None:
+    for user in ("u1", "u2", "u3"):
+        await db.save_state(state(user))
+    if db.stats().tier is None:
+        with pytest.raises(ConfigurationError, match="no cache tier"):
+            await db.warm_cache()
+        with pytest.raises(ConfigurationError, match="no cache tier"):
+            await db.verify_cache()
+        return
+    chunks: list[int] = []
+    warmed = await db.warm_cache("state", limit=10, progress=chunks.append)
+    assert warmed.read == 3
+    assert sum(chunks) == 3
+    report = await db.verify_cache("state", owner="u2")
+    assert (report.checked, report.stale, report.extra) == (1, [], [])
 
 
 def same(copied: object, original: object) -> bool:

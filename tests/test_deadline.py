@@ -174,7 +174,7 @@ async def test_a_stalled_loop_keeps_the_breaker_closed_and_the_cache_serving(
     db, backend = tiered(tmp_path, shared_redis_url)
     async with db:
         users = await saved_users(db, "u", 64)
-        before = backend.stats()
+        before = backend.tier_stats()
         stop = asyncio.Event()
 
         async def read(user: str) -> None:
@@ -188,7 +188,7 @@ async def test_a_stalled_loop_keeps_the_breaker_closed_and_the_cache_serving(
             stop.set()
 
         await asyncio.gather(stall(), *(read(user) for user in users))
-        after = backend.stats()
+        after = backend.tier_stats()
         reads = after.reads - before.reads
         hits = after.hits - before.hits
         assert after.breaker is BreakerState.CLOSED
@@ -225,11 +225,11 @@ async def test_a_saturated_caller_keeps_the_breaker_closed_and_the_cache_serving
     db, backend = tiered(tmp_path, shared_redis_url)
     async with db:
         users = await saved_users(db, "sat", 100)
-        before = backend.stats()
+        before = backend.tier_stats()
         stop = asyncio.Event()
         asyncio.get_running_loop().call_later(3.0, stop.set)
         await saturate(db, users, stop)
-        after = backend.stats()
+        after = backend.tier_stats()
         reads = after.reads - before.reads
         assert after.breaker_open_seconds == 0.0, after
         assert reads > 1000
@@ -254,7 +254,7 @@ async def test_a_frozen_cache_opens_the_breaker_under_saturation(
             await saturate(db, users, stop)
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
-        stats = backend.stats()
+        stats = backend.tier_stats()
         assert stats.breaker is BreakerState.OPEN, stats
         assert stats.breaker_open_seconds > 0.5, stats
 
@@ -271,5 +271,5 @@ async def test_a_frozen_cache_still_opens_the_breaker(
         for _ in range(5):
             async with asyncio.timeout(5):
                 assert await db.get_state("u1", "s") is not None  # served from SQL
-        assert backend.stats().breaker is BreakerState.OPEN
+        assert backend.tier_stats().breaker is BreakerState.OPEN
         redis_server.process.send_signal(signal.SIGCONT)

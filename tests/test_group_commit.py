@@ -47,9 +47,9 @@ async def test_concurrent_saves_share_rounds_and_each_gets_its_own_result(
     backend: SQLBackend,
 ) -> None:
     many = keys(60)
-    before = backend.stats()
+    before = backend.sql_stats()
     saved = await asyncio.gather(*(backend.put(key, VALUE) for key in many))
-    after = backend.stats()
+    after = backend.sql_stats()
     assert [entry.version for entry in saved] == [1] * 60
     assert len({entry.revision for entry in saved}) == 60
     assert after.saves - before.saves == 60
@@ -66,7 +66,7 @@ async def test_conflicts_inside_a_round_fail_only_their_callers(backend: SQLBack
         *((key, 1 if i % 2 else 7) for i, key in enumerate(existing)),  # right / wrong
         *((key, 0 if i % 2 else 3) for i, key in enumerate(fresh)),  # new / must exist
     ]
-    before = backend.stats()
+    before = backend.sql_stats()
     outcomes = await asyncio.gather(
         *(
             backend.put(key, b'{"state": "B"}', expected_version=expected)
@@ -74,7 +74,7 @@ async def test_conflicts_inside_a_round_fail_only_their_callers(backend: SQLBack
         ),
         return_exceptions=True,
     )
-    assert backend.stats().save_statements - before.save_statements < len(checks) / 2
+    assert backend.sql_stats().save_statements - before.save_statements < len(checks) / 2
     for (key, expected), outcome in zip(checks, outcomes, strict=True):
         if expected in (1, 0):
             assert not isinstance(outcome, BaseException), (key, expected, outcome)

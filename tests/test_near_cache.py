@@ -200,7 +200,7 @@ async def near_serving(db: Store) -> None:
     """Until the near cache serves (its change feed has caught up once)."""
 
     async def serving() -> bool:
-        return tier(db).stats().near_serving
+        return tier(db).tier_stats().near_serving
 
     await eventually(serving)
 
@@ -210,13 +210,13 @@ async def test_reads_your_writes_from_the_near_cache(near_db: Store) -> None:
     async with near_db as db:
         await near_serving(db)
         saved = await db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
-        before = tier(db).stats()
+        before = tier(db).tier_stats()
         for state in ["B", "C"]:
             saved = await db.save_state(saved.model_copy(update={"state": state}))
             found = await db.get_state(user, "s1")
             assert found is not None
             assert (found.state, found.version) == (state, saved.version)
-        after = tier(db).stats()
+        after = tier(db).tier_stats()
         assert after.near_hits - before.near_hits == 2
         assert after.hits - before.hits == 2  # near hits count as cache hits
         assert after.near_entries >= 1
@@ -251,11 +251,11 @@ async def test_a_plain_sql_update_reaches_the_near_cache_by_the_change_feed(
     async with db:
         await near_serving(db)
         await db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
-        hits = tier(db).stats().near_hits
+        hits = tier(db).tier_stats().near_hits
         found = await db.get_state(user, "s1")
         assert found is not None
         assert found.state == "A"
-        assert tier(db).stats().near_hits == hits + 1
+        assert tier(db).tier_stats().near_hits == hits + 1
         await postgres.execute(
             postgres_url,
             "UPDATE kv_records SET value = jsonb_set(value, '{state}', '\"BATCH\"'), "

@@ -70,8 +70,8 @@ async def test_hot_reads_come_from_the_cache_and_verify_repairs_a_difference() -
     value = r.db.serializer.dumps(changed, exclude={"version", "created_at", "updated_at"})
     await r.record.put(KEY, value)  # straight into the system of record
     assert await read_state(r.db) == "CACHED"
-    assert r.backend.stats().hits == 1
-    report = await r.backend.verify("state", "u1")
+    assert r.backend.tier_stats().hits == 1
+    report = await r.backend.verify("state", owner="u1")
     assert report.stale == [KEY]
     assert report.checked == 1
     assert not report.repaired
@@ -87,7 +87,7 @@ async def test_verify_finds_entries_the_system_of_record_lacks() -> None:
     r = rig()
     await r.db.save_state(state("A"))
     await r.record.delete(KEY)  # behind the store's back
-    report = await r.backend.verify("state", "u1", repair=True)
+    report = await r.backend.verify("state", owner="u1", repair=True)
     assert report.extra == [KEY]
     assert await read_state(r.db) is None
 
@@ -99,7 +99,7 @@ async def test_stats_count_hits_misses_and_fills() -> None:
     assert await read_state(r.db) == "A"  # miss, filled
     assert await read_state(r.db) == "A"  # hit
     assert await r.db.get_state("u1", "nothing") is None  # miss, nothing to fill
-    stats = r.backend.stats()
+    stats = r.backend.tier_stats()
     assert (stats.hits, stats.misses, stats.fills, stats.fill_dropped) == (1, 2, 1, 0)
     assert (stats.cache_errors, stats.bypassed, stats.dirty) == (0, 0, 0)
     assert stats.breaker is BreakerState.CLOSED
@@ -114,7 +114,7 @@ async def test_get_many_reads_the_cache_once_and_the_record_once() -> None:
     got = await r.db.states.get_many([("u1", "a"), ("u1", "b"), ("u1", "x"), ("u1", "c")])
     assert [g.state if g else None for g in got] == ["A", "B", None, "C"]
     assert r.faults.calls - calls_before == 2  # one lookup, one fill
-    assert r.backend.stats().fills == 2
+    assert r.backend.tier_stats().fills == 2
     assert len(r.cache) == 4  # a, b, c and the lease on x
 
 
@@ -153,7 +153,7 @@ async def test_a_failing_cache_never_fails_a_write_and_is_bypassed(
         for n in range(2, 6):
             await r.db.save_state(state(f"V{n}"))
             assert await read_state(r.db) == f"V{n}"
-    stats = r.backend.stats()
+    stats = r.backend.tier_stats()
     assert stats.breaker is BreakerState.OPEN
     # reads skip the open breaker (and V2's dirty key before it opened); every write
     # (V2..V5) still tried to update the cache
@@ -172,7 +172,7 @@ async def save_v1_then_v2_v3_while_the_cache_is_down(r: Rig) -> None:
     r.faults.mode = "down"
     await r.db.save_state(state("V2"))
     await r.db.save_state(state("V3"))
-    assert r.backend.stats().breaker is BreakerState.OPEN
+    assert r.backend.tier_stats().breaker is BreakerState.OPEN
     r.faults.mode = "ok"
 
 
@@ -186,7 +186,7 @@ async def test_the_breaker_probes_repairs_dirty_keys_then_closes(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="kvstore.tiered"):
         assert await read_state(r.db) == "V3"
-    assert r.backend.stats().breaker is BreakerState.CLOSED
+    assert r.backend.tier_stats().breaker is BreakerState.CLOSED
     assert await r.backend.repaired() == 0  # in the background, after the probe
     assert [rec.getMessage() for rec in caplog.records] == [
         "cache answers again; circuit breaker closed"
@@ -209,7 +209,7 @@ async def test_a_write_that_reaches_the_cache_while_the_breaker_is_open_closes_i
     assert written.entry is not None
     with caplog.at_level(logging.INFO, logger="kvstore.tiered"):
         assert await read_state(r.db) == "V3"
-    assert r.backend.stats().breaker is BreakerState.CLOSED
+    assert r.backend.tier_stats().breaker is BreakerState.CLOSED
     assert await r.backend.repaired() == 0
     assert "cache answers again; circuit breaker closed" in caplog.messages
     [cached] = await r.cache.lookup([KEY], lease_ttl=1)
@@ -228,20 +228,20 @@ async def test_a_long_outage_backlog_is_repaired_in_the_background() -> None:
     r.faults.mode = "down"
     for session in sessions:
         await r.db.save_state(state("V2", session_id=session))
-    assert r.backend.stats().dirty == 600
+    assert r.backend.tier_stats().dirty == 600
     r.faults.mode = "ok"
     await asyncio.sleep(0.06)
     assert await read_state(r.db, "s599") == "V2"  # the probe closes the breaker
-    assert r.backend.stats().breaker is BreakerState.CLOSED
-    assert r.backend.stats().dirty > 600 - REPAIR_BATCH  # the repair has just begun
+    assert r.backend.tier_stats().breaker is BreakerState.CLOSED
+    assert r.backend.tier_stats().dirty > 600 - REPAIR_BATCH  # the repair has just begun
     await r.db.save_state(state("V1", session_id="clean"))
-    hits = r.backend.stats().hits
+    hits = r.backend.tier_stats().hits
     assert await read_state(r.db, "clean") == "V1"
-    assert r.backend.stats().hits == hits + 1  # a clean key: from the cache meanwhile
+    assert r.backend.tier_stats().hits == hits + 1  # a clean key: from the cache meanwhile
     for session in sessions:  # dirty ones are never read from the cache before repair
         assert await read_state(r.db, session) == "V2"
     assert await r.backend.repaired() == 0
-    assert (await r.backend.verify("state", "u1")).stale == []
+    assert (await r.backend.verify("state", owner="u1")).stale == []
 
 
 async def test_a_frozen_cache_holding_v1_never_serves_it_after_v2_was_acknowledged() -> None:
@@ -266,7 +266,7 @@ async def test_commands_landing_late_after_a_thaw_never_resurrect_older_data() -
     assert await read_state(r.db) is None  # the repair runs first: tombstone
     await r.faults.thaw()  # now the queued write(v1) lands: fenced by the tombstone
     assert await read_state(r.db) is None
-    assert (await r.backend.verify("state", "u1")).extra == []
+    assert (await r.backend.verify("state", owner="u1")).extra == []
 
 
 async def test_a_dirty_key_is_never_read_from_the_cache_while_its_repair_fails() -> None:
@@ -277,11 +277,11 @@ async def test_a_dirty_key_is_never_read_from_the_cache_while_its_repair_fails()
     r.faults.plan = [True]  # the repair fails; a lookup would answer (with v1)
     assert await read_state(r.db) == "V2"
     assert await r.backend.repaired() == 1
-    assert r.backend.stats().bypassed == 1
+    assert r.backend.tier_stats().bypassed == 1
     assert await read_state(r.db) == "V2"  # from the record again; repaired after it
     assert await r.backend.repaired() == 0
     assert await read_state(r.db) == "V2"  # from the cache
-    assert r.backend.stats().hits == 1
+    assert r.backend.tier_stats().hits == 1
 
 
 async def test_lost_replies_mark_keys_dirty_and_are_repaired() -> None:
@@ -289,7 +289,7 @@ async def test_lost_replies_mark_keys_dirty_and_are_repaired() -> None:
     await r.db.save_state(state("V1"))
     r.faults.mode = "lost_reply"
     await r.db.save_state(state("V2"))
-    assert r.backend.stats().dirty == 1
+    assert r.backend.tier_stats().dirty == 1
     r.faults.mode = "ok"
     assert await read_state(r.db) == "V2"
     assert await r.backend.repaired() == 0
@@ -304,7 +304,7 @@ async def test_a_cancelled_save_after_the_commit_leaves_the_key_dirty() -> None:
     save.cancel()
     with pytest.raises(asyncio.CancelledError):
         await save
-    assert r.backend.stats().dirty == 1
+    assert r.backend.tier_stats().dirty == 1
     r.faults.mode = "ok"
     assert await read_state(r.db) == "V2"
 
@@ -317,7 +317,7 @@ async def test_a_cache_unreachable_at_start_up() -> None:
         saved = await r.db.save_state(state("V1"))
         assert saved.version == 1
         assert await read_state(r.db) == "V1"
-        assert r.backend.stats().breaker is BreakerState.OPEN
+        assert r.backend.tier_stats().breaker is BreakerState.OPEN
 
 
 async def test_delete_user_while_the_cache_is_down_is_repaired_per_owner() -> None:
@@ -386,7 +386,7 @@ async def test_concurrent_readers_writers_and_a_flusher_never_read_the_past() ->
         await cache.close()
 
     assert await run_stress(Store(backend), flush, seconds=1.5) > 1000
-    assert backend.stats().fill_dropped > 0  # the race happened, and the fence held
+    assert backend.tier_stats().fill_dropped > 0  # the race happened, and the fence held
 
 
 def test_factory_builds_a_tiered_store_and_refuses_bad_options() -> None:
@@ -443,12 +443,12 @@ async def test_a_read_that_timed_out_while_the_cache_answered_others_asks_the_ca
         return await original(keys, lease_ttl=lease_ttl)
 
     r.faults.lookup = lookup  # type: ignore[assignment,method-assign]
-    before = r.backend.stats()
+    before = r.backend.tier_stats()
     slow = asyncio.create_task(read_state(r.db, "s1"))
     await asyncio.sleep(0)  # its lookup is in flight
     assert await read_state(r.db, "s2") == "B"  # answered meanwhile
     assert await slow == "A"
-    after = r.backend.stats()
+    after = r.backend.tier_stats()
     assert calls == 3
     assert (after.hits - before.hits, after.bypassed - before.bypassed) == (2, 0)
     assert after.busy_timeouts - before.busy_timeouts == 1

@@ -89,20 +89,20 @@ async def test_hot_reads_come_from_redis_and_verify_repairs_a_changed_row(
             "WHERE namespace = 'state' AND owner = $1",
             user,
         )
-        hits = backend.stats().hits
+        hits = backend.tier_stats().hits
         cached = await db.get_state(user, "s1")
         assert cached is not None
         assert cached.state == "CACHED"  # the row changed behind the store's back
-        assert backend.stats().hits == hits + 1
+        assert backend.tier_stats().hits == hits + 1
         key = db.states.key(user, "s1")
-        report = await backend.verify("state", user)
+        report = await backend.verify("state", owner=user)
         assert (report.checked, report.stale, report.extra) == (1, [key], [])
-        repaired = await backend.verify("state", user, repair=True)
+        repaired = await backend.verify("state", owner=user, repair=True)
         assert repaired.stale == [key]
         fresh = await db.get_state(user, "s1")
         assert fresh is not None
         assert fresh.state == "CHANGED"
-        assert (await backend.verify("state", user)).stale == []
+        assert (await backend.verify("state", owner=user)).stale == []
         await db.delete_user(user)
 
 
@@ -120,7 +120,7 @@ async def test_readers_writers_and_a_flushing_task_never_read_the_past(
         async with db:
             reads = await run_stress(db, flush, seconds=3.0)
         assert reads > 100
-        stats = backend.stats()
+        stats = backend.tier_stats()
         assert stats.hits > 0
         assert stats.misses > 0
     finally:
@@ -142,15 +142,15 @@ async def test_killing_the_cache_process_keeps_the_store_serving_and_restart_hea
             )
             assert saved.version == n
             assert await version_of(db, user) == n
-        assert backend.stats().breaker is not BreakerState.CLOSED  # open, or probing
+        assert backend.tier_stats().breaker is not BreakerState.CLOSED  # open, or probing
         redis_server.start()
         await asyncio.sleep(0.25)  # breaker_reset_after
         assert await version_of(db, user) == 7  # the key is dirty: from PostgreSQL
-        assert backend.stats().breaker is BreakerState.CLOSED
+        assert backend.tier_stats().breaker is BreakerState.CLOSED
         assert await backend.repaired() == 0  # repaired in the background
-        hits = backend.stats().hits
+        hits = backend.tier_stats().hits
         assert await version_of(db, user) == 7
-        assert backend.stats().hits == hits + 1  # the cache is used again
+        assert backend.tier_stats().hits == hits + 1  # the cache is used again
         await guarded(db.delete_user(user))
 
 
@@ -172,14 +172,14 @@ async def test_a_frozen_cache_holding_v1_never_serves_it_after_v2(
             )
             assert saved.version == 2  # acknowledged once PostgreSQL committed
             assert await version_of(db, user) == 2  # dirty: read from PostgreSQL
-            assert backend.stats().dirty == 1
+            assert backend.tier_stats().dirty == 1
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
         for _ in range(20):  # each read finding the key dirty restarts a failed repair
             assert await version_of(db, user) == 2
             if await backend.repaired() == 0:
                 break
-        assert backend.stats().dirty == 0
+        assert backend.tier_stats().dirty == 0
         assert await version_of(other, user) == 2  # the repair reached the shared cache
         await guarded(db.delete_user(user))
 
@@ -192,7 +192,7 @@ async def test_a_cache_unreachable_at_start_up(postgres_url: str, tmp_path: Path
     user = new_user()
     try:
         async with db:
-            assert backend.stats().breaker is BreakerState.OPEN
+            assert backend.tier_stats().breaker is BreakerState.OPEN
             saved = await guarded(
                 db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
             )
@@ -201,11 +201,11 @@ async def test_a_cache_unreachable_at_start_up(postgres_url: str, tmp_path: Path
             server.start()
             await asyncio.sleep(0.25)
             assert await version_of(db, user) == 1
-            assert backend.stats().breaker is BreakerState.CLOSED
+            assert backend.tier_stats().breaker is BreakerState.CLOSED
             assert await backend.repaired() == 0
-            hits = backend.stats().hits
+            hits = backend.tier_stats().hits
             assert await version_of(db, user) == 1
-            assert backend.stats().hits == hits + 1
+            assert backend.tier_stats().hits == hits + 1
             await guarded(db.delete_user(user))
     finally:
         server.stop()
@@ -224,7 +224,7 @@ async def test_delete_user_erases_the_cache_tier_too(
             await db.save_state(StateRecord(user_id=user, session_id=session, state="A"))
             await db.get_state(user, session)
         assert await db.delete_user(user) == 2
-        assert (await backend.verify("state", user)).checked == 0
+        assert (await backend.verify("state", owner=user)).checked == 0
         client = Redis.from_url(redis_server.url)
         try:
             assert await values_left(client, user) == []
@@ -263,12 +263,12 @@ async def test_warm_loads_the_newest_rows_of_postgresql_into_redis(
         finally:
             await client.aclose()
         assert await backend.warm("state", owner=user, limit=2) == WarmReport(read=2, landed=2)
-        report = await backend.verify("state", user)
+        report = await backend.verify("state", owner=user)
         assert (report.checked, report.missing, report.stale) == (5, 3, [])
-        hits = backend.stats().hits
+        hits = backend.tier_stats().hits
         newest = await db.states.get_many([(user, "s3"), (user, "s4")])
         assert [r.session_id for r in newest if r is not None] == ["s3", "s4"]
-        assert backend.stats().hits == hits + 2
+        assert backend.tier_stats().hits == hits + 2
         await db.delete_user(user)
 
 
@@ -282,13 +282,13 @@ async def test_a_value_reads_back_the_same_from_the_cache_and_from_postgresql(
     data = {"floats": [1e20, 1e16, 1.0, 0.5], "nested": {"x": [1e300, -1e20]}, "n": 7}
     async with db:
         await db.save_state(StateRecord(user_id=user, session_id="s1", state="A", data=data))
-        hits = backend.stats().hits
+        hits = backend.tier_stats().hits
         from_cache = await db.get_state(user, "s1")
-        assert backend.stats().hits == hits + 1
+        assert backend.tier_stats().hits == hits + 1
         await backend.cache.invalidate([Key("state", (user, "s1"))])
-        misses = backend.stats().misses
+        misses = backend.tier_stats().misses
         from_sql = await db.get_state(user, "s1")
-        assert backend.stats().misses == misses + 1
+        assert backend.tier_stats().misses == misses + 1
         assert from_cache is not None
         assert from_sql is not None
         assert from_sql == from_cache

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from backends.base import CacheLookup, Entry, VersionedCache
 from backends.memory import MemoryBackend
-from backends.tiered import ScannableCache
 from kvstore.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -34,6 +33,7 @@ class FaultyCache(VersionedCache):
 
     def __init__(self, inner: VersionedCache, *, jitter: random.Random | None = None) -> None:
         self.inner = inner
+        self.lists_keys = inner.lists_keys
         self.jitter = jitter
         self.mode: Mode = "ok"
         self.plan: list[bool] = []
@@ -113,9 +113,7 @@ class FaultyCache(VersionedCache):
         return await self._run(self.inner.claim_generation)
 
     async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
-        inner = self.inner
-        assert isinstance(inner, ScannableCache)
-        return await self._run(lambda: inner.cached_keys(namespace, owner))
+        return await self._run(lambda: self.inner.cached_keys(namespace, owner))
 
 
 class JitteryBackend(MemoryBackend):

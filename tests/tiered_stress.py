@@ -83,6 +83,6 @@ async def run_stress(
         assert through_store is not None
         assert in_record is not None
         assert through_store.revision == in_record.revision
-    assert (await backend.verify("state", user)).stale == []
+    assert (await backend.verify("state", owner=user)).stale == []
     await db.delete_user(user)
     return reads

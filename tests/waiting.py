@@ -31,6 +31,6 @@ async def feed_caught_up(backend: TieredBackend) -> None:
     head, _ = await backend.record.head()
 
     async def caught_up() -> bool:
-        return follower.cursor >= head and not backend.stats().feed_backlog
+        return follower.cursor >= head and not backend.tier_stats().feed_backlog
 
     await eventually(caught_up)

@@ -61,6 +61,8 @@ class _Slot:
 class MemoryCache(VersionedCache):
     """A bounded in-process LRU cache with TTL, leases and tombstones (one process only)."""
 
+    lists_keys = True
+
     def __init__(
         self,
         *,

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 class MemoryBackend(Backend):
     """Entries in a dict keyed by ordered key bytes."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(persistent=False, shared=False, bulk=True)
+    kind: ClassVar[str] = "memory"
+    capabilities = Capabilities(persistent=False, shared=False, bulk=True)
 
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock

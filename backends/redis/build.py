@@ -10,7 +10,7 @@ and one incarnation check.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, Final
 
 from backends.base import Capabilities
 from backends.redis.cache import RedisCache
@@ -40,9 +40,7 @@ _CONNECTION_OPTIONS: Final = frozenset(
 class RedisBackend(RedisStore, RedisCache):
     """A Redis store that can also be the tiered store's cache: both roles, one client."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        persistent=True, shared=True, versioned_cache=True, bulk=True
-    )
+    capabilities = Capabilities(persistent=True, shared=True, versioned_cache=True, bulk=True)
 
     def __init__(
         self,

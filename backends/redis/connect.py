@@ -167,7 +167,7 @@ def connect(
     from redis.backoff import NoBackoff
 
     scheme = check_url(url).partition("://")[0]
-    common: dict[str, object] = {
+    common: dict[str, Any] = {
         "socket_timeout": None,
         "socket_connect_timeout": settings.socket_connect_timeout,
         "health_check_interval": settings.health_check_interval,
@@ -194,7 +194,7 @@ def connect(
     return Redis(connection_pool=pool), []
 
 
-def _cluster(url: str, settings: ConnectionSettings, common: dict[str, object]) -> RedisCluster:
+def _cluster(url: str, settings: ConnectionSettings, common: dict[str, Any]) -> RedisCluster:
     from redis.asyncio.cluster import RedisCluster
 
     plain = url.replace("+cluster", "", 1)
@@ -264,12 +264,12 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
 
 
 def _sentinel(
-    url: str, settings: ConnectionSettings, common: dict[str, object]
+    url: str, settings: ConnectionSettings, common: dict[str, Any]
 ) -> tuple[Redis, list[Closer]]:
     from redis.asyncio.sentinel import Sentinel
 
     target = parse_sentinel_url(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         target.hosts,
         sentinel_kwargs={
             "socket_timeout": settings.socket_timeout,

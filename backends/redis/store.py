@@ -36,7 +36,8 @@ Stale = list[tuple[bytes, str]]
 class RedisStore(Backend):
     """Entries as packed strings in Redis, indexed per owner and namespace."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True, shared=True, bulk=True)
+    kind: ClassVar[str] = "redis"
+    capabilities = Capabilities(persistent=True, shared=True, bulk=True)
 
     def __init__(self, redis: RedisClient) -> None:
         self.redis = redis

@@ -7,8 +7,9 @@ change feed, :mod:`~backends.sql.schema` the tables, :mod:`~backends.sql.migrate
 :mod:`~backends.sql.config` URLs and engines, :mod:`~backends.sql.errors` driver errors.
 """
 
+from backends.reports import SQLStats
 from backends.sql.statements import POSTGRES_SQL, SQLITE_SQL
-from backends.sql.store import TOMBSTONE_RETENTION, SQLBackend, SQLStats, build_sql_backend
+from backends.sql.store import TOMBSTONE_RETENTION, SQLBackend, build_sql_backend
 
 __all__ = [
     "POSTGRES_SQL",

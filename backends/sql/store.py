@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -27,6 +26,7 @@ from backends.base import (
     check_listing,
     version_conflict,
 )
+from backends.reports import SQLStats, Stats
 from backends.sql import feed, queries
 from backends.sql.batch import GroupCommit
 from backends.sql.config import READ_ONLY, SQLConfig, create_engine, parse_sql_url
@@ -36,7 +36,12 @@ from backends.sql.migrate import ensure_schema
 from backends.sql.numbers import jsonb_exact
 from backends.sql.schema import key_parts, key_text, parse_sqlite_time, sqlite_time, stored_key
 from kvstore.clock import SYSTEM_CLOCK
-from kvstore.errors import ConflictError, DatabaseClosedError, SerializationError
+from kvstore.errors import (
+    ConflictError,
+    DatabaseClosedError,
+    InvalidRecordError,
+    SerializationError,
+)
 from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
 
 if TYPE_CHECKING:
@@ -56,16 +61,6 @@ TOMBSTONE_RETENTION: Final = 7 * 86400.0
 only the last moments, batch jobs a week's watermark."""
 
 
-@dataclass(frozen=True, slots=True)
-class SQLStats:
-    """Counters of one SQL backend since it was built."""
-
-    saves: int
-    """Saves sent to the database (group commit: each row of a round counts)."""
-    save_statements: int
-    """Statements that carried them: fewer than ``saves`` when rounds grouped saves."""
-
-
 def _same(value: Any) -> Any:
     return value
 
@@ -81,9 +76,8 @@ def _from_sqlite_time(value: str | None) -> datetime | None:
 class SQLBackend(Backend):
     """Records in one SQL table; see the module docstring."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        persistent=True, shared=True, bulk=True, feed=True
-    )
+    kind: ClassVar[str] = "sql"
+    capabilities = Capabilities(persistent=True, shared=True, bulk=True, feed=True)
 
     def __init__(
         self, config: SQLConfig, *, engine: AsyncEngine | None = None, clock: Clock = SYSTEM_CLOCK
@@ -114,9 +108,12 @@ class SQLBackend(Backend):
     def __repr__(self) -> str:
         return f"SQLBackend({self._where!r})"
 
-    def stats(self) -> SQLStats:
+    def sql_stats(self) -> SQLStats:
         """The counters now."""
         return SQLStats(saves=self._saves.saves, save_statements=self._saves.statements)
+
+    def stats(self) -> Stats:
+        return Stats(backend=self.kind, sql=self.sql_stats())
 
     @property
     def engine(self) -> AsyncEngine:
@@ -417,7 +414,7 @@ class SQLBackend(Backend):
         first, at most ``limit``: served by the (namespace, updated_at) index (cache warm-up,
         "sessions updated lately")."""
         if limit <= 0:
-            raise ValueError("limit must be positive")
+            raise InvalidRecordError("limit must be positive")
         check_namespace(namespace)
         if owner is not None:
             check_component(owner, "owner")

@@ -4,19 +4,17 @@ By role: :mod:`.store` the store itself (reads, writes, the breaker's probe), :m
 the cache's deadlines, breaker and generations, :mod:`.repair` dirty keys and their
 repair, :mod:`.writes` writes in flight, :mod:`.feed` follows the system of record's change
 feed and :mod:`.changes` applies it to the cache, :mod:`.upkeep` warms and verifies the
-cache, :mod:`.stats` its counters, and :mod:`.build` makes one from ``create_database``
+cache, and :mod:`.build` makes one from ``create_database``
 options.
 """
 
+from backends.reports import TieredStats, VerifyReport, WarmReport
 from backends.tiered.build import build_tiered_backend
 from backends.tiered.repair import REPAIR_BATCH
-from backends.tiered.stats import TieredStats
 from backends.tiered.store import TieredBackend
-from backends.tiered.upkeep import ScannableCache, VerifyReport, WarmReport
 
 __all__ = [
     "REPAIR_BATCH",
-    "ScannableCache",
     "TieredBackend",
     "TieredStats",
     "VerifyReport",

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, ClassVar, Final, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Final, TypeVar
 
 from backends.base import Backend, Capabilities, Change, Entry
+from backends.reports import Stats, TieredStats
 from backends.tiered import upkeep
 from backends.tiered.changes import DEFAULT_FEED_INTERVAL, FeedApplier
 from backends.tiered.feed import FeedFollower
 from backends.tiered.guard import FAILED, CacheGuard
 from backends.tiered.near import DEFAULT_MAX_LAG, NearCache
 from backends.tiered.repair import REPAIR_CHUNK, DirtyKeys, Repairer
-from backends.tiered.stats import TieredStats
 from backends.tiered.writes import WritesInFlight
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import BackendUnavailableError, CacheLostError, ConfigurationError
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from backends.base import VersionedCache
+    from backends.reports import VerifyReport, WarmReport
     from backends.tiered.writes import KeyWrites
     from kvstore.clock import Clock
     from kvstore.keys import Key
@@ -60,20 +61,12 @@ RENEW_PATIENCE: Final = 10.0
 ``cache_timeout`` and then bypass the cache."""
 
 
-@runtime_checkable
-class Closable(Protocol):
-    """A cache that holds resources to release."""
-
-    async def close(self) -> None:
-        """Release them."""
-        ...
-
-
 class TieredBackend(Backend):
     """A :class:`VersionedCache` in write-through in front of a system-of-record
     :class:`Backend`. Owns both: :meth:`close` closes them."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True, shared=True)
+    kind: ClassVar[str] = "tiered"
+    capabilities = Capabilities(persistent=True, shared=True)
 
     def __init__(
         self,
@@ -109,10 +102,11 @@ class TieredBackend(Backend):
         self.lease_ttl = lease_ttl
         self.invalidate_before_write = invalidate_before_write
         self.clock = clock
-        self.capabilities = Capabilities(  # type: ignore[misc]  # per instance: from the record
+        self.capabilities = Capabilities(
             persistent=record.capabilities.persistent,
             shared=record.capabilities.shared,
             bulk=record.capabilities.bulk,
+            cache=True,
         )
         self._guard = CacheGuard(
             cache,
@@ -183,15 +177,17 @@ class TieredBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
-            if isinstance(self.cache, Closable):
-                await self.cache.close()
+            await self.cache.close()
         finally:
             await self.record.close()
 
     # -- observability ---------------------------------------------------------------------
 
-    def stats(self) -> TieredStats:
-        """The counters now."""
+    def stats(self) -> Stats:
+        return Stats(backend=self.kind, tier=self.tier_stats(), sql=self.record.stats().sql)
+
+    def tier_stats(self) -> TieredStats:
+        """The cache tier's counters now."""
         guard, feed = self._guard, self._feed
         return TieredStats(
             reads=self._reads,
@@ -529,26 +525,25 @@ class TieredBackend(Backend):
 
     async def warm(
         self,
-        namespace: str = "state",
+        namespace: str,
         *,
         owner: str | None = None,
         limit: int = 1000,
         progress: Callable[[int], None] | None = None,
-    ) -> upkeep.WarmReport:
-        """Load the ``limit`` most recently updated records of ``namespace`` (of ``owner``
-        if given) into the cache through leases (see :func:`upkeep.warm`)."""
+    ) -> WarmReport:
+        """Through leases, as misses fill (see :func:`upkeep.warm`)."""
         return await upkeep.warm(self, namespace, owner, limit, progress)
 
     async def verify(
         self,
         namespace: str,
-        owner: str | None = None,
         *,
+        owner: str | None = None,
         repair: bool = False,
         limit: int = 10_000,
         progress: Callable[[int], None] | None = None,
-    ) -> upkeep.VerifyReport:
-        """Compare the cache with the system of record (see :func:`upkeep.verify`)."""
+    ) -> VerifyReport:
+        """Reading the cache with leases that never fill (see :func:`upkeep.verify`)."""
         return await upkeep.verify(
             self, namespace, owner, repair=repair, limit=limit, progress=progress
         )

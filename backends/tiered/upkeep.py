@@ -6,19 +6,15 @@ older than the system of record holds.
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import orjson
 
+from backends.reports import VerifyReport, WarmReport
 from kvstore.errors import BackendUnavailableError, ConfigurationError
-from kvstore.keys import DEFAULT_PAGE_SIZE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from datetime import datetime
 
     from backends.base import Entry
     from backends.tiered.store import TieredBackend
@@ -29,54 +25,6 @@ VERIFY_LEASE_TTL = 0.001
 CHUNK = 500
 """Keys per cache call of ``warm`` and ``verify``: each chunk is one call under the cache
 deadline, however many records there are."""
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyReport:
-    """What :func:`verify` found."""
-
-    checked: int
-    """Keys of the system of record that were compared."""
-    stale: list[Key] = field(default_factory=list)
-    """Cached with another revision or value than the system of record holds."""
-    extra: list[Key] = field(default_factory=list)
-    """Cached, but absent from the system of record (only found if the cache can scan)."""
-    missing: int = 0
-    """In the system of record but not cached: normal for a cache."""
-    repaired: bool = False
-    """Whether stale and extra keys were invalidated."""
-
-
-@runtime_checkable
-class RecentSource(Protocol):
-    """A system of record that lists a namespace by most recent update (SQL provides it)."""
-
-    async def recent(
-        self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE
-    ) -> list[tuple[Key, Entry]]:
-        """Live entries of ``namespace`` (of ``owner`` if given), newest ``updated_at``
-        first, at most ``limit``."""
-        ...
-
-
-@runtime_checkable
-class ScannableCache(Protocol):
-    """A cache that can list the keys it holds (lets ``verify`` find extra entries)."""
-
-    async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
-        """Keys with a live entry in ``namespace`` (of ``owner`` if given)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class WarmReport:
-    """What :func:`warm` did."""
-
-    read: int
-    """Records read from the system of record (the newest ``limit``)."""
-    landed: int
-    """Of those, put into the cache (the others were cached already, or a write, another
-    fill or a delete came first)."""
 
 
 async def warm(
@@ -112,11 +60,11 @@ async def verify(
     """Compare the cache with the system of record for ``namespace`` (or one owner's
     records in it), at most ``limit`` records, :data:`CHUNK` keys per cache call; report
     stale and extra cache entries and, with ``repair``, invalidate them (chunk by chunk).
-    Extra entries are only found if the cache can list its keys (:class:`ScannableCache`).
+    Extra entries are only found if the cache can list its keys (``lists_keys``).
     Raises :class:`BackendUnavailableError` if the cache does not answer a call: a report
     is never made of part of the keys."""
     truth: dict[Key, Entry | None] = dict(await recent(store, namespace, owner, limit))
-    if isinstance(store.cache, ScannableCache):
+    if store.cache.lists_keys:
         scanned = await store.cache_call(store.cache.cached_keys(namespace, owner))
         if scanned is None:
             raise BackendUnavailableError("the cache did not answer; nothing was verified")
@@ -158,25 +106,10 @@ async def verify(
 async def recent(
     store: TieredBackend, namespace: str, owner: str | None, limit: int
 ) -> Sequence[tuple[Key, Entry]]:
-    """The ``limit`` most recently updated live entries: one query where the system of
-    record lists by recency (:class:`RecentSource`), else one scan keeping the newest."""
-    if limit <= 0:
-        raise ConfigurationError("limit must be positive")
-    if isinstance(store.record, RecentSource):
-        return await store.record.recent(namespace, owner=owner, limit=limit)
+    """The ``limit`` most recently updated live entries of the system of record."""
     if not store.record.capabilities.bulk:
-        raise ConfigurationError(
-            f"{type(store.record).__name__} can neither list by recency nor stream"
-        )
-    newest: list[tuple[datetime, int, Key, Entry]] = []
-    tiebreak = itertools.count()
-    async for key, entry in store.record.scan(namespace=namespace, owner=owner):
-        item = (entry.updated_at, next(tiebreak), key, entry)
-        if len(newest) < limit:
-            heapq.heappush(newest, item)
-        elif item[0] > newest[0][0]:
-            heapq.heapreplace(newest, item)
-    return [(key, entry) for _, _, key, entry in sorted(newest, reverse=True)]
+        raise ConfigurationError(f"{type(store.record).__name__} cannot list by recency")
+    return await store.record.recent(namespace, owner=owner, limit=limit)
 
 
 def _same_value(cached: bytes, stored: bytes) -> bool:

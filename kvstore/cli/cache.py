@@ -66,7 +66,7 @@ def follow(url: str | None, cache_url: str | None, seconds: float | None) -> Non
                 else:
                     await asyncio.sleep(seconds)
             finally:
-                stats = backend.stats()
+                stats = backend.tier_stats()
                 console.print(
                     f"applied {stats.feed_changes} changes; backlog {stats.feed_backlog}, "
                     f"feed read errors {stats.feed_errors}, cache generation {stats.generation}"
@@ -93,11 +93,11 @@ def warm(
     console = literal_console()
 
     async def work() -> None:
-        database, backend = _tiered(url, cache_url)
+        database, _ = _tiered(url, cache_url)
         async with database:
             with progress_bar(literal_console(stderr=True)) as bar:
                 task = bar.add_task(f"warming {namespace}", total=None)
-                report = await backend.warm(
+                report = await database.warm_cache(
                     namespace, owner=owner, limit=limit, progress=lambda n: bar.advance(task, n)
                 )
         console.print(
@@ -134,13 +134,13 @@ def verify(
     console = literal_console()
 
     async def work() -> int:
-        database, backend = _tiered(url, cache_url)
+        database, _ = _tiered(url, cache_url)
         async with database:
             with progress_bar(literal_console(stderr=True)) as bar:
                 task = bar.add_task(f"verifying {namespace}", total=None)
-                report = await backend.verify(
+                report = await database.verify_cache(
                     namespace,
-                    owner,
+                    owner=owner,
                     repair=repair,
                     limit=limit,
                     progress=lambda n: bar.advance(task, n),

@@ -480,7 +480,7 @@ def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
             counts = await _counts(backend)
             cache: dict[str, object] | None = None
             if isinstance(backend, TieredBackend):
-                now = backend.stats()
+                now = backend.tier_stats()
                 cache = {"answers": now.breaker == "closed", "generation": now.generation}
         if as_json:
             click.echo(orjson.dumps({"records": counts, "cache": cache}).decode())

@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -155,13 +155,12 @@ class Worker:
         }
 
     def stats(self) -> dict[str, Any] | None:
-        """The store's counters, if its backend keeps any (``stats()``), as plain data."""
-        backend = getattr(self.db, "backend", None)
-        stats = getattr(backend, "stats", None)
-        if not callable(stats):
+        """The tiered store's counters (``db.stats().tier``) as plain data, or ``None``
+        without a cache tier."""
+        value = self.db.stats().tier
+        if value is None:
             return None
-        value = stats()
-        plain = asdict(value) if is_dataclass(value) and not isinstance(value, type) else {}
+        plain = asdict(value)
         cleaned = {k: (v.value if isinstance(v, Enum) else v) for k, v in plain.items()}
         result: dict[str, Any] = json.loads(json.dumps(cleaned, default=str))
         return result

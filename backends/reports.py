@@ -1,17 +1,41 @@
-"""The tiered store's counters, as :meth:`TieredBackend.stats` returns them."""
+"""What backends report about themselves: counters (:class:`Stats`, what
+``Database.stats()`` returns) and the outcome of cache upkeep (:class:`WarmReport`,
+:class:`VerifyReport`).
+
+Plain frozen dataclasses at the contract level, so the ``Database`` API can return them
+without knowing any backend.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from backends.breaker import BreakerState
+    from kvstore.keys import Key
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counters of a database since it was built, one part per tier it has.
+
+    Counters belong to one process: a service's ``db.stats()`` counts what that process
+    did (the ``kvstore`` command, a new process, would only see zeros).
+    """
+
+    backend: str
+    """The kind of store: ``"memory"``, ``"sql"``, ``"redis"`` or ``"tiered"``."""
+    tier: TieredStats | None = None
+    """The tiered store's cache counters (hits, misses, breaker, feed); ``None`` without a
+    cache tier."""
+    sql: SQLStats | None = None
+    """The SQL system of record's counters; ``None`` without one."""
 
 
 @dataclass(frozen=True, slots=True)
 class TieredStats:
-    """Counters since the store was built (see :meth:`TieredBackend.stats`)."""
+    """Counters since the store was built (``Database.stats().tier``)."""
 
     reads: int
     """Keys asked for by reads, however they were answered."""
@@ -63,3 +87,40 @@ class TieredStats:
         """Hits (the near cache's and the shared cache's) over every key read: bypassed
         reads count as not answered by the cache."""
         return self.hits / self.reads if self.reads else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SQLStats:
+    """Counters of one SQL backend since it was built."""
+
+    saves: int
+    """Saves sent to the database (group commit: each row of a round counts)."""
+    save_statements: int
+    """Statements that carried them: fewer than ``saves`` when rounds grouped saves."""
+
+
+@dataclass(frozen=True, slots=True)
+class WarmReport:
+    """What :func:`warm` did."""
+
+    read: int
+    """Records read from the system of record (the newest ``limit``)."""
+    landed: int
+    """Of those, put into the cache (the others were cached already, or a write, another
+    fill or a delete came first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What :func:`verify` found."""
+
+    checked: int
+    """Keys of the system of record that were compared."""
+    stale: list[Key] = field(default_factory=list)
+    """Cached with another revision or value than the system of record holds."""
+    extra: list[Key] = field(default_factory=list)
+    """Cached, but absent from the system of record (only found if the cache can scan)."""
+    missing: int = 0
+    """In the system of record but not cached: normal for a cache."""
+    repaired: bool = False
+    """Whether stale and extra keys were invalidated."""
