@@ -38,5 +38,5 @@ def check_siblings() -> None:
         raise ImportError(
             f"kvstore needs its own {name!r} package, installed beside it in {home}, but "
             f"{name!r} resolves to {what}: another module or package of that name shadows "
-            "it (rename yours, or reinstall kvstore)"
+            "it (rename yours, or reinstall kvstore-tiered)"
         )

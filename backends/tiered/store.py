@@ -25,19 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, ClassVar, Final, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from backends.base import Backend, Capabilities, Change, Entry
 from backends.reports import Stats, TieredStats
 from backends.tiered import upkeep
 from backends.tiered.changes import DEFAULT_FEED_INTERVAL, FeedApplier
 from backends.tiered.feed import FeedFollower
+from backends.tiered.gate import CacheGate
 from backends.tiered.guard import FAILED, CacheGuard
 from backends.tiered.near import DEFAULT_MAX_LAG, NearCache
+from backends.tiered.reads import ReadThrough
 from backends.tiered.repair import REPAIR_CHUNK, DirtyKeys, Repairer
+from backends.tiered.update import CacheUpdater
 from backends.tiered.writes import WritesInFlight
 from kvstore.clock import SYSTEM_CLOCK
-from kvstore.errors import BackendUnavailableError, CacheLostError, ConfigurationError
+from kvstore.errors import BackendUnavailableError, ConfigurationError
 from kvstore.keys import DEFAULT_PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
 
     from backends.base import VersionedCache
     from backends.reports import VerifyReport, WarmReport
-    from backends.tiered.writes import KeyWrites
     from kvstore.clock import Clock
     from kvstore.keys import Key
 
@@ -56,9 +58,6 @@ DEFAULT_CACHE_TIMEOUT = 0.1
 DEFAULT_LEASE_TTL = 5.0
 DEFAULT_BREAKER_THRESHOLD = 5
 DEFAULT_BREAKER_RESET_AFTER = 2.0
-RENEW_PATIENCE: Final = 10.0
-"""Seconds upkeep (warm) waits for the move to a new generation; requests wait
-``cache_timeout`` and then bypass the cache."""
 
 
 class TieredBackend(Backend):
@@ -67,6 +66,9 @@ class TieredBackend(Backend):
 
     kind: ClassVar[str] = "tiered"
     capabilities = Capabilities(persistent=True, shared=True)
+    _feed: FeedApplier
+    _repairer: Repairer
+    _dirty: DirtyKeys
 
     def __init__(
         self,
@@ -124,11 +126,18 @@ class TieredBackend(Backend):
                 "of record and follow_changes=True"
             )
         self._near = NearCache(near_entries, clock, max_lag=near_max_lag) if near_entries else None
+        self._gate = CacheGate(
+            self._guard,
+            cache,
+            cache_timeout=cache_timeout,
+            apply_feed=lambda: self._feed.apply(),
+            healed=lambda: self._repairer.soon() if self._dirty else None,
+        )
         self._feed = FeedApplier(
             follower,
             cache,
             self._guard,
-            usable=lambda: self._usable(writing=True),
+            usable=lambda: self._gate.usable(writing=True),
             cache_ttl=cache_ttl,
             interval=feed_interval,
             near=self._near,
@@ -146,8 +155,27 @@ class TieredBackend(Backend):
             ttl_for=self._ttl_for,
             cache_ttl=cache_ttl,
         )
-        self._reads = self._hits = self._misses = self._fills = self._fill_dropped = 0
-        self._bypassed = self._near_hits = 0
+        self._read = ReadThrough(
+            record,
+            cache,
+            self._guard,
+            self._gate,
+            self._dirty,
+            lease_ttl=lease_ttl,
+            ttl_for=self._ttl_for,
+            repair_soon=self._repairer.soon,
+            clock=clock,
+            near=self._near,
+        )
+        self._update = CacheUpdater(
+            cache,
+            self._guard,
+            self._gate,
+            self._dirty,
+            cache_ttl=cache_ttl,
+            ttl_for=self._ttl_for,
+            landed=self._feed.landed,
+        )
 
     def __repr__(self) -> str:
         state = self._guard.breaker.state.value
@@ -188,14 +216,14 @@ class TieredBackend(Backend):
 
     def tier_stats(self) -> TieredStats:
         """The cache tier's counters now."""
-        guard, feed = self._guard, self._feed
+        guard, feed, read = self._guard, self._feed, self._read
         return TieredStats(
-            reads=self._reads,
-            hits=self._hits,
-            misses=self._misses,
-            bypassed=self._bypassed,
-            fills=self._fills,
-            fill_dropped=self._fill_dropped,
+            reads=read.reads,
+            hits=read.hits,
+            misses=read.misses,
+            bypassed=read.bypassed,
+            fills=read.fills,
+            fill_dropped=read.fill_dropped,
             cache_errors=guard.cache_errors,
             busy_timeouts=guard.busy_timeouts,
             breaker=guard.breaker.state,
@@ -207,7 +235,7 @@ class TieredBackend(Backend):
             feed_own=feed.own,
             feed_backlog=len(feed.backlog),
             feed_errors=feed.errors,
-            near_hits=self._near_hits,
+            near_hits=read.near_hits,
             near_entries=len(self._near) if self._near is not None else 0,
             near_serving=self._near is not None and self._near.serving,
         )
@@ -230,82 +258,7 @@ class TieredBackend(Backend):
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
             return []
-        near = self._near
-        if near is None:
-            return await self._get_many(keys)
-        stamp = near.stamp()
-        found = [near.get(key) for key in keys]
-        rest = [i for i, entry in enumerate(found) if entry is None]
-        hits = len(keys) - len(rest)
-        self._reads += hits
-        self._hits += hits
-        self._near_hits += hits
-        if rest:
-            fetched = await self._get_many([keys[i] for i in rest])
-            for i, entry in zip(rest, fetched, strict=True):
-                found[i] = entry
-                if entry is not None:
-                    near.offer(keys[i], entry, stamp)
-        return found
-
-    async def _get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
-        """Keys from the shared cache, misses from the system of record (and filled)."""
-        self._reads += len(keys)
-        if not await self._usable():
-            self._bypassed += len(keys)
-            return await self.record.get_many(keys)
-        dirty = self._dirty
-        if dirty:
-            self._repairer.soon()
-        cached = [i for i, key in enumerate(keys) if key not in dirty]
-        self._bypassed += len(keys) - len(cached)
-        if not cached:
-            return await self.record.get_many(keys)
-        wanted = [keys[i] for i in cached]
-        busy = self._guard.busy_timeouts
-        lookups = await self._guard.call(self.cache.lookup(wanted, lease_ttl=self.lease_ttl))
-        if lookups is FAILED and self._guard.busy_timeouts > busy:
-            # it timed out while the cache answered others: the caller is what is behind,
-            # so ask the cache once more rather than add reads to the system of record
-            lookups = await self._guard.call(self.cache.lookup(wanted, lease_ttl=self.lease_ttl))
-        if lookups is FAILED:
-            self._bypassed += len(cached)
-            return await self.record.get_many(keys)
-        results: list[Entry | None] = [None] * len(keys)
-        leases: dict[int, str | None] = {}
-        now = self.clock.now()
-        for index, answer in zip(cached, lookups, strict=True):
-            entry = answer.entry
-            if entry is not None and (entry.expires_at is None or entry.expires_at > now):
-                results[index] = entry
-            else:
-                leases[index] = answer.lease
-        self._hits += len(cached) - len(leases)
-        self._misses += len(leases)
-        missing = [i for i in range(len(keys)) if i in leases or i not in cached]
-        if not missing:
-            return results
-        fetched = await self.record.get_many([keys[i] for i in missing])
-        fills: dict[Key, tuple[Key, Entry, str]] = {}
-        for index, entry in zip(missing, fetched, strict=True):
-            results[index] = entry
-            lease = leases.get(index)
-            if entry is not None and lease is not None:
-                fills.setdefault(keys[index], (keys[index], entry, lease))
-        if fills:
-            await self._fill(list(fills.values()))
-        return results
-
-    async def _fill(self, items: list[tuple[Key, Entry, str]]) -> int | None:
-        """Fill ``items`` through their leases; how many landed, ``None`` if the cache
-        did not answer."""
-        ttl = min(self._ttl_for(entry) for _, entry, _ in items)
-        landed = await self._guard.call(self.cache.fill(items, ttl=ttl))
-        if landed is FAILED:
-            return None
-        self._fills += landed
-        self._fill_dropped += len(items) - landed
-        return landed
+        return await self._read.get_many(keys)
 
     async def list(
         self,
@@ -343,7 +296,7 @@ class TieredBackend(Backend):
             raise
         for start in range(0, len(keys), REPAIR_CHUNK):
             chunk = keys[start : start + REPAIR_CHUNK]
-            if not await self._usable(writing=True) or (
+            if not await self._gate.usable(writing=True) or (
                 await self._guard.call(self.cache.invalidate(chunk)) is FAILED
             ):
                 for key in chunk:
@@ -362,14 +315,14 @@ class TieredBackend(Backend):
     ) -> Entry:
         writes = self._writes.begin(key)
         try:
-            if self.invalidate_before_write and await self._usable():
+            if self.invalidate_before_write and await self._gate.usable():
                 await self._guard.call(self.cache.invalidate([key]))
             entry = await self._committed(
                 key, self.record.put(key, value, expected_version=expected_version, ttl=ttl)
             )
             if self._near is not None:
                 self._near.wrote(key, entry)
-            await self._update_cache(key, writes, entry.revision, entry)
+            await self._update.apply(key, writes, entry.revision, entry)
         finally:
             self._writes.end(key, writes)
         return entry
@@ -383,7 +336,7 @@ class TieredBackend(Backend):
             if revision:
                 if self._near is not None:
                     self._near.changed([Change(key, revision, deleted=True)])
-                await self._update_cache(key, writes, revision, None)
+                await self._update.apply(key, writes, revision, None)
         finally:
             self._writes.end(key, writes)
         return revision
@@ -400,7 +353,7 @@ class TieredBackend(Backend):
                 self._dirty.mark_owner(owner)  # the outcome is unknown: repair the cache
                 raise
             before = self._repairer.passes()
-            if not await self._usable(writing=True) or (
+            if not await self._gate.usable(writing=True) or (
                 await self._guard.call(self.cache.invalidate_owner(owner)) is FAILED
             ):
                 self._dirty.mark_owner(owner)
@@ -426,100 +379,11 @@ class TieredBackend(Backend):
                 self._near.forget(key)
             raise
 
-    async def _update_cache(
-        self, key: Key, writes: KeyWrites, revision: int, entry: Entry | None
-    ) -> None:
-        """Apply a committed write of ``revision`` (``entry``, or a delete) to the cache.
-        It is tried even while the breaker is open (a write that skipped a cache other
-        processes read would leave them the old version); a cache found lost moves to a new
-        generation and the write is tried there once more. Any other failure (error,
-        timeout, cancellation) marks the key dirty before the write is acknowledged. A
-        revision from before the cache generation began only tombstones."""
-        guard = self._guard
-        for last_try in (False, True):
-            generation = guard.generation
-            answered = guard.answered
-            try:
-                if not await self._usable(writing=True):
-                    self._dirty.mark(key, revision)
-                    return
-                generation = guard.generation
-                async with guard.deadline(), writes.lock:
-                    if revision <= writes.applied:
-                        return  # a newer write of this key is in the cache already
-                    if entry is None or generation is None or revision <= generation.floor:
-                        await self.cache.tombstones([(key, revision)], ttl=self.cache_ttl)
-                    else:
-                        await self.cache.write(key, entry, ttl=self._ttl_for(entry))
-                    writes.applied = revision
-            except CacheLostError:
-                guard.cache_errors += 1
-                guard.mark_lost(generation)
-                if last_try:
-                    self._dirty.mark(key, revision)
-            except BaseException as exc:
-                self._dirty.mark(key, revision)
-                if not isinstance(exc, Exception):
-                    raise
-                guard.failure(exc, generation, answered)
-                return
-            else:
-                guard.succeeded()
-                if generation is not None:
-                    self._feed.landed(revision, generation)
-                return
-
     def _ttl_for(self, entry: Entry) -> float:
         if entry.expires_at is None:
             return self.cache_ttl
         remaining = (entry.expires_at - self.clock.now()).total_seconds()
         return max(0.001, min(self.cache_ttl, remaining))
-
-    # -- whether to use the cache: the breaker's probe -----------------------------------------
-
-    async def _usable(self, *, writing: bool = False, patient: bool = False) -> bool:
-        """Whether to use the cache now; runs the probe when the breaker is due for one, and
-        the move to a new generation when the cache was lost. A ``writing`` caller uses the
-        cache even while the breaker is open (its update is what keeps other processes from
-        reading the old version); reads skip it. A ``patient`` caller (upkeep: warm, not a
-        request) waits up to :data:`RENEW_PATIENCE` for a new generation, not
-        ``cache_timeout``."""
-        breaker = self._guard.breaker
-        if not breaker.closed:
-            if breaker.probe_due():
-                return await self._probe()
-            if not writing:
-                return False
-        if self._guard.lost:
-            return await self._guard.renewed(RENEW_PATIENCE if patient else self.cache_timeout)
-        return True
-
-    async def _probe(self) -> bool:
-        """Ping the cache (moving to a new generation first if it was lost) and apply the
-        change feed's backlog (what other processes wrote while the cache was out of use);
-        the breaker closes if both succeed, and this process's dirty keys are then repaired
-        in the background (they are read from the system of record until then)."""
-        guard = self._guard
-        guard.breaker.start_probe()
-        healthy = False
-        try:
-            if guard.generation is None or guard.lost:
-                await guard.renewed(self.cache_timeout)
-            healthy = (
-                guard.generation is not None
-                and not guard.lost
-                and await guard.call(self.cache.ping(), count=False) is not FAILED
-                and not guard.lost
-                and await self._feed.apply()
-            )
-            if not healthy and guard.lost:
-                # the ping met a new incarnation: move now, then the probe holds
-                healthy = await guard.renewed(self.cache_timeout) and await self._feed.apply()
-        finally:
-            guard.breaker.finish_probe(healthy)
-        if healthy and self._dirty:
-            self._repairer.soon()
-        return healthy
 
     # -- warm and verify (backends.tiered.upkeep) ---------------------------------------------
 
@@ -549,35 +413,9 @@ class TieredBackend(Backend):
         )
 
     async def fill_keys(self, keys: Sequence[Key]) -> int:
-        """Fill ``keys`` from the system of record through leases (as misses do); return how
-        many landed. Dirty keys and keys held by other leases are skipped. Raises
-        :class:`BackendUnavailableError` if the cache does not answer."""
-        keys = [key for key in keys if key not in self._dirty]
-        if not keys:
-            return 0
-        for _ in range(2):  # once more if the cache turns out lost and a new generation begins
-            if not await self._usable(patient=True):
-                raise BackendUnavailableError("the cache is out of use (breaker open)")
-            lookups = await self._guard.call(self.cache.lookup(keys, lease_ttl=self.lease_ttl))
-            if lookups is not FAILED:
-                break
-        else:
-            raise BackendUnavailableError("the cache did not answer")
-        leased = [(k, a.lease) for k, a in zip(keys, lookups, strict=True) if a.lease]
-        if not leased:
-            return 0
-        entries = await self.record.get_many([key for key, _ in leased])
-        items = [
-            (key, entry, lease)
-            for (key, lease), entry in zip(leased, entries, strict=True)
-            if entry is not None and lease is not None
-        ]
-        if not items:
-            return 0
-        landed = await self._fill(items)
-        if landed is None:
-            raise BackendUnavailableError("the cache did not answer")
-        return landed
+        """Fill ``keys`` from the system of record through leases, as misses do (see
+        :meth:`ReadThrough.fill_keys`)."""
+        return await self._read.fill_keys(keys)
 
     async def cache_call(self, operation: Awaitable[T]) -> T | None:
         """``operation`` on the cache under its deadline and breaker; ``None`` if it failed."""

@@ -204,24 +204,24 @@ class Load:
 
 
 def arm_crash(after: int) -> None:
-    """Make this process SIGKILL itself inside the tiered store's ``_update_cache`` call
-    number ``after`` (that method applies a committed write to the cache, right after the
-    SQL commit): the write is committed but neither cached nor acknowledged."""
-    from backends.tiered import TieredBackend
+    """Make this process SIGKILL itself inside the tiered store's ``CacheUpdater.apply``
+    call number ``after`` (that method applies a committed write to the cache, right after
+    the SQL commit): the write is committed but neither cached nor acknowledged."""
+    from backends.tiered.update import CacheUpdater
 
-    original = getattr(TieredBackend, "_update_cache", None)
+    original = getattr(CacheUpdater, "apply", None)
     if original is None:
-        raise SystemExit("TieredBackend._update_cache is gone: move the crash point with it")
+        raise SystemExit("CacheUpdater.apply is gone: move the crash point with it")
     calls = 0
 
-    async def crashing(self: TieredBackend, *args: object, **kwargs: object) -> object:
+    async def crashing(self: CacheUpdater, *args: object, **kwargs: object) -> object:
         nonlocal calls
         calls += 1
         if calls >= after:
             os.kill(os.getpid(), signal.SIGKILL)
         return await original(self, *args, **kwargs)
 
-    setattr(TieredBackend, "_update_cache", crashing)  # noqa: B010 - patching a method
+    setattr(CacheUpdater, "apply", crashing)  # noqa: B010 - patching a method
 
 
 def open_database(args: argparse.Namespace) -> Database:

@@ -1,0 +1,169 @@
+"""Reads through the caches: the near cache in the process (if any) first, then the shared
+cache; misses from the system of record, filled back through leases (a fill without a
+valid lease is dropped by the cache).
+
+Keys marked dirty are read from the system of record until repaired; a cache that is out of
+use (breaker open, lost) is bypassed. Every key read is counted once: as a hit, a miss or a
+bypass.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from backends.tiered.guard import FAILED
+from kvstore.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from backends.base import Backend, Entry, VersionedCache
+    from backends.tiered.gate import CacheGate
+    from backends.tiered.guard import CacheGuard
+    from backends.tiered.near import NearCache
+    from backends.tiered.repair import DirtyKeys
+    from kvstore.clock import Clock
+    from kvstore.keys import Key
+
+
+class ReadThrough:
+    """The tiered store's reads of the shared cache, and their counters."""
+
+    def __init__(
+        self,
+        record: Backend,
+        cache: VersionedCache,
+        guard: CacheGuard,
+        gate: CacheGate,
+        dirty: DirtyKeys,
+        *,
+        lease_ttl: float,
+        ttl_for: Callable[[Entry], float],
+        repair_soon: Callable[[], None],
+        clock: Clock,
+        near: NearCache | None = None,
+    ) -> None:
+        self._near = near
+        self._record = record
+        self._cache = cache
+        self._guard = guard
+        self._gate = gate
+        self._dirty = dirty
+        self._lease_ttl = lease_ttl
+        self._ttl_for = ttl_for
+        self._repair_soon = repair_soon
+        self._clock = clock
+        self.reads = self.hits = self.misses = self.bypassed = 0
+        self.fills = self.fill_dropped = self.near_hits = 0
+
+    async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
+        """Entries of ``keys`` (``None`` where absent): from the near cache, then the shared
+        cache, misses from the system of record (and filled)."""
+        near = self._near
+        if near is None:
+            return await self._shared(keys)
+        stamp = near.stamp()
+        found = [near.get(key) for key in keys]
+        rest = [i for i, entry in enumerate(found) if entry is None]
+        hits = len(keys) - len(rest)
+        self.reads += hits
+        self.hits += hits
+        self.near_hits += hits
+        if rest:
+            fetched = await self._shared([keys[i] for i in rest])
+            for i, entry in zip(rest, fetched, strict=True):
+                found[i] = entry
+                if entry is not None:
+                    near.offer(keys[i], entry, stamp)
+        return found
+
+    async def _shared(self, keys: Sequence[Key]) -> list[Entry | None]:
+        """Entries of ``keys`` from the shared cache, misses from the system of record."""
+        self.reads += len(keys)
+        if not await self._gate.usable():
+            self.bypassed += len(keys)
+            return await self._record.get_many(keys)
+        dirty = self._dirty
+        if dirty:
+            self._repair_soon()
+        cached = [i for i, key in enumerate(keys) if key not in dirty]
+        self.bypassed += len(keys) - len(cached)
+        if not cached:
+            return await self._record.get_many(keys)
+        wanted = [keys[i] for i in cached]
+        guard = self._guard
+        busy = guard.busy_timeouts
+        lookups = await guard.call(self._cache.lookup(wanted, lease_ttl=self._lease_ttl))
+        if lookups is FAILED and guard.busy_timeouts > busy:
+            # it timed out while the cache answered others: the caller is what is behind,
+            # so ask the cache once more rather than add reads to the system of record
+            lookups = await guard.call(self._cache.lookup(wanted, lease_ttl=self._lease_ttl))
+        if lookups is FAILED:
+            self.bypassed += len(cached)
+            return await self._record.get_many(keys)
+        results: list[Entry | None] = [None] * len(keys)
+        leases: dict[int, str | None] = {}
+        now = self._clock.now()
+        for index, answer in zip(cached, lookups, strict=True):
+            entry = answer.entry
+            if entry is not None and (entry.expires_at is None or entry.expires_at > now):
+                results[index] = entry
+            else:
+                leases[index] = answer.lease
+        self.hits += len(cached) - len(leases)
+        self.misses += len(leases)
+        missing = [i for i in range(len(keys)) if i in leases or i not in cached]
+        if not missing:
+            return results
+        fetched = await self._record.get_many([keys[i] for i in missing])
+        fills: dict[Key, tuple[Key, Entry, str]] = {}
+        for index, entry in zip(missing, fetched, strict=True):
+            results[index] = entry
+            lease = leases.get(index)
+            if entry is not None and lease is not None:
+                fills.setdefault(keys[index], (keys[index], entry, lease))
+        if fills:
+            await self.fill(list(fills.values()))
+        return results
+
+    async def fill(self, items: list[tuple[Key, Entry, str]]) -> int | None:
+        """Fill ``items`` through their leases; how many landed, ``None`` if the cache
+        did not answer."""
+        ttl = min(self._ttl_for(entry) for _, entry, _ in items)
+        landed = await self._guard.call(self._cache.fill(items, ttl=ttl))
+        if landed is FAILED:
+            return None
+        self.fills += landed
+        self.fill_dropped += len(items) - landed
+        return landed
+
+    async def fill_keys(self, keys: Sequence[Key]) -> int:
+        """Fill ``keys`` from the system of record through leases (as misses do); return how
+        many landed. Dirty keys and keys held by other leases are skipped. Raises
+        :class:`BackendUnavailableError` if the cache does not answer."""
+        keys = [key for key in keys if key not in self._dirty]
+        if not keys:
+            return 0
+        for _ in range(2):  # once more if the cache turns out lost and a new generation begins
+            if not await self._gate.usable(patient=True):
+                raise BackendUnavailableError("the cache is out of use (breaker open)")
+            lookups = await self._guard.call(self._cache.lookup(keys, lease_ttl=self._lease_ttl))
+            if lookups is not FAILED:
+                break
+        else:
+            raise BackendUnavailableError("the cache did not answer")
+        leased = [(k, a.lease) for k, a in zip(keys, lookups, strict=True) if a.lease]
+        if not leased:
+            return 0
+        entries = await self._record.get_many([key for key, _ in leased])
+        items = [
+            (key, entry, lease)
+            for (key, lease), entry in zip(leased, entries, strict=True)
+            if entry is not None and lease is not None
+        ]
+        if not items:
+            return 0
+        landed = await self.fill(items)
+        if landed is None:
+            raise BackendUnavailableError("the cache did not answer")
+        return landed
