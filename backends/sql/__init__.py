@@ -2,7 +2,8 @@
 
 By role: :mod:`~backends.sql.store` the backend, :mod:`~backends.sql.hot_path` its fixed
 statements on pooled driver connections, :mod:`~backends.sql.statements` their text,
-:mod:`~backends.sql.queries` SQLAlchemy Core for the rest, :mod:`~backends.sql.feed` the
+:mod:`~backends.sql.queries` SQLAlchemy Core for the rest, :mod:`~backends.sql.core` what
+runs it (retries, streams, purges), :mod:`~backends.sql.feed` the
 change feed, :mod:`~backends.sql.schema` the tables, :mod:`~backends.sql.migrate` Alembic,
 :mod:`~backends.sql.config` URLs and engines, :mod:`~backends.sql.errors` driver errors.
 """

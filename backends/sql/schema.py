@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from backends.base import Entry
 from kvstore.keys import Key
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy.engine import Dialect
 
 TABLE_NAME: Final = "kv_records"
@@ -62,6 +65,51 @@ def sqlite_time(value: datetime) -> str:
 def parse_sqlite_time(value: str) -> datetime:
     """Inverse of :func:`sqlite_time`."""
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+class DriverTimes:
+    """Times as the hot path's driver rows carry them: ``datetime`` on PostgreSQL
+    (asyncpg), :func:`sqlite_time` text on SQLite (aiosqlite)."""
+
+    def __init__(self, postgres: bool) -> None:
+        self._postgres = postgres
+
+    def to_driver(self, value: datetime | None) -> Any:
+        """``value`` as a statement parameter."""
+        if value is None or self._postgres:
+            return value
+        return sqlite_time(value)
+
+    def from_driver(self, value: Any) -> datetime | None:
+        """A row's time column as an aware UTC datetime (``None`` stays ``None``)."""
+        if value is None or self._postgres:
+            return value  # type: ignore[no-any-return]
+        return parse_sqlite_time(value)
+
+    def required(self, value: Any) -> datetime:
+        """A non-null time column."""
+        result = self.from_driver(value)
+        if result is None:
+            raise ValueError("a required time column was NULL")
+        return result
+
+    def entry(self, row: Sequence[Any]) -> Entry:
+        """An entry from a hot statement's row: value, version, created_at, updated_at,
+        expires_at, revision."""
+        value, version, created_at, updated_at, expires_at, revision = row
+        return Entry(
+            value=value.encode(),
+            version=version,
+            created_at=self.required(created_at),
+            updated_at=self.required(updated_at),
+            expires_at=self.from_driver(expires_at),
+            revision=revision,
+        )
+
+
+def key_columns(key: Key) -> tuple[str, str, str]:
+    """``key`` as the table's key columns: namespace, owner, key (:func:`key_text`)."""
+    return (key.namespace, key.owner, key_text(key.rest))
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):

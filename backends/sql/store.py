@@ -6,7 +6,7 @@ One table holds every namespace (:mod:`backends.sql.schema`); Alembic keeps it c
 the change feed's and the cache generations' (:mod:`backends.sql.feed`). SQLAlchemy owns
 the engine, the pool, the schema and every other statement (:mod:`backends.sql.queries`:
 listings, ``get_many``, ``delete_owner``, purges, restore, streams), run by
-:meth:`SQLBackend._query` on a pooled connection. An expired row counts as absent
+:mod:`backends.sql.core` on a pooled connection. An expired row counts as absent
 everywhere.
 """
 
@@ -27,14 +27,15 @@ from backends.base import (
     version_conflict,
 )
 from backends.reports import SQLStats, Stats
-from backends.sql import feed, queries
+from backends.sql import core, feed, queries
 from backends.sql.batch import GroupCommit
-from backends.sql.config import READ_ONLY, SQLConfig, create_engine, parse_sql_url
-from backends.sql.errors import DRIVER_ERRORS, MAX_ATTEMPTS, Failure, backoff, classify, translate
+from backends.sql.config import SQLConfig, create_engine, parse_sql_url
+from backends.sql.core import CoreRunner
+from backends.sql.errors import DRIVER_ERRORS, translate
 from backends.sql.hot_path import HotPath
 from backends.sql.migrate import ensure_schema
 from backends.sql.numbers import jsonb_exact
-from backends.sql.schema import key_parts, key_text, parse_sqlite_time, sqlite_time, stored_key
+from backends.sql.schema import DriverTimes, key_columns, key_parts, stored_key
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import (
     ConflictError,
@@ -46,7 +47,7 @@ from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespac
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -59,18 +60,6 @@ DEFAULT_STREAM_BATCH: Final = 1000
 TOMBSTONE_RETENTION: Final = 7 * 86400.0
 """Seconds ``purge_expired`` keeps the tombstone of a deletion: change-feed followers read
 only the last moments, batch jobs a week's watermark."""
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _to_sqlite_time(value: datetime | None) -> str | None:
-    return None if value is None else sqlite_time(value)
-
-
-def _from_sqlite_time(value: str | None) -> datetime | None:
-    return None if value is None else parse_sqlite_time(value)
 
 
 class SQLBackend(Backend):
@@ -91,13 +80,14 @@ class SQLBackend(Backend):
         self._init_lock = asyncio.Lock()
         self._where = config.masked_url
         self._postgres = config.dialect == "postgresql"
-        self._to_time: Callable[[datetime | None], Any] = (
-            _same if self._postgres else _to_sqlite_time
-        )
-        self._from_time: Callable[[Any], datetime | None] = (
-            _same if self._postgres else _from_sqlite_time
-        )
+        self._times = DriverTimes(self._postgres)
         self._hot = HotPath(config, self._where, self._ready_engine)
+        self._core = CoreRunner(
+            self._ready_engine,
+            postgres=self._postgres,
+            where=self._where,
+            before=self._hot.return_held,
+        )
         self._saves = GroupCommit(
             self._hot, self._hot.turns, together=self._postgres and config.group_commit
         )
@@ -181,21 +171,10 @@ class SQLBackend(Backend):
 
     # -- the hot path: one fixed statement per operation -----------------------------------
 
-    def _entry(self, row: Sequence[Any]) -> Entry:
-        value, version, created_at, updated_at, expires_at, revision = row
-        return Entry(
-            value=value.encode(),
-            version=version,
-            created_at=self._from_time(created_at),  # type: ignore[arg-type]
-            updated_at=self._from_time(updated_at),  # type: ignore[arg-type]
-            expires_at=self._from_time(expires_at),
-            revision=revision,
-        )
-
     async def get(self, key: Key) -> Entry | None:
-        args = (key.namespace, key.owner, key_text(key.rest), self._to_time(self.clock.now()))
+        args = (*key_columns(key), self._times.to_driver(self.clock.now()))
         rows = await self._run("get", "get", args, idempotent=True)
-        return self._entry(rows[0]) if rows else None
+        return self._times.entry(rows[0]) if rows else None
 
     async def put(
         self,
@@ -211,14 +190,8 @@ class SQLBackend(Backend):
             raise SerializationError("the SQL backend stores UTF-8 JSON text") from exc
         now = self.clock.now()
         expires_at = None if ttl is None else now + timedelta(seconds=ttl)
-        args: tuple[Any, ...] = (
-            key.namespace,
-            key.owner,
-            key_text(key.rest),
-            text,
-            self._to_time(now),
-            self._to_time(expires_at),
-        )
+        times = self._times
+        args = (*key_columns(key), text, times.to_driver(now), times.to_driver(expires_at))
         self._enter()
         try:
             saved = await self._saves.save(args, expected_version)
@@ -230,23 +203,25 @@ class SQLBackend(Backend):
         return Entry(
             value=bytes(value),
             version=version,
-            created_at=self._from_time(created_at),  # type: ignore[arg-type]
+            created_at=self._times.required(created_at),
             updated_at=now,
             expires_at=expires_at,
             revision=revision,
         )
 
     async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
-        args: tuple[Any, ...] = (key.namespace, key.owner, key_text(key.rest))
+        args = key_columns(key)
         clock = self.clock.now()
-        now = self._to_time(clock)
+        now = self._times.to_driver(clock)
         if expected_version is None:
             rows = await self._run("delete", "delete", args, idempotent=False)
             if not rows:
                 return 0
             expires_at, revision = rows[0]
             # an expired row was not live: its removal is still a change (a tombstone)
-            return int(revision) if queries.live_at(self._from_time(expires_at), clock) else 0
+            return (
+                int(revision) if queries.live_at(self._times.from_driver(expires_at), clock) else 0
+            )
         if expected_version == 0:
             rows = await self._run("delete", "version", (*args, now), idempotent=True)
             if rows:
@@ -260,7 +235,7 @@ class SQLBackend(Backend):
         return int(rows[0][1])
 
     async def _conflict(self, key: Key, expected: int) -> ConflictError:
-        args = (key.namespace, key.owner, key_text(key.rest), self._to_time(self.clock.now()))
+        args = (*key_columns(key), self._times.to_driver(self.clock.now()))
         rows = await self._run("read version", "version", args, idempotent=True)
         return version_conflict(expected, rows[0][0] if rows else 0)
 
@@ -303,50 +278,15 @@ class SQLBackend(Backend):
         write: bool = False,
         parameters: builtins.list[dict[str, Any]] | None = None,
     ) -> Any:
-        """Run ``statement`` on a pooled SQLAlchemy connection; return all rows. Reads run
-        without a write lock (autocommit on PostgreSQL) and are retried when the
-        connection is lost; writes commit, and are retried on serialization failures."""
+        """Run a Core ``statement`` (:class:`~backends.sql.core.CoreRunner`); its rows."""
         self._enter()
         try:
-            return await self._query_statement(action, statement, write, parameters)
+            return await self._core.run(action, statement, write=write, parameters=parameters)
         finally:
             self._leave()
 
-    async def _query_statement(
-        self,
-        action: str,
-        statement: sa.Executable,
-        write: bool,
-        parameters: builtins.list[dict[str, Any]] | None,
-    ) -> Any:
-        if not self._ready:
-            await self.initialize()
-        await self._hot.return_held()
-        attempt = 1
-        while True:
-            try:
-                async with self.engine.connect() as connection:
-                    if not write:
-                        options: dict[str, Any] = (
-                            {"isolation_level": "AUTOCOMMIT"}
-                            if self._postgres
-                            else {READ_ONLY: True}
-                        )
-                        await connection.execution_options(**options)
-                    result = await connection.execute(statement, parameters)
-                    rows = result.all()
-                    if write:
-                        await connection.commit()
-                    return rows
-            except DRIVER_ERRORS as exc:
-                failure = classify(exc)
-                retry = failure in (Failure.TRANSIENT, Failure.STALE) or (
-                    failure is Failure.LOST and not write
-                )
-                if not retry or attempt >= MAX_ATTEMPTS:
-                    raise translate(exc, action, self._where) from exc
-                await asyncio.sleep(backoff(attempt))
-                attempt += 1
+    async def _write(self, action: str, statement: sa.Executable) -> Any:
+        return await self._query(action, statement, write=True)
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
@@ -354,7 +294,7 @@ class SQLBackend(Backend):
         if len(keys) == 1:  # the tiered store's single misses: take the hot path
             return [await self.get(keys[0])]
         found: dict[tuple[str, str, str], Entry] = {}
-        wanted = [(k.namespace, k.owner, key_text(k.rest)) for k in keys]
+        wanted = [key_columns(k) for k in keys]
         unique = list(dict.fromkeys(wanted))
         now = self.clock.now()
         for start in range(0, len(unique), GET_MANY_CHUNK):
@@ -395,17 +335,7 @@ class SQLBackend(Backend):
         recent ones); return how many rows were deleted."""
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        cutoff = self.clock.now() - timedelta(seconds=tombstones_older_than)
-        statement = queries.purge_tombstones(cutoff, batch_size)
-        while len(await self._query("purge_expired", statement, write=True)) >= batch_size:
-            pass
-        total = 0
-        while True:
-            statement = queries.purge_expired(self.clock.now(), batch_size)
-            deleted = len(await self._query("purge_expired", statement, write=True))
-            total += deleted
-            if deleted < batch_size:
-                return total
+        return await core.purge(self._write, self.clock, batch_size, tombstones_older_than)
 
     async def recent(
         self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE
@@ -471,15 +401,8 @@ class SQLBackend(Backend):
         if owner is not None:
             check_component(owner, "owner")
         pages = queries.StreamPages(namespace, owner, updated_since, updated_before)
-        last: tuple[str, ...] | None = None
-        while True:
-            statement = pages.page(last, batch_size, self.clock.now())
-            rows = await self._query("stream", statement)
-            for row in rows:
-                yield stored_key(row[0], (row[1], *key_parts(row[2]))), queries.entry_of(row)
-            if len(rows) < batch_size:
-                return
-            last = tuple(rows[-1][pages.fixed : 3])
+        async for item in core.stream_pages(self._query, pages, batch_size, self.clock):
+            yield item
 
 
 def build_sql_backend(
