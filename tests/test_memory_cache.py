@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from backends.base import Entry, utcnow
 from backends.memory.cache import SLOT_OVERHEAD, MemoryCache
 from kvstore import ConfigurationError
+from kvstore.clock import ManualClock
 from kvstore.keys import Key
 
 NOW = utcnow()
@@ -44,10 +43,13 @@ async def test_the_byte_bound_holds() -> None:
 
 
 async def test_entries_expire_after_their_ttl() -> None:
-    cache = MemoryCache()
+    clock = ManualClock()
+    cache = MemoryCache(clock=clock)
     await cache.write(key(1), entry(), ttl=0.05)
     assert (await cache.lookup([key(1)], lease_ttl=0.001))[0].entry is not None
-    await asyncio.sleep(0.1)
+    clock.advance(0.049)
+    assert (await cache.lookup([key(1)], lease_ttl=0.001))[0].entry is not None
+    clock.advance(0.002)
     assert (await cache.lookup([key(1)], lease_ttl=0.001))[0].entry is None
 
 

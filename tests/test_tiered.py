@@ -15,6 +15,7 @@ from backends.breaker import BreakerState
 from backends.memory import MemoryBackend, MemoryCache
 from backends.tiered import REPAIR_BATCH, TieredBackend, WarmReport
 from kvstore import ConfigurationError, DatabaseType, StateRecord, create_database
+from kvstore.clock import ManualClock
 from kvstore.keys import Key
 from kvstore.store import Store
 from tests.tiered_faults import FaultyCache, JitteryBackend
@@ -32,10 +33,13 @@ class Rig:
     record: MemoryBackend
     cache: MemoryCache
     faults: FaultyCache
+    clock: ManualClock
+    """Every part's clock: TTLs, leases and the breaker's timer move only when told."""
 
 
 def rig(**options: float) -> Rig:
-    record, cache = MemoryBackend(), MemoryCache()
+    clock = ManualClock()
+    record, cache = MemoryBackend(clock=clock), MemoryCache(clock=clock)
     faults = FaultyCache(cache)
     settings: dict[str, float] = {
         "cache_timeout": 0.05,
@@ -50,8 +54,9 @@ def rig(**options: float) -> Rig:
         breaker_threshold=int(settings["breaker_threshold"]),
         breaker_reset_after=settings["breaker_reset_after"],
         lease_ttl=settings.get("lease_ttl", 5.0),
+        clock=clock,
     )
-    return Rig(Store(backend), backend, record, cache, faults)
+    return Rig(Store(backend), backend, record, cache, faults, clock)
 
 
 def state(name: str, session_id: str = "s1") -> StateRecord:
@@ -182,7 +187,7 @@ async def test_the_breaker_probes_repairs_dirty_keys_then_closes(
     r = rig()
     await save_v1_then_v2_v3_while_the_cache_is_down(r)
     assert (await r.cache.lookup([KEY], lease_ttl=1))[0].entry is not None  # still v1 cached
-    await asyncio.sleep(0.06)
+    r.clock.advance(0.06)  # past breaker_reset_after
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="kvstore.tiered"):
         assert await read_state(r.db) == "V3"
@@ -230,7 +235,7 @@ async def test_a_long_outage_backlog_is_repaired_in_the_background() -> None:
         await r.db.save_state(state("V2", session_id=session))
     assert r.backend.tier_stats().dirty == 600
     r.faults.mode = "ok"
-    await asyncio.sleep(0.06)
+    r.clock.advance(0.06)  # past breaker_reset_after
     assert await read_state(r.db, "s599") == "V2"  # the probe closes the breaker
     assert r.backend.tier_stats().breaker is BreakerState.CLOSED
     assert r.backend.tier_stats().dirty > 600 - REPAIR_BATCH  # the repair has just begun
@@ -360,12 +365,13 @@ async def test_warm_loads_the_most_recently_updated_records() -> None:
     r = rig()
     for n in range(5):
         await r.db.save_state(state("S", session_id=f"s{n}"))
+        r.clock.advance(1)  # one update after another
     await r.cache.close()
     assert await r.backend.warm("state", limit=2) == WarmReport(read=2, landed=2)
     keys = [Key("state", ("u1", f"s{n}")) for n in range(5)]
     hits = await r.cache.lookup(keys, lease_ttl=0.001)
     assert [h.entry is not None for h in hits] == [False, False, False, True, True]
-    await asyncio.sleep(0.01)  # let the leases just taken expire
+    r.clock.advance(0.01)  # the leases just taken expire
     assert await r.backend.warm("state", owner="u1", limit=10) == WarmReport(read=5, landed=3)
 
 
@@ -373,7 +379,7 @@ async def test_entries_expire_from_the_cache_with_the_record() -> None:
     r = rig()
     await r.db.states.save(state("SHORT"), ttl=0.2)
     assert await read_state(r.db) == "SHORT"
-    await asyncio.sleep(0.3)
+    r.clock.advance(0.3)
     assert await read_state(r.db) is None
 
 
