@@ -18,7 +18,8 @@ itself, in the statement that writes, so plain-SQL writes by batch jobs get one 
 wall clock orders anything.
 
 Optional abilities are :class:`Capabilities` flags, never ``isinstance`` checks. A backend
-that can be the cache tier of the tiered store also implements :class:`VersionedCache`.
+that can be the cache tier of the tiered store also implements
+:class:`~backends.cache_base.VersionedCache`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
     from backends.reports import VerifyReport, WarmReport
+    from kvstore.clock import Clock
 
 from backends.reports import Stats
-from kvstore.errors import ConflictError, InvalidKeyError, InvalidRecordError
-from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
+from kvstore.errors import ConflictError, FencedError, InvalidKeyError, InvalidRecordError
+from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_component, check_namespace
 
 
 def utcnow() -> datetime:
@@ -51,6 +53,30 @@ def version_conflict(expected: int, actual: int) -> ConflictError:
     return ConflictError(
         f"expected version {expected}, found {actual}", expected=expected, actual=actual
     )
+
+
+def fenced(fence: Fence, newest: int) -> FencedError:
+    """The error of a write under ``fence`` after a lock with token ``newest`` was granted."""
+    return FencedError(
+        f"the session lock was taken over (fence {fence.token}, newest {newest})",
+        expected=fence.token,
+        actual=newest,
+    )
+
+
+def check_fence(key: Key, fence: Fence | None) -> None:
+    """Refuse a fence of another user than ``key``'s owner, before any I/O."""
+    if fence is not None and fence.owner != key.owner:
+        raise InvalidRecordError("the fence belongs to another user's session")
+
+
+def check_lock(owner: str, name: str, *seconds: float) -> None:
+    """Validate a session lock's address and its durations, the same way in every backend."""
+    check_component(owner, "owner")
+    check_component(name, "lock name")
+    for value in seconds:
+        if not value > 0 or value == float("inf"):
+            raise InvalidRecordError("lock durations must be positive, finite seconds")
 
 
 def check_listing(
@@ -104,15 +130,6 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class Generation:
-    """A cache generation: the cache's keys live under ``number``; ``floor`` is the newest
-    revision committed when it began (writes of older revisions only invalidate in it)."""
-
-    number: int
-    floor: int
-
-
-@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a backend can do beyond the required contract."""
 
@@ -141,6 +158,9 @@ class Backend(ABC):
     capabilities: Capabilities
     """What it can do beyond the contract: a class attribute, or set per instance by a
     backend built on others (the tiered store takes its system of record's)."""
+    clock: Clock
+    """The clock the backend reads (wall time for versions' timestamps and expiry,
+    monotonic time for deadlines); tests inject a manual or skewed one."""
 
     async def initialize(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Connect and prepare (create tables, load scripts). Idempotent."""
@@ -167,6 +187,7 @@ class Backend(ABC):
         *,
         expected_version: int | None = None,
         ttl: float | None = None,
+        fence: Fence | None = None,
     ) -> Entry:
         """Store ``value`` under ``key`` and return the stored entry.
 
@@ -174,17 +195,44 @@ class Backend(ABC):
         ``created_at`` is kept from the live entry, ``updated_at`` is now. ``ttl`` (seconds,
         > 0) sets ``expires_at``; ``None`` means the entry never expires (a put without ttl
         clears an earlier expiry). With ``expected_version`` the write happens only if the
-        live version equals it, atomically, else :class:`ConflictError`.
+        live version equals it, atomically, else :class:`ConflictError`. With ``fence`` (of
+        ``key.owner``), only if no lock of the fence's session with a larger token has been
+        granted, checked atomically with the write, else :class:`FencedError`.
         """
 
     @abstractmethod
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
+    async def delete(
+        self, key: Key, *, expected_version: int | None = None, fence: Fence | None = None
+    ) -> int:
         """Remove ``key``; return the revision of the deletion if a live entry was removed,
         else 0 (absent: a no-op).
 
         With ``expected_version`` the delete happens only if the live version equals it
-        (0: succeeds only when absent, removing nothing), else :class:`ConflictError`.
+        (0: succeeds only when absent, removing nothing), else :class:`ConflictError`;
+        ``fence`` as for :meth:`put`.
         """
+
+    # -- session locks: a queue of tickets per lock, fencing tokens checked by writes ------
+
+    @abstractmethod
+    async def lock_ticket(self, owner: str, name: str, *, hold: float) -> int:
+        """Join the queue of lock ``name`` of ``owner``: a new ticket, larger than every
+        ticket taken before, that stays queued ``hold`` seconds unless renewed by
+        :meth:`lock_turn`. Expiry is measured on the store's clock (the server's, where
+        there is one), never on the callers'."""
+
+    @abstractmethod
+    async def lock_turn(
+        self, owner: str, name: str, ticket: int, *, hold: float, lease: float
+    ) -> bool | None:
+        """Renew ``ticket``; if it is the oldest live ticket of the lock, grant it: the
+        lock's fencing token becomes ``ticket`` (it only grows) and the ticket lives
+        ``lease`` seconds more. ``True`` if granted, ``False`` if still waiting (renewed for
+        ``hold`` seconds), ``None`` if the ticket has expired (it never comes back)."""
+
+    @abstractmethod
+    async def lock_release(self, owner: str, name: str, ticket: int) -> None:
+        """Leave the queue or give the lock up; a no-op for a ticket already gone."""
 
     @abstractmethod
     async def list(
@@ -299,115 +347,3 @@ class Backend(ABC):
         if the one on record is still ``current`` (``None``: none on record); return
         whether it was set. Only if ``capabilities.feed``."""
         raise NotImplementedError(f"{type(self).__name__} keeps no cache generations")
-
-
-def lands(revision: int, tombstone: bool, held: int | None, held_tombstone: bool) -> bool:
-    """The cache's one ordering rule (see :class:`VersionedCache`): whether a write of
-    ``revision`` (an entry, or a ``tombstone``) replaces what a key holds (``held``: its
-    revision, ``None`` if empty)."""
-    if held is None:
-        return True
-    if tombstone or not held_tombstone:
-        return revision > held
-    return revision >= held
-
-
-@dataclass(frozen=True, slots=True)
-class CacheLookup:
-    """One key's answer from :meth:`VersionedCache.lookup`.
-
-    ``entry`` is the cached entry on a hit. On a miss ``entry`` is ``None`` and ``lease``
-    is a token if this caller won the right to fill the key (see :meth:`VersionedCache.fill`);
-    ``None`` if another caller holds the lease, in which case the caller reads the system of
-    record but does not fill.
-    """
-
-    entry: Entry | None
-    lease: str | None = None
-
-
-class VersionedCache(ABC):
-    """Cache operations the tiered store needs: forward-only by :attr:`Entry.revision`, with
-    leased fills (Nishtala et al., "Scaling Memcache at Facebook", NSDI 2013) and tombstones.
-
-    The one ordering rule (:func:`lands`): an entry of revision ``r`` replaces nothing newer,
-    i.e. it lands on an empty key, on a tombstone of revision ``<= r`` (a tombstone may mark
-    "stale below ``r``" for the change ``r`` itself) or on an entry of revision ``< r``; a
-    tombstone of revision ``r`` lands on an empty key or on anything of revision ``< r``.
-
-    Every operation is atomic per key on the cache server. Tombstones and leases are never
-    returned as hits. ``ttl`` is in seconds; ``None`` uses the cache's default.
-    """
-
-    lists_keys: bool = False
-    """Implements :meth:`cached_keys` (lets ``verify`` find entries absent from SQL)."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
-        """Release connections this cache created; injected clients stay open. Idempotent."""
-
-    async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
-        """Keys with a live entry in ``namespace`` (of ``owner`` if given). Only if
-        :attr:`lists_keys`."""
-        raise NotImplementedError(f"{type(self).__name__} cannot list its keys")
-
-    @abstractmethod
-    async def lookup(self, keys: Sequence[Key], *, lease_ttl: float) -> list[CacheLookup]:
-        """Read ``keys`` in one round trip. For each miss (absent, expired or a tombstone)
-        take a lease (a fresh random token, expiring after ``lease_ttl``) unless one is held."""
-
-    @abstractmethod
-    async def fill(
-        self, items: Sequence[tuple[Key, Entry, str]], *, ttl: float | None = None
-    ) -> int:
-        """Fill after a miss, in one round trip: store each ``(key, entry, lease)`` only if
-        ``lease`` is still the key's valid lease (then consume it) and the entry lands by the
-        ordering rule. Return how many landed."""
-
-    @abstractmethod
-    async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
-        """The writer's update after a committed save: revoke the key's lease and store
-        ``entry`` if it lands by the ordering rule. Return whether it landed."""
-
-    @abstractmethod
-    async def tombstones(
-        self, items: Sequence[tuple[Key, int]], *, ttl: float | None = None
-    ) -> None:
-        """In one round trip, for each ``(key, revision)``: revoke the key's lease and put a
-        tombstone of ``revision`` where it lands by the ordering rule. After a committed
-        delete, and from the change feed ("every entry older than ``revision`` is stale")."""
-
-    @abstractmethod
-    async def invalidate(self, keys: Sequence[Key]) -> None:
-        """Drop entries, tombstones and leases of ``keys`` (recovery after failed updates)."""
-
-    @abstractmethod
-    async def invalidate_owner(self, owner: str) -> None:
-        """Drop every entry, tombstone and lease of ``owner``."""
-
-    @abstractmethod
-    async def ping(self) -> None:
-        """Check the cache answers; raise :class:`BackendUnavailableError` if not."""
-
-    # -- generations: a cache that rewinds is fenced off -------------------------------------
-    #
-    # Any operation above raises CacheLostError when the cache shows it lost what it held
-    # (a new server incarnation, or the generation marker gone); the tiered store then
-    # moves every process to a new generation, under which no older key is reachable.
-
-    @abstractmethod
-    async def incarnation(self) -> str:
-        """An identity of the cache server's current life: new after a restart, a restore
-        from a snapshot or a failover (Redis: ``run_id``)."""
-
-    @abstractmethod
-    def use_generation(self, incarnation: str, generation: int) -> None:
-        """From now on keep keys under ``generation``, which belongs to ``incarnation``."""
-
-    @property
-    @abstractmethod
-    def seen_incarnation(self) -> str | None:
-        """The newest incarnation met (by a new connection), or ``None`` if not known."""
-
-    @abstractmethod
-    async def claim_generation(self) -> bool:
-        """Put the current generation's marker; return whether it was there already."""

@@ -43,6 +43,7 @@ from examples.coach import CoachService
 from kvstore import (
     ContextRecord,
     DatabaseType,
+    Fence,
     IdentityRecord,
     KVStoreError,
     StateRecord,
@@ -111,17 +112,27 @@ class TimedStore(Store):
         return await self.latencies.time("get_context", super().get_context(user_id, session_id))
 
     async def save_state(
-        self, record: StateRecord, *, expected_version: int | None = None
+        self,
+        record: StateRecord,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> StateRecord:
         return await self.latencies.time(
-            "save_state", super().save_state(record, expected_version=expected_version)
+            "save_state",
+            super().save_state(record, expected_version=expected_version, fence=fence),
         )
 
     async def save_context(
-        self, record: ContextRecord, *, expected_version: int | None = None
+        self,
+        record: ContextRecord,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> ContextRecord:
         return await self.latencies.time(
-            "save_context", super().save_context(record, expected_version=expected_version)
+            "save_context",
+            super().save_context(record, expected_version=expected_version, fence=fence),
         )
 
     async def save_identity(

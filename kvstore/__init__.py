@@ -16,13 +16,17 @@ from kvstore.errors import (
     ConfigurationError,
     ConflictError,
     DatabaseClosedError,
+    FencedError,
     InvalidKeyError,
     InvalidRecordError,
     KVStoreError,
+    LockTimeoutError,
     SerializationError,
 )
 from kvstore.factory import DatabaseType, create_database
 from kvstore.interface import Database
+from kvstore.keys import Fence
+from kvstore.locks import SessionLock
 from kvstore.models import (
     ContextRecord,
     Id,
@@ -42,16 +46,20 @@ __all__ = [
     "Database",
     "DatabaseClosedError",
     "DatabaseType",
+    "Fence",
+    "FencedError",
     "Id",
     "IdentityRecord",
     "InvalidKeyError",
     "InvalidRecordError",
     "JsonObject",
     "KVStoreError",
+    "LockTimeoutError",
     "Page",
     "Record",
     "SQLStats",
     "SerializationError",
+    "SessionLock",
     "StateRecord",
     "Stats",
     "TieredStats",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar
 from pydantic import ValidationError
 
 from kvstore.errors import InvalidRecordError
-from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_namespace
+from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_namespace
 from kvstore.models.base import METADATA_FIELDS, Record, stamp
 
 if TYPE_CHECKING:
@@ -116,11 +116,13 @@ class Collection(Generic[R]):
         *,
         expected_version: int | None = None,
         ttl: float | timedelta | None = None,
+        fence: Fence | None = None,
     ) -> R:
         """Store ``record``; return a copy with the stored version and timestamps.
 
         ``ttl`` (seconds or a ``timedelta``) overrides the collection's default expiry for
-        this save.
+        this save. ``fence`` (from ``db.lock``): refused with ``FencedError`` once a newer
+        lock of that session was granted.
         """
         if not isinstance(record, self.model):
             raise InvalidRecordError(
@@ -137,16 +139,20 @@ class Collection(Generic[R]):
             )
         key = Key(self.namespace, record.key_components())
         backend = await self.store.backend_ready()
-        entry = await backend.put(key, value, expected_version=expected_version, ttl=seconds)
+        entry = await backend.put(
+            key, value, expected_version=expected_version, ttl=seconds, fence=fence
+        )
         saved = record.model_copy()
         stamp(saved, entry.version, entry.created_at, entry.updated_at, entry.revision)
         return saved
 
-    async def delete(self, *components: str, expected_version: int | None = None) -> bool:
-        """Delete the record; ``True`` if it existed."""
+    async def delete(
+        self, *components: str, expected_version: int | None = None, fence: Fence | None = None
+    ) -> bool:
+        """Delete the record; ``True`` if it existed. ``fence`` as for :meth:`save`."""
         key = self.key(*components)
         backend = await self.store.backend_ready()
-        return bool(await backend.delete(key, expected_version=expected_version))
+        return bool(await backend.delete(key, expected_version=expected_version, fence=fence))
 
     async def page(
         self,

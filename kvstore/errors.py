@@ -42,6 +42,16 @@ class ConflictError(KVStoreError):
         self.actual = actual
 
 
+class FencedError(ConflictError):
+    """A write under a session lock was refused: a newer lock of that session has been
+    granted since (this holder's lease ran out and another took over). ``expected`` is the
+    write's fence token, ``actual`` the newest one granted."""
+
+
+class LockTimeoutError(KVStoreError):
+    """A session lock was not granted within the ``timeout`` the caller gave."""
+
+
 class BackendUnavailableError(KVStoreError):
     """The backend server is unreachable, failing or did not answer in time."""
 

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
     from backends.reports import Stats, VerifyReport, WarmReport
     from kvstore.collection import Collection
+    from kvstore.keys import Fence
+    from kvstore.locks import SessionLock
 
 R = TypeVar("R", bound=Record)
 
@@ -95,6 +97,17 @@ class Database(ABC):
         without a cache tier, ``BackendUnavailableError`` if the cache does not answer a
         call (a report never covers part of the keys)."""
 
+    @abstractmethod
+    def lock(
+        self, user_id: str, session_id: str, *, ttl: float = 30.0, timeout: float = 10.0
+    ) -> SessionLock:
+        """The lock of one session, for ``async with``: waits its turn (first come, first
+        served, across processes) for at most ``timeout`` seconds (then
+        ``LockTimeoutError``), holds it at most ``ttl`` seconds (a lease, not renewed) and
+        yields a ``Fence`` to pass to the session's saves and deletes: once the lease ran
+        out and another holder was granted the lock, they raise ``FencedError``. Released
+        on exit, also when the body raises or is cancelled."""
+
     # -- state -------------------------------------------------------------------------
     @abstractmethod
     async def get_state(self, user_id: str, session_id: str) -> StateRecord | None:
@@ -102,13 +115,23 @@ class Database(ABC):
 
     @abstractmethod
     async def save_state(
-        self, record: StateRecord, *, expected_version: int | None = None
+        self,
+        record: StateRecord,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> StateRecord:
-        """Store the session's state; returns it as stored."""
+        """Store the session's state; returns it as stored. ``fence`` (from :meth:`lock`):
+        refused with ``FencedError`` once a newer lock of the session was granted."""
 
     @abstractmethod
     async def delete_state(
-        self, user_id: str, session_id: str, *, expected_version: int | None = None
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> bool:
         """Delete the session's state; ``True`` if there was one."""
 
@@ -123,13 +146,22 @@ class Database(ABC):
 
     @abstractmethod
     async def save_context(
-        self, record: ContextRecord, *, expected_version: int | None = None
+        self,
+        record: ContextRecord,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> ContextRecord:
         """Store the session's context; returns it as stored."""
 
     @abstractmethod
     async def delete_context(
-        self, user_id: str, session_id: str, *, expected_version: int | None = None
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> bool:
         """Delete the session's context; ``True`` if there was one."""
 

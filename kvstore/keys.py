@@ -102,6 +102,20 @@ class Key:
         return self.components[1:]
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Proof of holding the lock of session ``name`` of user ``owner`` (``db.lock``).
+
+    ``token`` is the lock's fencing token: every grant of a session's lock gets a larger one.
+    A write that carries the fence is refused (:class:`~kvstore.errors.FencedError`) by the
+    store itself, atomically with the write, once a lock with a larger token was granted.
+    """
+
+    owner: str
+    name: str
+    token: int
+
+
 def encode_key(key: Key) -> bytes:
     """Ordered bytes for ``key``: byte order equals ``(namespace, components)`` order."""
     return key.namespace.encode() + b"\x00" + _encode_components(key.components)
@@ -136,6 +150,11 @@ def _escape(part: str) -> str:
 
 def _unescape(part: str) -> str:
     return _REDIS_UNESCAPE.sub(lambda m: chr(int(m.group(1), 16)), part)
+
+
+def redis_component(part: str) -> str:
+    """``part`` escaped as it appears between the ``:`` of a Redis key name."""
+    return _escape(part)
 
 
 def redis_owner_tag(owner: str, prefix: str = "") -> str:

@@ -9,6 +9,7 @@ from kvstore.collection import Collection, R
 from kvstore.errors import ConfigurationError, DatabaseClosedError, InvalidKeyError
 from kvstore.interface import Database
 from kvstore.keys import check_component
+from kvstore.locks import LockWakeups, SessionLock
 from kvstore.models import ContextRecord, IdentityRecord, StateRecord, UserRecord
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
     from backends.base import Backend
     from backends.reports import Stats, VerifyReport, WarmReport
+    from kvstore.keys import Fence
     from serializers import Serializer
 
 STATE: Final = "state"
@@ -57,6 +59,7 @@ class Store(Database):
         self._initialized = False
         self._closed = False
         self._init_lock = asyncio.Lock()
+        self._lock_wakeups = LockWakeups()
         ttls = dict(ttls or {})
         self.states = Collection(self, StateRecord, STATE, ttl=ttls.pop(STATE, None))
         self.contexts = Collection(self, ContextRecord, CONTEXT, ttl=ttls.pop(CONTEXT, None))
@@ -106,6 +109,19 @@ class Store(Database):
     def stats(self) -> Stats:
         return self.backend.stats()
 
+    def lock(
+        self, user_id: str, session_id: str, *, ttl: float = 30.0, timeout: float = 10.0
+    ) -> SessionLock:
+        return SessionLock(
+            self.backend_ready,
+            user_id,
+            session_id,
+            ttl=ttl,
+            timeout=timeout,
+            clock=self.backend.clock,
+            wakeups=self._lock_wakeups,
+        )
+
     async def warm_cache(
         self,
         namespace: str = "state",
@@ -147,14 +163,25 @@ class Store(Database):
         return await self.states.get(user_id, session_id)
 
     async def save_state(
-        self, record: StateRecord, *, expected_version: int | None = None
+        self,
+        record: StateRecord,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> StateRecord:
-        return await self.states.save(record, expected_version=expected_version)
+        return await self.states.save(record, expected_version=expected_version, fence=fence)
 
     async def delete_state(
-        self, user_id: str, session_id: str, *, expected_version: int | None = None
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> bool:
-        return await self.states.delete(user_id, session_id, expected_version=expected_version)
+        return await self.states.delete(
+            user_id, session_id, expected_version=expected_version, fence=fence
+        )
 
     async def list_sessions(self, user_id: str) -> list[StateRecord]:
         return await self.states.list(user_id)
@@ -163,14 +190,25 @@ class Store(Database):
         return await self.contexts.get(user_id, session_id)
 
     async def save_context(
-        self, record: ContextRecord, *, expected_version: int | None = None
+        self,
+        record: ContextRecord,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> ContextRecord:
-        return await self.contexts.save(record, expected_version=expected_version)
+        return await self.contexts.save(record, expected_version=expected_version, fence=fence)
 
     async def delete_context(
-        self, user_id: str, session_id: str, *, expected_version: int | None = None
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> bool:
-        return await self.contexts.delete(user_id, session_id, expected_version=expected_version)
+        return await self.contexts.delete(
+            user_id, session_id, expected_version=expected_version, fence=fence
+        )
 
     async def get_identity(self, user_id: str, identity_id: str) -> IdentityRecord | None:
         return await self.identities.get(user_id, identity_id)

@@ -170,7 +170,7 @@ def _blocking(work: Coroutine[Any, Any, T]) -> T:
 @pytest.fixture
 async def make_db_postgres(postgres_url: str) -> MakeDb:
     """Databases on the session's PostgreSQL database, emptied for each test."""
-    await postgres.execute(postgres_url, "DELETE FROM kv_records")
+    await postgres.empty(postgres_url)
     return lambda **options: create_database(DatabaseType.SQL, postgres_url, **options)
 
 
@@ -368,7 +368,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 async def make_db_tiered_postgres_redis(postgres_url: str, private_redis: RedisServer) -> MakeDb:
     """Tiered: the session's PostgreSQL database behind the private Redis, both emptied."""
-    await postgres.execute(postgres_url, "DELETE FROM kv_records")
+    await postgres.empty(postgres_url)
     client = Redis.from_url(private_redis.url)
     try:
         await client.flushall()

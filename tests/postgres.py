@@ -61,3 +61,9 @@ async def execute(url: str, sql: str, *args: object) -> str:
         return status
     finally:
         await connection.close()
+
+
+async def empty(url: str) -> None:
+    """Delete every record, lock ticket and fence of the database at ``url`` (the tables
+    stay, migrated)."""
+    await execute(url, "DELETE FROM kv_records; DELETE FROM kv_lock_tickets; DELETE FROM kv_fences")

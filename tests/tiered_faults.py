@@ -15,14 +15,15 @@ import asyncio
 import random
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from backends.base import CacheLookup, Entry, VersionedCache
+from backends.base import Entry
+from backends.cache_base import CacheLookup, VersionedCache
 from backends.memory import MemoryBackend
 from kvstore.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from kvstore.keys import Key
+    from kvstore.keys import Fence, Key
 
 T = TypeVar("T")
 Mode = Literal["ok", "down", "lost_reply", "frozen"]
@@ -138,9 +139,12 @@ class JitteryBackend(MemoryBackend):
         *,
         expected_version: int | None = None,
         ttl: float | None = None,
+        fence: Fence | None = None,
     ) -> Entry:
         await _yield(self.rng)
-        entry = await super().put(key, value, expected_version=expected_version, ttl=ttl)
+        entry = await super().put(
+            key, value, expected_version=expected_version, ttl=ttl, fence=fence
+        )
         await _yield(self.rng)
         return entry
 

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backends.base import CacheLookup, Entry, VersionedCache, lands
+from backends.cache_base import CacheLookup, VersionedCache, lands
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import ConfigurationError
 from kvstore.keys import check_component
@@ -26,6 +26,7 @@ from kvstore.keys import check_component
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from backends.base import Entry
     from kvstore.clock import Clock
     from kvstore.keys import Key
 
@@ -48,7 +49,7 @@ class _Slot:
     lease_expires: float = 0.0
 
     def takes(self, revision: int, *, tombstone: bool) -> bool:
-        """Whether a write of ``revision`` lands here (:func:`backends.base.lands`)."""
+        """Whether a write of ``revision`` lands here (:func:`backends.cache_base.lands`)."""
         if self.entry is not None:
             return lands(revision, tombstone, self.entry.revision, held_tombstone=False)
         return lands(revision, tombstone, self.tombstone, held_tombstone=True)

@@ -18,12 +18,16 @@ from backends.base import (
     Backend,
     Capabilities,
     Entry,
+    check_fence,
     check_listing,
+    check_lock,
+    fenced,
     version_conflict,
 )
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.keys import (
     DEFAULT_PAGE_SIZE,
+    Fence,
     Key,
     check_component,
     decode_key,
@@ -50,6 +54,11 @@ class MemoryBackend(Backend):
         self._entries: dict[bytes, Entry] = {}
         self._order: list[bytes] = []
         self._namespaces: set[str] = set()
+        self._tickets: dict[tuple[str, str], dict[int, float]] = {}
+        """Per lock, its queued tickets and when each expires (monotonic seconds)."""
+        self._fences: dict[tuple[str, str], int] = {}
+        """Per lock, the token of its newest grant."""
+        self._last_ticket = 0
 
     def __repr__(self) -> str:
         return f"MemoryBackend(entries={len(self._entries)})"
@@ -70,7 +79,10 @@ class MemoryBackend(Backend):
         *,
         expected_version: int | None = None,
         ttl: float | None = None,
+        fence: Fence | None = None,
     ) -> Entry:
+        check_fence(key, fence)
+        self._check_fence(fence)
         encoded = encode_key(key)
         current = self._live(encoded)
         current_version = current.version if current else 0
@@ -92,7 +104,11 @@ class MemoryBackend(Backend):
         self._revision += 1
         return self._revision
 
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
+    async def delete(
+        self, key: Key, *, expected_version: int | None = None, fence: Fence | None = None
+    ) -> int:
+        check_fence(key, fence)
+        self._check_fence(fence)
         encoded = encode_key(key)
         current = self._live(encoded)
         current_version = current.version if current else 0
@@ -102,6 +118,47 @@ class MemoryBackend(Backend):
             return 0
         self._remove(encoded)
         return self._next_revision()
+
+    def _check_fence(self, fence: Fence | None) -> None:
+        if fence is not None:
+            newest = self._fences.get((fence.owner, fence.name), 0)
+            if newest > fence.token:
+                raise fenced(fence, newest)
+
+    # -- session locks ---------------------------------------------------------------------
+
+    async def lock_ticket(self, owner: str, name: str, *, hold: float) -> int:
+        check_lock(owner, name, hold)
+        self._last_ticket += 1
+        queue = self._tickets.setdefault((owner, name), {})
+        queue[self._last_ticket] = self.clock.monotonic() + hold
+        return self._last_ticket
+
+    async def lock_turn(
+        self, owner: str, name: str, ticket: int, *, hold: float, lease: float
+    ) -> bool | None:
+        check_lock(owner, name, hold, lease)
+        now = self.clock.monotonic()
+        queue = self._tickets.get((owner, name), {})
+        for expired in [t for t, until in queue.items() if until <= now]:
+            del queue[expired]
+        if ticket not in queue:
+            return None
+        if ticket != min(queue):
+            queue[ticket] = now + hold
+            return False
+        queue[ticket] = now + lease
+        lock = (owner, name)
+        self._fences[lock] = max(self._fences.get(lock, 0), ticket)
+        return True
+
+    async def lock_release(self, owner: str, name: str, ticket: int) -> None:
+        check_lock(owner, name)
+        queue = self._tickets.get((owner, name))
+        if queue is not None:
+            queue.pop(ticket, None)
+            if not queue:
+                del self._tickets[(owner, name)]
 
     async def list(
         self,
@@ -125,6 +182,9 @@ class MemoryBackend(Backend):
             for encoded in self._order[start:end]:
                 removed += not _expired(self._entries.pop(encoded), now)
             del self._order[start:end]
+        for lock in [lock for lock in (*self._tickets, *self._fences) if lock[0] == owner]:
+            self._tickets.pop(lock, None)
+            self._fences.pop(lock, None)
         return removed
 
     async def scan(

@@ -1,7 +1,7 @@
 """The Redis backend on ``redis.asyncio``: a store of its own, and the tiered store's cache.
 
 Split by role: :mod:`.store` the :class:`~backends.base.Backend` (get, put, delete, list,
-scan, restore, erase), :mod:`.cache` the :class:`~backends.base.VersionedCache` (leased
+scan, restore, erase), :mod:`.cache` the :class:`~backends.cache_base.VersionedCache` (leased
 lookups, fills, writes, tombstones, generations), both over one :mod:`.client` (the
 redis-py client, one deadline per call, retries, driver errors, the incarnation check).
 :mod:`.build` puts them together as :class:`RedisBackend`. Beneath them: :mod:`.connect`

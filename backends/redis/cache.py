@@ -1,13 +1,13 @@
-"""The Redis cache: the :class:`~backends.base.VersionedCache` role the tiered store uses,
+"""The Redis cache: the :class:`~backends.cache_base.VersionedCache` role the tiered store uses,
 over a shared :class:`~backends.redis.client.RedisClient`.
 
 A lookup is one MGET (of the record keys, plus the generation marker once a generation is
 in use on a standalone server); a miss takes a lease with the ``LEASE`` script. Fills,
 writes and tombstones are the ``FILL`` and ``WRITE`` scripts (:mod:`.lua`), atomic per key,
-which store only what lands by revision (:func:`backends.base.lands`). A cache entry lives
+which store only what lands by revision (:func:`backends.cache_base.lands`). A cache entry lives
 for the cache TTL, never past the record's own expiry.
 
-Generations (see :class:`~backends.base.VersionedCache`): :meth:`RedisCache.incarnation`
+Generations (see :class:`~backends.cache_base.VersionedCache`): :meth:`RedisCache.incarnation`
 asks the server for its ``run_id``; from :meth:`RedisCache.use_generation` on, keys live
 under the generation's prefix and the client refuses connections to any other incarnation;
 a script that finds the generation marker gone (flushed, evicted) raises
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from backends.base import CacheLookup, VersionedCache
+from backends.cache_base import CacheLookup, VersionedCache
 from backends.redis import lua
 from backends.redis.client import DRIVER_ERRORS, MAX_LEASE_TTL, NewIncarnationError
 from backends.redis.format import member, pack, pack_tombstone, unpack

@@ -32,7 +32,7 @@ from typing import Final
 
 from backends.base import Entry
 from kvstore.errors import ConfigurationError, SerializationError
-from kvstore.keys import Key, redis_key, redis_owner_tag
+from kvstore.keys import Key, redis_component, redis_key, redis_owner_tag
 
 ENTRY_TAG: Final = b"e2"
 TOMBSTONE_TAG: Final = b"t2"
@@ -118,6 +118,17 @@ class Layout:
     def revision_counter(self, owner: str) -> str:
         """The counter that gives ``owner``'s changes their revisions (store mode)."""
         return f"{self.owner_tag(owner)}*r"
+
+    def lock(self, owner: str, name: str) -> tuple[str, str, str]:
+        """``(queue, expiries, fence)`` of lock ``name`` of ``owner``: the sorted set of its
+        tickets, the hash of when each expires, and its newest fencing token."""
+        base = f"{self.owner_tag(owner)}*L:{redis_component(name)}"
+        return f"{base}:q", f"{base}:x", f"{base}:f"
+
+    def lock_counter(self, owner: str) -> str:
+        """The counter ``owner``'s lock tickets are drawn from (never erased, so tokens
+        only grow)."""
+        return f"{self.owner_tag(owner)}*k"
 
     @property
     def marker(self) -> str:

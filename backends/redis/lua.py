@@ -19,7 +19,7 @@ local function parse(cur)
   tag, v, c = string.match(cur, '^(%a)1:(%d+):(%d+):')
   return tag, 0, tonumber(v), c
 end
--- the cache's one ordering rule (backends.base.lands)
+-- the cache's one ordering rule (backends.cache_base.lands)
 local function lands(cur, rev, tombstone)
   local tag, held = parse(cur)
   if not tag then return true end
@@ -33,6 +33,14 @@ end
 -- a lease names the owner's erase epoch it was taken in: an erase since fences it
 local function epoch()
   return redis.call('GET', KEYS[5]) or '0'
+end
+-- a fenced write (KEYS[k] the lock's fence, ARGV[a] the write's token): the newest token
+-- if a newer lock was granted since, else nil
+local function fenced(k, a)
+  if #KEYS < k then return nil end
+  local newest = tonumber(redis.call('GET', KEYS[k]) or '0')
+  if newest > tonumber(ARGV[a]) then return newest end
+  return nil
 end
 local function store(k, value, px, idx, member, nsset, ns, indexed)
   if px ~= '0' then
@@ -63,10 +71,13 @@ class Script:
 PUT = Script(
     _COMMON
     + """
--- KEYS: record, index, namespaces, owner's revision counter; ARGV:
+-- KEYS: record, index, namespaces, owner's revision counter[, the lock's fence]; ARGV:
 -- 'now_us:expected:px:expires_us' (expected -1: none; px 0: no expiry; expires_us 0:
--- never), value, member, namespace. Returns {ok, version, created_us, revision}.
+-- never), value, member, namespace[, fence token]. Returns {ok, version, created_us,
+-- revision}; ok -1: fenced off, and the version is the newest token.
 local now, expected, px, expires = string.match(ARGV[1], '^(%d+):(-?%d+):(%d+):(%d+)$')
+local newest = fenced(5, 5)
+if newest then return {-1, newest, '', 0} end
 local cur = redis.call('GET', KEYS[1])
 local tag, _, version, created = parse(cur)
 if tag ~= 'e' then version = 0; created = nil end
@@ -86,8 +97,11 @@ return {1, version, created_s, revision}
 DELETE = Script(
     _COMMON
     + """
--- KEYS: record, index, owner's revision counter; ARGV: expected (-1: none), member.
--- Returns {ok, live version, revision of the deletion (0: nothing removed)}.
+-- KEYS: record, index, owner's revision counter[, the lock's fence]; ARGV: expected (-1:
+-- none), member[, fence token]. Returns {ok, live version, revision of the deletion (0:
+-- nothing removed)}; ok -1: fenced off, and the version is the newest token.
+local newest = fenced(4, 3)
+if newest then return {-1, newest, 0} end
 local tag, _, version = parse(redis.call('GET', KEYS[1]))
 if tag ~= 'e' then version = 0 end
 local expected = tonumber(ARGV[1])
@@ -217,6 +231,76 @@ local tag, _, version = parse(cur)
 if tag == 'e' and version >= tonumber(ARGV[3]) then return 0 end
 local value = 'e2:' .. string.format('%d', redis.call('INCR', KEYS[4])) .. ':' .. ARGV[1]
 store(KEYS[1], value, ARGV[2], KEYS[2], ARGV[4], KEYS[3], ARGV[5], cur)
+return 1
+"""
+)
+
+
+_LOCKS = """
+-- KEYS: the lock's queue (ticket -> ticket), expiries (ticket -> ms), fence; times are the
+-- server's (TIME), so clients whose clocks disagree agree on which tickets are live
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function expire_head()
+  while true do
+    local head = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+    if not head then return nil end
+    if tonumber(redis.call('HGET', KEYS[2], head) or '0') > now then return head end
+    redis.call('ZREM', KEYS[1], head)
+    redis.call('HDEL', KEYS[2], head)
+  end
+end
+local function keep(ms)
+  for i = 1, 2 do
+    if redis.call('PTTL', KEYS[i]) < ms then redis.call('PEXPIRE', KEYS[i], ms) end
+  end
+end
+"""
+
+LOCK_TICKET = Script(
+    _LOCKS
+    + """
+-- KEYS: queue, expiries, fence, the owner's lock counter; ARGV: hold_ms. Returns the ticket.
+local ticket = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[1], ticket, ticket)
+redis.call('HSET', KEYS[2], ticket, now + tonumber(ARGV[1]))
+keep(tonumber(ARGV[1]))
+return ticket
+"""
+)
+
+LOCK_TURN = Script(
+    _LOCKS
+    + """
+-- KEYS: queue, expiries, fence; ARGV: ticket, hold_ms, lease_ms, fence_ttl_ms. Returns 1
+-- granted (the fence is raised to the ticket), 0 waiting (renewed), -1 the ticket expired.
+local mine = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if mine <= now then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return -1
+end
+if expire_head() ~= ARGV[1] then
+  redis.call('HSET', KEYS[2], ARGV[1], now + tonumber(ARGV[2]))
+  keep(tonumber(ARGV[2]))
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], now + tonumber(ARGV[3]))
+keep(tonumber(ARGV[3]))
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[4])
+else
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return 1
+"""
+)
+
+LOCK_RELEASE = Script(
+    """
+-- KEYS: queue, expiries; ARGV: ticket.
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
 )

@@ -13,14 +13,30 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
-from backends.base import Backend, Capabilities, Entry, check_listing, version_conflict
+from backends.base import (
+    Backend,
+    Capabilities,
+    Entry,
+    check_fence,
+    check_listing,
+    check_lock,
+    fenced,
+    version_conflict,
+)
 from backends.redis import lua
 from backends.redis.client import DRIVER_ERRORS
 from backends.redis.format import from_us, member, member_key, pack, to_us, unpack
 from kvstore.errors import InvalidRecordError
-from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace, decode_redis_key
+from kvstore.keys import (
+    DEFAULT_PAGE_SIZE,
+    Fence,
+    Key,
+    check_component,
+    check_namespace,
+    decode_redis_key,
+)
 
 if TYPE_CHECKING:
     import builtins
@@ -31,6 +47,15 @@ if TYPE_CHECKING:
     from backends.redis.client import RedisClient
 
 Stale = list[tuple[bytes, str]]
+
+
+FENCE_TTL: Final = 7 * 86400.0
+"""Seconds a lock's fencing token is kept after its last grant (the key expires then, so an
+erased user's locks do not stay forever); a holder never pauses that long."""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 class RedisStore(Backend):
@@ -88,9 +113,11 @@ class RedisStore(Backend):
         *,
         expected_version: int | None = None,
         ttl: float | None = None,
+        fence: Fence | None = None,
     ) -> Entry:
         if expected_version is not None and expected_version < 0:
             raise InvalidRecordError("expected_version must be >= 0")
+        check_fence(key, fence)
         now = self.clock.now()
         expires_at = None
         px = 0
@@ -100,7 +127,7 @@ class RedisStore(Backend):
             expires_at = now + timedelta(seconds=ttl)
             px = max(1, round(ttl * 1000))
         layout = self.redis.layout
-        keys = (
+        keys: tuple[str, ...] = (
             layout.record(key),
             *layout.owner_keys(key.owner, key.namespace),
             layout.revision_counter(key.owner),
@@ -111,34 +138,76 @@ class RedisStore(Backend):
             px,
             to_us(expires_at) if expires_at is not None else 0,
         )
-        args = (meta, value, member(key.rest), key.namespace)
+        args: tuple[EncodableT, ...] = (meta, value, member(key.rest), key.namespace)
+        if fence is not None:
+            keys, args = (*keys, layout.lock(fence.owner, fence.name)[2]), (*args, fence.token)
         pipe = self.redis.ready()
         ok, version, created, revision = await self.redis.once(
             "put", lambda: pipe.script(lua.PUT, keys, args)
         )
+        if ok == -1 and fence is not None:
+            raise fenced(fence, int(version))
         if not ok:
             assert expected_version is not None
             raise version_conflict(expected_version, version)
         return Entry(bytes(value), version, from_us(int(created)), now, expires_at, revision)
 
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
+    async def delete(
+        self, key: Key, *, expected_version: int | None = None, fence: Fence | None = None
+    ) -> int:
         if expected_version is not None and expected_version < 0:
             raise InvalidRecordError("expected_version must be >= 0")
+        check_fence(key, fence)
         layout = self.redis.layout
-        keys = (
+        keys: tuple[str, ...] = (
             layout.record(key),
             layout.owner_keys(key.owner, key.namespace)[0],
             layout.revision_counter(key.owner),
         )
-        args = (-1 if expected_version is None else expected_version, member(key.rest))
+        args: tuple[EncodableT, ...] = (
+            -1 if expected_version is None else expected_version,
+            member(key.rest),
+        )
+        if fence is not None:
+            keys, args = (*keys, layout.lock(fence.owner, fence.name)[2]), (*args, fence.token)
         pipe = self.redis.ready()
         ok, version, revision = await self.redis.once(
             "delete", lambda: pipe.script(lua.DELETE, keys, args)
         )
+        if ok == -1 and fence is not None:
+            raise fenced(fence, int(version))
         if not ok:
             assert expected_version is not None
             raise version_conflict(expected_version, version)
         return int(revision)
+
+    # -- session locks: a queue per lock, on the server's clock (backends.redis.lua) -------
+
+    async def lock_ticket(self, owner: str, name: str, *, hold: float) -> int:
+        check_lock(owner, name, hold)
+        layout = self.redis.layout
+        keys = (*layout.lock(owner, name), layout.lock_counter(owner))
+        pipe = self.redis.ready()
+        ticket = await self.redis.once(
+            "lock", lambda: pipe.script(lua.LOCK_TICKET, keys, (_ms(hold),))
+        )
+        return int(ticket)
+
+    async def lock_turn(
+        self, owner: str, name: str, ticket: int, *, hold: float, lease: float
+    ) -> bool | None:
+        check_lock(owner, name, hold, lease)
+        keys = self.redis.layout.lock(owner, name)
+        args = (ticket, _ms(hold), _ms(lease), _ms(FENCE_TTL))
+        pipe = self.redis.ready()
+        turn = int(await self.redis.once("lock", lambda: pipe.script(lua.LOCK_TURN, keys, args)))
+        return None if turn < 0 else turn == 1
+
+    async def lock_release(self, owner: str, name: str, ticket: int) -> None:
+        check_lock(owner, name)
+        keys = self.redis.layout.lock(owner, name)[:2]
+        pipe = self.redis.ready()
+        await self.redis.once("unlock", lambda: pipe.script(lua.LOCK_RELEASE, keys, (ticket,)))
 
     async def delete_owner(self, owner: str) -> int:
         check_component(owner, "owner")

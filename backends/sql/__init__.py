@@ -9,8 +9,9 @@ change feed, :mod:`~backends.sql.schema` the tables, :mod:`~backends.sql.migrate
 """
 
 from backends.reports import SQLStats
+from backends.sql.bulk import TOMBSTONE_RETENTION
 from backends.sql.statements import POSTGRES_SQL, SQLITE_SQL
-from backends.sql.store import TOMBSTONE_RETENTION, SQLBackend, build_sql_backend
+from backends.sql.store import SQLBackend, build_sql_backend
 
 __all__ = [
     "POSTGRES_SQL",

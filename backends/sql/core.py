@@ -20,11 +20,11 @@ from backends.sql.schema import key_parts, stored_key
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from datetime import datetime
 
     import sqlalchemy as sa
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from backends.base import Entry
     from kvstore.clock import Clock
@@ -59,6 +59,30 @@ class CoreRunner:
     ) -> Any:
         """Run ``statement``; return all its rows. Raises ``BackendUnavailableError`` (or
         the error :func:`~backends.sql.errors.translate` makes) once retries are spent."""
+
+        async def body(connection: AsyncConnection) -> Any:
+            return (await connection.execute(statement, parameters)).all()
+
+        return await self._retrying(action, write, body)
+
+    async def run_all(
+        self, action: str, statements: Sequence[tuple[sa.Executable, dict[str, Any]]]
+    ) -> list[Any]:
+        """Run ``statements`` in order in one write transaction; the rows of each."""
+
+        async def body(connection: AsyncConnection) -> list[Any]:
+            results = []
+            for statement, parameters in statements:
+                result = await connection.execute(statement, parameters)
+                results.append(result.all() if result.returns_rows else [])
+            return results
+
+        result: list[Any] = await self._retrying(action, True, body)
+        return result
+
+    async def _retrying(
+        self, action: str, write: bool, body: Callable[[AsyncConnection], Awaitable[Any]]
+    ) -> Any:
         engine = await self._engine()
         await self._before()
         attempt = 1
@@ -72,8 +96,7 @@ class CoreRunner:
                             else {READ_ONLY: True}
                         )
                         await connection.execution_options(**options)
-                    result = await connection.execute(statement, parameters)
-                    rows = result.all()
+                    rows = await body(connection)
                     if write:
                         await connection.commit()
                     return rows

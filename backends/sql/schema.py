@@ -203,3 +203,32 @@ kv_cache_generations = sa.Table(
 )
 """Per cache (by name): the generation its keys live under, and the incarnation of the
 cache server that generation belongs to."""
+
+kv_lock_tickets = sa.Table(
+    "kv_lock_tickets",
+    metadata,
+    sa.Column(
+        "ticket",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("owner", _key_text(), nullable=False),
+    sa.Column("name", _key_text(), nullable=False),
+    sa.Column("expires_at", sa.Float(precision=53), nullable=False),
+    sa.Index("ix_kv_lock_tickets_lock", "owner", "name", "ticket"),
+    sqlite_autoincrement=True,
+)
+"""Session locks' queues (migration 0004): one row per waiter or holder; the oldest live
+ticket of a lock holds it. ``expires_at`` is in seconds since the epoch on the database's
+clock."""
+
+kv_fences = sa.Table(
+    "kv_fences",
+    metadata,
+    sa.Column("owner", _key_text(), nullable=False),
+    sa.Column("name", _key_text(), nullable=False),
+    sa.Column("token", sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint("owner", "name", name="pk_kv_fences"),
+)
+"""Per session lock, the fencing token of its newest grant: fenced writes check it."""

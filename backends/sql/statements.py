@@ -71,6 +71,46 @@ sequence after forcing the transaction's id (which the change feed relies on: se
 (batch jobs' plain SQL). The delete trigger draws the tombstone's revision, read back with
 ``currval`` (PostgreSQL) or from the counter (SQLite)."""
 
+_FENCED_UPSERT: Final = """
+WITH fence AS (SELECT token FROM kv_fences WHERE owner = $2 AND name = $7{for_share})
+INSERT INTO kv_records AS r
+    (namespace, owner, key, value, version, created_at, updated_at, expires_at, revision)
+SELECT $1{text}, $2{text}, $3{text}, $4{json}, 1, $5{time}, $5{time}, $6{time}, {revision}
+WHERE COALESCE((SELECT token FROM fence), 0) <= $8{on_conflict_update}"""
+FENCED: Final = {
+    "put_fenced": _FENCED_UPSERT + "RETURNING version, created_at, revision",
+    "put_new_fenced": _FENCED_UPSERT
+    + "WHERE r.expires_at <= excluded.updated_at RETURNING version, created_at, revision",
+    "put_if_fenced": """
+        WITH fence AS (SELECT token FROM kv_fences WHERE owner = $2 AND name = $8{for_share})
+        UPDATE kv_records SET value = $4, version = version + 1, updated_at = $5,
+            expires_at = $6, revision = {revision}
+        WHERE namespace = $1 AND owner = $2 AND key = $3 AND version = $7
+          AND (expires_at IS NULL OR expires_at > $5)
+          AND COALESCE((SELECT token FROM fence), 0) <= $9
+        RETURNING version, created_at, revision""",
+    "delete_fenced": """
+        WITH fence AS (SELECT token FROM kv_fences WHERE owner = $2 AND name = $4{for_share})
+        DELETE FROM kv_records WHERE namespace = $1 AND owner = $2 AND key = $3
+          AND COALESCE((SELECT token FROM fence), 0) <= $5
+        RETURNING expires_at, {deleted}""",
+    "delete_if_fenced": """
+        WITH fence AS (SELECT token FROM kv_fences WHERE owner = $2 AND name = $6{for_share})
+        DELETE FROM kv_records
+        WHERE namespace = $1 AND owner = $2 AND key = $3 AND version = $4
+          AND (expires_at IS NULL OR expires_at > $5)
+          AND COALESCE((SELECT token FROM fence), 0) <= $7
+        RETURNING version, {deleted}""",
+    "fence": "SELECT token FROM kv_fences WHERE owner = $1 AND name = $2",
+}
+"""Writes under a session lock (:mod:`backends.sql.locks`): each is the unfenced statement
+with the fence check inside it, so the store itself refuses a write whose lock was taken
+over; the fence's name and token come after the usual parameters. The ``fence`` part reads
+the session's newest token, locked (PostgreSQL: ``FOR SHARE``) so a grant that commits
+meanwhile waits for the write or is seen by it. ``fence`` reads the newest token (to tell a
+fenced write from a version conflict)."""
+
+
 _BATCH_PUT: Final = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
@@ -113,17 +153,37 @@ same as ``put``, ``put_new`` and ``put_if``; a row whose check failed returns no
 _POSTGRES_REVISION: Final = (
     "CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('kv_revision') END"
 )
+_POSTGRES_TYPES: Final = {
+    "{text}": "::text",
+    "{json}": "::jsonb",
+    "{time}": "::timestamptz",
+    "{for_share}": " FOR SHARE",
+}
+_SQLITE_TYPES: Final = dict.fromkeys(_POSTGRES_TYPES, "")
+
+
+def _typed(text: str, types: dict[str, str]) -> str:
+    for placeholder, replacement in types.items():
+        text = text.replace(placeholder, replacement)
+    return text
+
+
 POSTGRES_SQL: Final = {
-    name: text.replace("{on_conflict_update}", _ON_CONFLICT_UPDATE)
+    name: _typed(text, _POSTGRES_TYPES)
+    .replace("{on_conflict_update}", _ON_CONFLICT_UPDATE)
     .replace("{revision}", _POSTGRES_REVISION)
     .replace("{deleted}", "currval('kv_revision')")
-    for name, text in (SQL | {"put_batch": _BATCH_PUT}).items()
+    for name, text in (SQL | FENCED | {"put_batch": _BATCH_PUT}).items()
 } | feed.POSTGRES
 """Every statement as PostgreSQL runs it (benchmarks run the same text on the raw driver)."""
 SQLITE_SQL: Final = {
-    name: re.sub(r"\$(\d)", r"?\1", text.replace("{on_conflict_update}", _ON_CONFLICT_UPDATE))
+    name: re.sub(
+        r"\$(\d)",
+        r"?\1",
+        _typed(text, _SQLITE_TYPES).replace("{on_conflict_update}", _ON_CONFLICT_UPDATE),
+    )
     .replace("{revision}", "(SELECT value + 1 FROM kv_revision WHERE id = 1)")
     .replace("{deleted}", "(SELECT value FROM kv_revision WHERE id = 1)")
-    for name, text in SQL.items()
+    for name, text in (SQL | FENCED).items()
 } | feed.SQLITE
 """Every statement as SQLite runs it."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from backends.base import (
@@ -23,16 +23,21 @@ from backends.base import (
     Change,
     Entry,
     Snapshot,
+    check_fence,
     check_listing,
+    check_lock,
+    fenced,
     version_conflict,
 )
 from backends.reports import SQLStats, Stats
-from backends.sql import core, feed, queries
+from backends.sql import feed, queries
 from backends.sql.batch import GroupCommit
+from backends.sql.bulk import BulkOperations
 from backends.sql.config import SQLConfig, create_engine, parse_sql_url
 from backends.sql.core import CoreRunner
 from backends.sql.errors import DRIVER_ERRORS, translate
 from backends.sql.hot_path import HotPath
+from backends.sql.locks import LockQueue
 from backends.sql.migrate import ensure_schema
 from backends.sql.numbers import jsonb_exact
 from backends.sql.schema import DriverTimes, key_columns, key_parts, stored_key
@@ -40,14 +45,14 @@ from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import (
     ConflictError,
     DatabaseClosedError,
-    InvalidRecordError,
+    KVStoreError,
     SerializationError,
 )
-from kvstore.keys import DEFAULT_PAGE_SIZE, Key, check_component, check_namespace
+from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_component
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import Sequence
 
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -56,13 +61,11 @@ if TYPE_CHECKING:
     from kvstore.options import SQLOptions
 
 GET_MANY_CHUNK: Final = 500
-DEFAULT_STREAM_BATCH: Final = 1000
-TOMBSTONE_RETENTION: Final = 7 * 86400.0
-"""Seconds ``purge_expired`` keeps the tombstone of a deletion: change-feed followers read
-only the last moments, batch jobs a week's watermark."""
+FENCED_PUTS: Final[dict[int | None, str]] = {None: "put_fenced", 0: "put_new_fenced"}
+"""The fenced statement of a save without a version check, and of one that must create."""
 
 
-class SQLBackend(Backend):
+class SQLBackend(BulkOperations, Backend):
     """Records in one SQL table; see the module docstring."""
 
     kind: ClassVar[str] = "sql"
@@ -82,6 +85,7 @@ class SQLBackend(Backend):
         self._postgres = config.dialect == "postgresql"
         self._times = DriverTimes(self._postgres)
         self._hot = HotPath(config, self._where, self._ready_engine)
+        self._locks = LockQueue(self._transaction, config.dialect)
         self._core = CoreRunner(
             self._ready_engine,
             postgres=self._postgres,
@@ -183,7 +187,9 @@ class SQLBackend(Backend):
         *,
         expected_version: int | None = None,
         ttl: float | None = None,
+        fence: Fence | None = None,
     ) -> Entry:
+        check_fence(key, fence)
         try:
             text = jsonb_exact(bytes(value)) if self._postgres else bytes(value).decode()
         except UnicodeDecodeError as exc:
@@ -194,11 +200,19 @@ class SQLBackend(Backend):
         args = (*key_columns(key), text, times.to_driver(now), times.to_driver(expires_at))
         self._enter()
         try:
-            saved = await self._saves.save(args, expected_version)
+            if fence is None:
+                saved = await self._saves.save(args, expected_version)
+            else:  # alone, never grouped: the fence check is in its statement
+                name = FENCED_PUTS.get(expected_version, "put_if_fenced")
+                check: tuple[int, ...] = (expected_version,) if expected_version else ()
+                rows = await self._hot.run(
+                    "put", name, (*args, *check, fence.name, fence.token), idempotent=False
+                )
+                saved = (rows[0][0], rows[0][1], rows[0][2]) if rows else None
         finally:
             self._leave()
         if saved is None:
-            raise await self._conflict(key, expected_version or 0)
+            raise await self._refused(key, expected_version or 0, fence)
         version, created_at, revision = saved
         return Entry(
             value=bytes(value),
@@ -209,12 +223,19 @@ class SQLBackend(Backend):
             revision=revision,
         )
 
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
+    async def delete(
+        self, key: Key, *, expected_version: int | None = None, fence: Fence | None = None
+    ) -> int:
+        check_fence(key, fence)
         args = key_columns(key)
         clock = self.clock.now()
         now = self._times.to_driver(clock)
+        fenced = () if fence is None else (fence.name, fence.token)
+        suffix = "" if fence is None else "_fenced"
         if expected_version is None:
-            rows = await self._run("delete", "delete", args, idempotent=False)
+            rows = await self._run("delete", "delete" + suffix, (*args, *fenced), idempotent=False)
+            if not rows and fence is not None:
+                await self._check_fence(fence)
             if not rows:
                 return 0
             expires_at, revision = rows[0]
@@ -228,11 +249,43 @@ class SQLBackend(Backend):
                 raise version_conflict(0, rows[0][0])
             return 0
         rows = await self._run(
-            "delete", "delete_if", (*args, expected_version, now), idempotent=False
+            "delete",
+            "delete_if" + suffix,
+            (*args, expected_version, now, *fenced),
+            idempotent=False,
         )
         if not rows:
-            raise await self._conflict(key, expected_version)
+            raise await self._refused(key, expected_version, fence)
         return int(rows[0][1])
+
+    async def _refused(self, key: Key, expected: int, fence: Fence | None) -> KVStoreError:
+        """Why a conditional write wrote nothing: a newer lock (``FencedError``), else the
+        version check (``ConflictError``)."""
+        if fence is not None:
+            await self._check_fence(fence)
+        return await self._conflict(key, expected)
+
+    async def _check_fence(self, fence: Fence) -> None:
+        rows = await self._run("read fence", "fence", (fence.owner, fence.name), idempotent=True)
+        newest = int(rows[0][0]) if rows else 0
+        if newest > fence.token:
+            raise fenced(fence, newest)
+
+    # -- session locks (backends.sql.locks) ------------------------------------------------
+
+    async def lock_ticket(self, owner: str, name: str, *, hold: float) -> int:
+        check_lock(owner, name, hold)
+        return await self._locks.ticket(owner, name, hold)
+
+    async def lock_turn(
+        self, owner: str, name: str, ticket: int, *, hold: float, lease: float
+    ) -> bool | None:
+        check_lock(owner, name, hold, lease)
+        return await self._locks.turn(owner, name, ticket, hold, lease)
+
+    async def lock_release(self, owner: str, name: str, ticket: int) -> None:
+        check_lock(owner, name)
+        await self._locks.release(owner, name, ticket)
 
     async def _conflict(self, key: Key, expected: int) -> ConflictError:
         args = (*key_columns(key), self._times.to_driver(self.clock.now()))
@@ -285,8 +338,15 @@ class SQLBackend(Backend):
         finally:
             self._leave()
 
-    async def _write(self, action: str, statement: sa.Executable) -> Any:
-        return await self._query(action, statement, write=True)
+    async def _transaction(
+        self, action: str, statements: Sequence[tuple[sa.Executable, dict[str, Any]]]
+    ) -> list[Any]:
+        """Run Core ``statements`` in one transaction; the rows of each."""
+        self._enter()
+        try:
+            return await self._core.run_all(action, statements)
+        finally:
+            self._leave()
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
@@ -325,84 +385,8 @@ class SQLBackend(Backend):
         check_component(owner, "owner")
         now = self.clock.now()
         rows = await self._query("delete_owner", queries.delete_owner(owner), write=True)
+        await self._locks.erase(owner)
         return sum(1 for row in rows if queries.live_at(row.expires_at, now))
-
-    async def purge_expired(
-        self, batch_size: int = 1000, *, tombstones_older_than: float = TOMBSTONE_RETENTION
-    ) -> int:
-        """Delete expired rows, ``batch_size`` per transaction, and the tombstones of
-        deletions older than ``tombstones_older_than`` seconds (the change feed reads only
-        recent ones); return how many rows were deleted."""
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
-        return await core.purge(self._write, self.clock, batch_size, tombstones_older_than)
-
-    async def recent(
-        self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE
-    ) -> builtins.list[tuple[Key, Entry]]:
-        """Live entries of ``namespace`` (of ``owner`` if given), newest ``updated_at``
-        first, at most ``limit``: served by the (namespace, updated_at) index (cache warm-up,
-        "sessions updated lately")."""
-        if limit <= 0:
-            raise InvalidRecordError("limit must be positive")
-        check_namespace(namespace)
-        if owner is not None:
-            check_component(owner, "owner")
-        statement = queries.select_recent(namespace, owner, limit, self.clock.now())
-        return [
-            (stored_key(row[0], (row[1], *key_parts(row[2]))), queries.entry_of(row))
-            for row in await self._query("recent", statement)
-        ]
-
-    async def count(self) -> dict[str, int]:
-        """Live records per namespace: one ``GROUP BY namespace`` query counted in the
-        database (no value leaves it; what ``kvstore stats`` shows)."""
-        rows = await self._query("count", queries.count_live(self.clock.now()))
-        return {str(name): int(number) for name, number in rows}
-
-    def scan(
-        self,
-        *,
-        namespace: str | None = None,
-        owner: str | None = None,
-        batch_size: int = DEFAULT_STREAM_BATCH,
-    ) -> AsyncIterator[tuple[Key, Entry]]:
-        return self.stream(namespace, owner, batch_size=batch_size)
-
-    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
-        """Write ``items`` where they are newer than (or the row has expired) what is
-        stored; the JSON text is cast on the server, never re-encoded."""
-        if not items:
-            return 0
-        statement = queries.restore(self._postgres, self.clock.now())
-        rows = queries.restore_rows(items, self._postgres)
-        return len(await self._query("restore", statement, write=True, parameters=rows))
-
-    async def stream(
-        self,
-        namespace: str | None = None,
-        owner: str | None = None,
-        *,
-        updated_since: datetime | None = None,
-        updated_before: datetime | None = None,
-        batch_size: int = DEFAULT_STREAM_BATCH,
-    ) -> AsyncIterator[tuple[Key, Entry]]:
-        """Every live entry (of ``namespace``, of ``owner``, updated in
-        ``[updated_since, updated_before)``), in key order, for batch jobs.
-
-        Keyset pagination over the primary key: each batch is one short query on a pooled
-        connection (none is held while the caller works), so memory stays flat however many
-        rows there are. Rows saved while the stream runs may or may not be seen.
-        """
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
-        if namespace is not None:
-            check_namespace(namespace)
-        if owner is not None:
-            check_component(owner, "owner")
-        pages = queries.StreamPages(namespace, owner, updated_since, updated_before)
-        async for item in core.stream_pages(self._query, pages, batch_size, self.clock):
-            yield item
 
 
 def build_sql_backend(

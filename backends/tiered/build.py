@@ -23,7 +23,8 @@ from kvstore.urls import mask_url
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from backends.base import Backend, VersionedCache
+    from backends.base import Backend
+    from backends.cache_base import VersionedCache
     from kvstore.clock import Clock
     from kvstore.options import DatabaseOptions, RedisOptions, SQLOptions
 

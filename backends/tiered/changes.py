@@ -21,7 +21,8 @@ from kvstore.errors import KVStoreError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from backends.base import Change, Generation, VersionedCache
+    from backends.base import Change
+    from backends.cache_base import Generation, VersionedCache
     from backends.tiered.feed import FeedFollower
     from backends.tiered.guard import CacheGuard
     from backends.tiered.near import NearCache

@@ -17,7 +17,7 @@ from backends.tiered.guard import FAILED
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from backends.base import VersionedCache
+    from backends.cache_base import VersionedCache
     from backends.tiered.guard import CacheGuard
 
 RENEW_PATIENCE: Final = 10.0

@@ -23,15 +23,16 @@ import logging
 from enum import Enum
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from backends.base import Generation
 from backends.breaker import CircuitBreaker
+from backends.cache_base import Generation
 from backends.deadline import deadline
 from kvstore.errors import BackendUnavailableError, CacheLostError, KVStoreError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from backends.base import Backend, VersionedCache
+    from backends.base import Backend
+    from backends.cache_base import VersionedCache
     from kvstore.clock import Clock
 
 T = TypeVar("T")

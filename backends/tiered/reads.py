@@ -17,7 +17,8 @@ from kvstore.errors import BackendUnavailableError
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from backends.base import Backend, Entry, VersionedCache
+    from backends.base import Backend, Entry
+    from backends.cache_base import VersionedCache
     from backends.tiered.gate import CacheGate
     from backends.tiered.guard import CacheGuard
     from backends.tiered.near import NearCache

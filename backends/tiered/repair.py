@@ -21,7 +21,8 @@ from kvstore.errors import KVStoreError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from backends.base import Backend, Entry, VersionedCache
+    from backends.base import Backend, Entry
+    from backends.cache_base import VersionedCache
     from backends.tiered.guard import CacheGuard
     from backends.tiered.writes import WritesInFlight
     from kvstore.keys import Key

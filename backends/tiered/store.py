@@ -3,7 +3,7 @@
 The system of record (SQL in production) holds the truth and orders every change: each save
 and delete gets a revision there, in the statement that writes. The cache (Redis, or the
 per-process :class:`~backends.memory.MemoryCache`) orders entries, fills and tombstones by
-revision alone (:func:`backends.base.lands`); no wall clock orders anything.
+revision alone (:func:`backends.cache_base.lands`); no wall clock orders anything.
 
 * Writes commit to the system of record first, then update the cache. A cache update that
   fails, times out or is cancelled marks the key *dirty* before the write is acknowledged;
@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-from backends.base import Backend, Capabilities, Change, Entry
+from backends.base import Backend, Capabilities, Change, Entry, check_fence
 from backends.reports import Stats, TieredStats
 from backends.tiered import upkeep
 from backends.tiered.changes import DEFAULT_FEED_INTERVAL, FeedApplier
@@ -46,10 +46,10 @@ from kvstore.keys import DEFAULT_PAGE_SIZE
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-    from backends.base import VersionedCache
+    from backends.cache_base import VersionedCache
     from backends.reports import VerifyReport, WarmReport
     from kvstore.clock import Clock
-    from kvstore.keys import Key
+    from kvstore.keys import Fence, Key
 
 T = TypeVar("T")
 
@@ -312,13 +312,18 @@ class TieredBackend(Backend):
         *,
         expected_version: int | None = None,
         ttl: float | None = None,
+        fence: Fence | None = None,
     ) -> Entry:
+        check_fence(key, fence)
         writes = self._writes.begin(key)
         try:
             if self.invalidate_before_write and await self._gate.usable():
                 await self._guard.call(self.cache.invalidate([key]))
             entry = await self._committed(
-                key, self.record.put(key, value, expected_version=expected_version, ttl=ttl)
+                key,
+                self.record.put(
+                    key, value, expected_version=expected_version, ttl=ttl, fence=fence
+                ),
             )
             if self._near is not None:
                 self._near.wrote(key, entry)
@@ -327,11 +332,14 @@ class TieredBackend(Backend):
             self._writes.end(key, writes)
         return entry
 
-    async def delete(self, key: Key, *, expected_version: int | None = None) -> int:
+    async def delete(
+        self, key: Key, *, expected_version: int | None = None, fence: Fence | None = None
+    ) -> int:
+        check_fence(key, fence)
         writes = self._writes.begin(key)
         try:
             revision = await self._committed(
-                key, self.record.delete(key, expected_version=expected_version)
+                key, self.record.delete(key, expected_version=expected_version, fence=fence)
             )
             if revision:
                 if self._near is not None:
@@ -340,6 +348,19 @@ class TieredBackend(Backend):
         finally:
             self._writes.end(key, writes)
         return revision
+
+    # -- session locks: in the system of record, so they outlive a failing cache ----------
+
+    async def lock_ticket(self, owner: str, name: str, *, hold: float) -> int:
+        return await self.record.lock_ticket(owner, name, hold=hold)
+
+    async def lock_turn(
+        self, owner: str, name: str, ticket: int, *, hold: float, lease: float
+    ) -> bool | None:
+        return await self.record.lock_turn(owner, name, ticket, hold=hold, lease=lease)
+
+    async def lock_release(self, owner: str, name: str, ticket: int) -> None:
+        await self.record.lock_release(owner, name, ticket)
 
     async def delete_owner(self, owner: str) -> int:
         self._writes.begin_wipe(owner)
@@ -396,7 +417,9 @@ class TieredBackend(Backend):
         progress: Callable[[int], None] | None = None,
     ) -> WarmReport:
         """Through leases, as misses fill (see :func:`upkeep.warm`)."""
-        return await upkeep.warm(self, namespace, owner, limit, progress)
+        return await upkeep.warm(
+            self.record, self._read.fill_keys, namespace, owner, limit, progress
+        )
 
     async def verify(
         self,
@@ -409,19 +432,12 @@ class TieredBackend(Backend):
     ) -> VerifyReport:
         """Reading the cache with leases that never fill (see :func:`upkeep.verify`)."""
         return await upkeep.verify(
-            self, namespace, owner, repair=repair, limit=limit, progress=progress
+            self.record,
+            self.cache,
+            self._guard,
+            namespace,
+            owner,
+            repair=repair,
+            limit=limit,
+            progress=progress,
         )
-
-    async def fill_keys(self, keys: Sequence[Key]) -> int:
-        """Fill ``keys`` from the system of record through leases, as misses do (see
-        :meth:`ReadThrough.fill_keys`)."""
-        return await self._read.fill_keys(keys)
-
-    async def cache_call(self, operation: Awaitable[T]) -> T | None:
-        """``operation`` on the cache under its deadline and breaker; ``None`` if it failed."""
-        result = await self._guard.call(operation)
-        return None if result is FAILED else result
-
-    async def cache_done(self, operation: Awaitable[None]) -> bool:
-        """``operation`` on the cache under its deadline and breaker; whether it succeeded."""
-        return await self._guard.call(operation) is not FAILED

@@ -14,7 +14,8 @@ from kvstore.errors import CacheLostError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from backends.base import Entry, Generation, VersionedCache
+    from backends.base import Entry
+    from backends.cache_base import Generation, VersionedCache
     from backends.tiered.gate import CacheGate
     from backends.tiered.guard import CacheGuard
     from backends.tiered.repair import DirtyKeys

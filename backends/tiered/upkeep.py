@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING
 import orjson
 
 from backends.reports import VerifyReport, WarmReport
+from backends.tiered.guard import FAILED
 from kvstore.errors import BackendUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
-    from backends.base import Entry
-    from backends.tiered.store import TieredBackend
+    from backends.base import Backend, Entry
+    from backends.cache_base import VersionedCache
+    from backends.tiered.guard import CacheGuard
     from kvstore.keys import Key
 
 VERIFY_LEASE_TTL = 0.001
@@ -28,7 +30,8 @@ deadline, however many records there are."""
 
 
 async def warm(
-    store: TieredBackend,
+    record: Backend,
+    fill_keys: Callable[[Sequence[Key]], Awaitable[int]],
     namespace: str,
     owner: str | None,
     limit: int,
@@ -37,19 +40,22 @@ async def warm(
     """Load the ``limit`` most recently updated records of ``namespace`` (of ``owner`` if
     given) into the cache, :data:`CHUNK` keys per cache call. Fills go through leases like
     any read after a miss, so warming never overwrites a newer entry or resurrects a deleted
-    one. Raises :class:`BackendUnavailableError` if the cache does not answer."""
-    keys = [key for key, _ in await recent(store, namespace, owner, limit)]
+    one (``fill_keys``: :meth:`~backends.tiered.reads.ReadThrough.fill_keys`). Raises
+    :class:`BackendUnavailableError` if the cache does not answer."""
+    keys = [key for key, _ in await recent(record, namespace, owner, limit)]
     landed = 0
     for start in range(0, len(keys), CHUNK):
         chunk = keys[start : start + CHUNK]
-        landed += await store.fill_keys(chunk)
+        landed += await fill_keys(chunk)
         if progress is not None:
             progress(len(chunk))
     return WarmReport(read=len(keys), landed=landed)
 
 
 async def verify(
-    store: TieredBackend,
+    record: Backend,
+    cache: VersionedCache,
+    guard: CacheGuard,
     namespace: str,
     owner: str | None,
     *,
@@ -63,21 +69,21 @@ async def verify(
     Extra entries are only found if the cache can list its keys (``lists_keys``).
     Raises :class:`BackendUnavailableError` if the cache does not answer a call: a report
     is never made of part of the keys."""
-    truth: dict[Key, Entry | None] = dict(await recent(store, namespace, owner, limit))
-    if store.cache.lists_keys:
-        scanned = await store.cache_call(store.cache.cached_keys(namespace, owner))
-        if scanned is None:
+    truth: dict[Key, Entry | None] = dict(await recent(record, namespace, owner, limit))
+    if cache.lists_keys:
+        scanned = await guard.call(cache.cached_keys(namespace, owner))
+        if scanned is FAILED:
             raise BackendUnavailableError("the cache did not answer; nothing was verified")
         others = [key for key in scanned if key not in truth]
-        truth.update(zip(others, await store.record.get_many(others), strict=True))
+        truth.update(zip(others, await record.get_many(others), strict=True))
     keys = [*truth]
     stale: list[Key] = []
     extra: list[Key] = []
     missing = 0
     for start in range(0, len(keys), CHUNK):
         chunk = keys[start : start + CHUNK]
-        lookups = await store.cache_call(store.cache.lookup(chunk, lease_ttl=VERIFY_LEASE_TTL))
-        if lookups is None:
+        lookups = await guard.call(cache.lookup(chunk, lease_ttl=VERIFY_LEASE_TTL))
+        if lookups is FAILED:
             raise BackendUnavailableError(
                 f"the cache did not answer after {start} of {len(keys)} keys were verified"
             )
@@ -92,7 +98,7 @@ async def verify(
             elif cached.revision != stored.revision or not _same_value(cached.value, stored.value):
                 stale.append(key)
                 wrong.append(key)
-        if repair and wrong and not await store.cache_done(store.cache.invalidate(wrong)):
+        if repair and wrong and await guard.call(cache.invalidate(wrong)) is FAILED:
             raise BackendUnavailableError(
                 f"the cache did not answer; {start} of {len(keys)} keys were verified"
             )
@@ -104,12 +110,12 @@ async def verify(
 
 
 async def recent(
-    store: TieredBackend, namespace: str, owner: str | None, limit: int
+    record: Backend, namespace: str, owner: str | None, limit: int
 ) -> Sequence[tuple[Key, Entry]]:
     """The ``limit`` most recently updated live entries of the system of record."""
-    if not store.record.capabilities.bulk:
-        raise ConfigurationError(f"{type(store.record).__name__} cannot list by recency")
-    return await store.record.recent(namespace, owner=owner, limit=limit)
+    if not record.capabilities.bulk:
+        raise ConfigurationError(f"{type(record).__name__} cannot list by recency")
+    return await record.recent(namespace, owner=owner, limit=limit)
 
 
 def _same_value(cached: bytes, stored: bytes) -> bool:

@@ -1,0 +1,127 @@
+"""The SQL backend's bulk operations, for batch jobs and tools: streams in key order,
+restores, purges of expired rows, listings by recency and counts. Each is one or a few
+SQLAlchemy Core statements (:mod:`.queries`) run through the backend's ``_query``; none
+holds a connection while the caller works.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+from backends.sql import core, queries
+from backends.sql.schema import key_parts, stored_key
+from kvstore.errors import InvalidRecordError
+from kvstore.keys import DEFAULT_PAGE_SIZE, check_component, check_namespace
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import AsyncIterator, Sequence
+    from datetime import datetime
+
+    import sqlalchemy as sa
+
+    from backends.base import Entry
+    from kvstore.clock import Clock
+    from kvstore.keys import Key
+
+DEFAULT_STREAM_BATCH: Final = 1000
+TOMBSTONE_RETENTION: Final = 7 * 86400.0
+"""Seconds ``purge_expired`` keeps the tombstone of a deletion: change-feed followers read
+only the last moments, batch jobs a week's watermark."""
+
+
+class BulkOperations:
+    """Bulk operations of :class:`~backends.sql.store.SQLBackend` (mixed into it)."""
+
+    clock: Clock
+    _postgres: bool
+
+    async def _query(
+        self,
+        action: str,
+        statement: sa.Executable,
+        *,
+        write: bool = False,
+        parameters: builtins.list[dict[str, Any]] | None = None,
+    ) -> Any:
+        raise NotImplementedError
+
+    async def _write(self, action: str, statement: sa.Executable) -> Any:
+        return await self._query(action, statement, write=True)
+
+    async def purge_expired(
+        self, batch_size: int = 1000, *, tombstones_older_than: float = TOMBSTONE_RETENTION
+    ) -> int:
+        """Delete expired rows, ``batch_size`` per transaction, and the tombstones of
+        deletions older than ``tombstones_older_than`` seconds (the change feed reads only
+        recent ones); return how many rows were deleted."""
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        return await core.purge(self._write, self.clock, batch_size, tombstones_older_than)
+
+    async def recent(
+        self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE
+    ) -> builtins.list[tuple[Key, Entry]]:
+        """Live entries of ``namespace`` (of ``owner`` if given), newest ``updated_at``
+        first, at most ``limit``: served by the (namespace, updated_at) index (cache warm-up,
+        "sessions updated lately")."""
+        if limit <= 0:
+            raise InvalidRecordError("limit must be positive")
+        check_namespace(namespace)
+        if owner is not None:
+            check_component(owner, "owner")
+        statement = queries.select_recent(namespace, owner, limit, self.clock.now())
+        return [
+            (stored_key(row[0], (row[1], *key_parts(row[2]))), queries.entry_of(row))
+            for row in await self._query("recent", statement)
+        ]
+
+    async def count(self) -> dict[str, int]:
+        """Live records per namespace: one ``GROUP BY namespace`` query counted in the
+        database (no value leaves it; what ``kvstore stats`` shows)."""
+        rows = await self._query("count", queries.count_live(self.clock.now()))
+        return {str(name): int(number) for name, number in rows}
+
+    def scan(
+        self,
+        *,
+        namespace: str | None = None,
+        owner: str | None = None,
+        batch_size: int = DEFAULT_STREAM_BATCH,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        return self.stream(namespace, owner, batch_size=batch_size)
+
+    async def restore(self, items: Sequence[tuple[Key, Entry]]) -> int:
+        """Write ``items`` where they are newer than (or the row has expired) what is
+        stored; the JSON text is cast on the server, never re-encoded."""
+        if not items:
+            return 0
+        statement = queries.restore(self._postgres, self.clock.now())
+        rows = queries.restore_rows(items, self._postgres)
+        return len(await self._query("restore", statement, write=True, parameters=rows))
+
+    async def stream(
+        self,
+        namespace: str | None = None,
+        owner: str | None = None,
+        *,
+        updated_since: datetime | None = None,
+        updated_before: datetime | None = None,
+        batch_size: int = DEFAULT_STREAM_BATCH,
+    ) -> AsyncIterator[tuple[Key, Entry]]:
+        """Every live entry (of ``namespace``, of ``owner``, updated in
+        ``[updated_since, updated_before)``), in key order, for batch jobs.
+
+        Keyset pagination over the primary key: each batch is one short query on a pooled
+        connection (none is held while the caller works), so memory stays flat however many
+        rows there are. Rows saved while the stream runs may or may not be seen.
+        """
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        if namespace is not None:
+            check_namespace(namespace)
+        if owner is not None:
+            check_component(owner, "owner")
+        pages = queries.StreamPages(namespace, owner, updated_since, updated_before)
+        async for item in core.stream_pages(self._query, pages, batch_size, self.clock):
+            yield item
