@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from typing import TYPE_CHECKING, Final
 
 from kvstore.errors import InvalidRecordError, KVStoreError, LockTimeoutError
@@ -41,7 +42,11 @@ class LockWakeups:
     """Wakes the waiters of this process when a lock of the same session is released."""
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        # weak: an event lives as long as a waiter holds it, so locks waited on once and
+        # never released (a timed-out wait) leave nothing behind
+        self._events: weakref.WeakValueDictionary[tuple[str, str], asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
 
     def event(self, lock: tuple[str, str]) -> asyncio.Event:
         """The event set at the next release of ``lock``."""
