@@ -158,6 +158,9 @@ class Backend(ABC):
     capabilities: Capabilities
     """What it can do beyond the contract: a class attribute, or set per instance by a
     backend built on others (the tiered store takes its system of record's)."""
+    system: str
+    """The database system as OpenTelemetry names it (``db.system.name``): ``postgresql``,
+    ``sqlite``, ``redis``, ``memory``, ``tiered``."""
     clock: Clock
     """The clock the backend reads (wall time for versions' timestamps and expiry,
     monotonic time for deadlines); tests inject a manual or skewed one."""

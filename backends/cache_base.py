@@ -65,6 +65,8 @@ class VersionedCache(ABC):
     returned as hits. ``ttl`` is in seconds; ``None`` uses the cache's default.
     """
 
+    system: str = "cache"
+    """The cache's system as OpenTelemetry names it (``db.system.name``)."""
     lists_keys: bool = False
     """Implements :meth:`cached_keys` (lets ``verify`` find entries absent from SQL)."""
 

@@ -16,9 +16,14 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from backends.base import Backend
+    from backends.telemetry import Instruments
     from kvstore.interface import Database
     from kvstore.options import DatabaseOptions, RedisOptions, SQLOptions
     from serializers import Serializer
+
+    Builder = Callable[
+        [str | None, DatabaseOptions, Clock, Instruments | None], tuple[Backend, str]
+    ]
 
 DEFAULT_SQL_URL: Final = "sqlite:///kvstore.db"
 """The embedded default: a SQLite file in the working directory."""
@@ -59,7 +64,13 @@ def create_database(
     clock = options.get("clock", SYSTEM_CLOCK)
     if not isinstance(clock, Clock):
         raise ConfigurationError("clock must have now() and monotonic() (see kvstore.clock)")
-    backend, description = BUILDERS[kind](connection_string, options, clock)
+    instruments = _instruments(options)
+    backend, description = BUILDERS[kind](connection_string, options, clock, instruments)
+    if instruments is not None:
+        from backends.telemetry import TracedBackend, observe_stats
+
+        backend = TracedBackend(backend, instruments)
+        observe_stats(instruments, backend.stats)
     return Store(
         backend,
         serializer=serializer,
@@ -75,7 +86,24 @@ Built = tuple["Backend", str]
 """A backend and its description (its URL without secrets)."""
 
 
-def _memory(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
+def _instruments(options: DatabaseOptions) -> Instruments | None:
+    """OpenTelemetry instruments if the options ask for telemetry (imported only then)."""
+    tracer_provider = options.get("tracer_provider")
+    meter_provider = options.get("meter_provider")
+    if not options.get("telemetry") and tracer_provider is None and meter_provider is None:
+        return None
+    try:
+        from backends.telemetry import Instruments
+    except ImportError as exc:
+        raise ConfigurationError(
+            "telemetry needs the opentelemetry-api package: pip install 'kvstore-tiered[otel]'"
+        ) from exc
+    return Instruments(tracer_provider, meter_provider)
+
+
+def _memory(
+    url: str | None, options: DatabaseOptions, clock: Clock, instruments: Instruments | None
+) -> Built:
     from backends.memory import MemoryBackend
 
     if url not in (None, "memory://"):
@@ -84,7 +112,9 @@ def _memory(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
     return MemoryBackend(clock=clock), "memory://"
 
 
-def _sql(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
+def _sql(
+    url: str | None, options: DatabaseOptions, clock: Clock, instruments: Instruments | None
+) -> Built:
     from backends.sql import build_sql_backend
 
     own = _own(options)
@@ -94,7 +124,9 @@ def _sql(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
     return backend, backend.config.masked_url
 
 
-def _redis(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
+def _redis(
+    url: str | None, options: DatabaseOptions, clock: Clock, instruments: Instruments | None
+) -> Built:
     from backends.redis import build_redis_backend
 
     own = _own(options)
@@ -103,13 +135,15 @@ def _redis(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
     return backend, backend.description
 
 
-def _tiered(url: str | None, options: DatabaseOptions, clock: Clock) -> Built:
+def _tiered(
+    url: str | None, options: DatabaseOptions, clock: Clock, instruments: Instruments | None
+) -> Built:
     from backends.tiered import build_tiered_backend
 
-    return build_tiered_backend(url, options)
+    return build_tiered_backend(url, options, instruments=instruments)
 
 
-BUILDERS: Final[Mapping[DatabaseType, Callable[[str | None, DatabaseOptions, Clock], Built]]] = {
+BUILDERS: Final[Mapping[DatabaseType, Builder]] = {
     DatabaseType.MEMORY: _memory,
     DatabaseType.SQL: _sql,
     DatabaseType.REDIS: _redis,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, TypedDict
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
 
@@ -21,6 +23,13 @@ class CommonOptions(TypedDict, total=False):
     """Options every database type takes."""
 
     clock: Clock
+    telemetry: bool
+    """Spans and metrics through OpenTelemetry's global providers (needs the ``otel``
+    extra; see docs/observability.md)."""
+    tracer_provider: TracerProvider
+    """Telemetry to this tracer provider instead of the global one (implies telemetry)."""
+    meter_provider: MeterProvider
+    """Telemetry to this meter provider instead of the global one (implies telemetry)."""
 
 
 class SQLOptions(TypedDict, total=False):

@@ -62,6 +62,7 @@ class _Slot:
 class MemoryCache(VersionedCache):
     """A bounded in-process LRU cache with TTL, leases and tombstones (one process only)."""
 
+    system = "memory"
     lists_keys = True
 
     def __init__(

@@ -46,6 +46,7 @@ class MemoryBackend(Backend):
     """Entries in a dict keyed by ordered key bytes."""
 
     kind: ClassVar[str] = "memory"
+    system = "memory"
     capabilities = Capabilities(persistent=False, shared=False, bulk=True)
 
     def __init__(self, *, clock: Clock = SYSTEM_CLOCK) -> None:

@@ -56,6 +56,8 @@ DEFAULT_TOMBSTONE_TTL: Final = 3600.0
 class RedisCache(VersionedCache):
     """Leased, forward-only cache entries and tombstones in Redis."""
 
+    system = "redis"
+
     def __init__(self, redis: RedisClient, *, cache_ttl: float | None = None) -> None:
         if cache_ttl is not None and not cache_ttl > 0:
             raise ConfigurationError("cache_ttl must be positive seconds, or None")

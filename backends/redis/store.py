@@ -62,6 +62,7 @@ class RedisStore(Backend):
     """Entries as packed strings in Redis, indexed per owner and namespace."""
 
     kind: ClassVar[str] = "redis"
+    system = "redis"
     capabilities = Capabilities(persistent=True, shared=True, bulk=True)
 
     def __init__(self, redis: RedisClient) -> None:

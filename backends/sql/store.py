@@ -75,6 +75,7 @@ class SQLBackend(BulkOperations, Backend):
         self, config: SQLConfig, *, engine: AsyncEngine | None = None, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.config = config
+        self.system = config.dialect
         self.clock = clock
         self._engine = engine
         self._owns_engine = engine is None

@@ -25,19 +25,21 @@ if TYPE_CHECKING:
 
     from backends.base import Backend
     from backends.cache_base import VersionedCache
+    from backends.telemetry import Instruments
     from kvstore.clock import Clock
     from kvstore.options import DatabaseOptions, RedisOptions, SQLOptions
 
 
 def build_tiered_backend(
-    record_url: str | None, options: DatabaseOptions
+    record_url: str | None, options: DatabaseOptions, *, instruments: Instruments | None = None
 ) -> tuple[TieredBackend, str]:
     """The tiered backend ``create_database`` builds, and its description (no secrets).
 
     ``record_url`` is the system of record: a SQL URL, or ``"memory://"`` (a
     :class:`~backends.memory.MemoryBackend`, for tests). The cache is ``redis_client`` if
     given, else ``cache_url``: ``"redis://..."`` (also ``rediss://``, ``unix://``) or
-    ``"memory://"`` (a per-process :class:`~backends.memory.MemoryCache`).
+    ``"memory://"`` (a per-process :class:`~backends.memory.MemoryCache`). With
+    ``instruments``, the calls to each tier are traced (:mod:`backends.telemetry`).
     """
     from kvstore.options import COMMON_OPTIONS, REDIS_OPTIONS, SQL_OPTIONS, TIERED_OPTIONS
 
@@ -52,6 +54,11 @@ def build_tiered_backend(
     clock = options.get("clock", SYSTEM_CLOCK)
     record, record_description = _build_record(record_url, sql_options, clock)
     cache, cache_description = _build_cache(options, redis_options, clock)
+    if instruments is not None:
+        from backends.telemetry import TracedBackend, TracedCache
+
+        cache = TracedCache(cache, instruments)
+        record = TracedBackend(record, instruments, tier="record")
     backend = TieredBackend(
         record,
         cache,

@@ -65,6 +65,7 @@ class TieredBackend(Backend):
     :class:`Backend`. Owns both: :meth:`close` closes them."""
 
     kind: ClassVar[str] = "tiered"
+    system = "tiered"
     capabilities = Capabilities(persistent=True, shared=True)
     _feed: FeedApplier
     _repairer: Repairer

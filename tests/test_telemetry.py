@@ -1,0 +1,241 @@
+"""OpenTelemetry spans and metrics (``telemetry=True``): what a scripted sequence on the
+tiered store over PostgreSQL + Redis records, and that no id, value or secret ever
+reaches an attribute, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from kvstore import ConflictError, DatabaseType, StateRecord, create_database
+from tests import postgres
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from kvstore import Database
+    from tests.conftest import MakeDb
+    from tests.redis_servers import RedisServer
+
+
+class Telemetry:
+    """An SDK of this test's own: spans kept in memory, metrics read on demand."""
+
+    def __init__(self) -> None:
+        self.spans = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def options(self) -> dict[str, Any]:
+        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
+
+    def finished(self) -> tuple[ReadableSpan, ...]:
+        return self.spans.get_finished_spans()
+
+    def points(self) -> Iterator[tuple[str, dict[str, Any], Any]]:
+        """Every data point now: (metric name, attributes, the point)."""
+        data = self.reader.get_metrics_data()
+        for resource in data.resource_metrics if data is not None else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        yield metric.name, dict(point.attributes or {}), point
+
+    def value(self, name: str) -> float:
+        values = [p.value for n, _, p in self.points() if n == name]
+        assert values, f"no {name} recorded"
+        return float(values[0])
+
+    def durations(self) -> list[dict[str, Any]]:
+        """The attributes of every ``db.client.operation.duration`` series."""
+        return [a for n, a, _ in self.points() if n == "db.client.operation.duration"]
+
+
+def series(system: str, tier: str, operation: str, **more: str) -> dict[str, str]:
+    return {
+        "db.system.name": system,
+        "kvstore.tier": tier,
+        "db.operation.name": operation,
+        "db.collection.name": "state",
+        **more,
+    }
+
+
+async def test_a_scripted_sequence_on_postgres_and_redis(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """Hit, miss and fill, a conflict, the breaker opening while Redis is frozen and
+    closing after: each shows in the spans and the metrics."""
+    await postgres.empty(postgres_url)
+    telemetry = Telemetry()
+    db = create_database(
+        DatabaseType.TIERED,
+        postgres_url,
+        cache_url=redis_server.url,
+        cache_timeout=0.1,
+        breaker_threshold=2,
+        breaker_reset_after=0.3,
+        **telemetry.options(),
+    )
+    sql_only = create_database(DatabaseType.SQL, postgres_url)
+    async with db, sql_only:
+        saved = await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
+        assert await db.get_state("u1", "s1") is not None  # a hit: written through
+        await sql_only.save_state(StateRecord(user_id="u1", session_id="s2", state="B"))
+        assert await db.get_state("u1", "s2") is not None  # a miss, read from SQL, filled
+        with pytest.raises(ConflictError):
+            await db.save_state(saved, expected_version=7)
+
+        assert telemetry.value("kvstore.cache.hits") == 1
+        assert telemetry.value("kvstore.cache.misses") == 1
+        assert telemetry.value("kvstore.cache.fills") == 1
+        assert telemetry.value("kvstore.cache.breaker.open") == 0
+        recorded = telemetry.durations()
+        for expected in (
+            series("tiered", "store", "put"),
+            series("postgresql", "record", "put"),
+            series("redis", "cache", "write"),
+            series("tiered", "store", "get"),
+            series("redis", "cache", "lookup"),
+            series("postgresql", "record", "get_many"),
+            series("redis", "cache", "fill"),
+            series("tiered", "store", "put", **{"error.type": "ConflictError"}),
+            series("postgresql", "record", "put", **{"error.type": "ConflictError"}),
+        ):
+            assert expected in recorded, expected
+
+        spans = {span.context.span_id: span for span in telemetry.finished()}
+        record_put = next(
+            s
+            for s in spans.values()
+            if s.name == "put state" and s.attributes and s.attributes["kvstore.tier"] == "record"
+        )
+        assert record_put.parent is not None
+        parent = spans[record_put.parent.span_id]
+        assert parent.attributes is not None
+        assert (parent.name, parent.attributes["kvstore.tier"]) == ("put state", "store")
+
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            # s2: s1 is read from SQL until repaired (its conflicting save marked it dirty)
+            for _ in range(3):  # each times out; the second opens the breaker
+                assert await db.get_state("u1", "s2") is not None  # from SQL
+            assert telemetry.value("kvstore.cache.breaker.open") == 1
+            assert telemetry.value("kvstore.cache.bypassed") >= 1
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        await asyncio.sleep(0.4)  # past breaker_reset_after: the next read probes
+        assert await db.get_state("u1", "s2") is not None
+        assert telemetry.value("kvstore.cache.breaker.open") == 0
+        # the frozen cache's calls were cut off by the tier's deadline (cancelled inside)
+        assert series("redis", "cache", "lookup", **{"error.type": "CancelledError"}) in (
+            telemetry.durations()
+        )
+
+
+SECRET_USER = "user-7f3a91c2"
+SECRET_SESSION = "session-b44e0d17"
+SECRET_VALUE = "value-9b2c55aa"
+
+
+async def exercise(db: Database) -> None:
+    """Every kind of operation, with ids and values that must not leave the store."""
+    record = StateRecord(
+        user_id=SECRET_USER, session_id=SECRET_SESSION, state="S", data={"v": SECRET_VALUE}
+    )
+    saved = await db.save_state(record)
+    await db.get_state(SECRET_USER, SECRET_SESSION)
+    await db.get_state(SECRET_USER, "absent-" + SECRET_SESSION)
+    await db.list_sessions(SECRET_USER)
+    with pytest.raises(ConflictError):
+        await db.save_state(saved, expected_version=99)
+    async with db.lock(SECRET_USER, SECRET_SESSION) as fence:
+        await db.save_state(record, fence=fence)
+    await db.delete_state(SECRET_USER, SECRET_SESSION)
+    await db.delete_user(SECRET_USER)
+
+
+def leaks(telemetry: Telemetry, secrets: tuple[str, ...]) -> list[str]:
+    """Every place in the spans and metrics where one of ``secrets`` appears."""
+    found = []
+    for span in telemetry.finished():
+        texts = [span.name, str(dict(span.attributes or {})), str(span.status.description)]
+        texts += [f"{event.name} {dict(event.attributes or {})}" for event in span.events]
+        found += [f"span {span.name}: {text}" for text in texts if any(s in text for s in secrets)]
+    for name, attributes, _ in telemetry.points():
+        text = f"{name} {attributes}"
+        if any(s in text for s in secrets):
+            found.append(f"metric {text}")
+    return found
+
+
+async def test_no_id_value_or_secret_reaches_telemetry(make_db: MakeDb) -> None:
+    telemetry = Telemetry()
+    async with make_db(**telemetry.options()) as db:
+        await exercise(db)
+    assert telemetry.finished(), "nothing was traced"
+    assert telemetry.durations(), "nothing was measured"
+    assert leaks(telemetry, (SECRET_USER, SECRET_SESSION, SECRET_VALUE)) == []
+
+
+async def test_no_password_reaches_telemetry(postgres_url: str) -> None:
+    password = "pw-3c8d1f0e"  # trust auth ignores it; it must still show nowhere
+    scheme, _, rest = postgres_url.partition("://")
+    user, _, host = rest.partition("@")
+    url = f"{scheme}://{user.partition(':')[0]}:{password}@{host}"
+    telemetry = Telemetry()
+    async with create_database(DatabaseType.SQL, url, **telemetry.options()) as db:
+        await exercise(db)
+    assert leaks(telemetry, (password, SECRET_USER, SECRET_VALUE)) == []
+
+
+def test_without_telemetry_nothing_of_opentelemetry_is_imported() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, asyncio\n"
+        "from kvstore import create_database, DatabaseType, StateRecord\n"
+        "async def main():\n"
+        "    async with create_database(DatabaseType.MEMORY) as db:\n"
+        "        await db.save_state(StateRecord(user_id='u', session_id='s', state='A'))\n"
+        "asyncio.run(main())\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
+        "assert 'backends.telemetry' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_grafana_dashboard_queries_only_metrics_kvstore_exports() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from backends.telemetry import DURATION, SQL_COUNTERS, TIER_COUNTERS, TIER_GAUGES
+
+    exported = {DURATION, "kvstore.cache.breaker.open"}
+    exported |= {f"kvstore.cache.{name}" for name in (*TIER_COUNTERS, *TIER_GAUGES)}
+    exported |= {f"kvstore.sql.{name}" for name in SQL_COUNTERS}
+    prometheus = {name.replace(".", "_") for name in exported}
+    dashboard = json.loads(Path("docs/grafana/kvstore.json").read_text())
+    queried = {
+        re.sub(r"_(total|bucket|count|sum)$", "", name).removesuffix("_seconds")
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(?:kvstore|db)_[a-z_]+", target["expr"])
+    }
+    labels = {"db_system_name", "db_operation_name", "db_collection_name", "kvstore_tier"}
+    assert queried - labels
+    assert queried - labels <= prometheus, queried - labels - prometheus
