@@ -231,7 +231,8 @@ class Backend(ABC):
         """Renew ``ticket``; if it is the oldest live ticket of the lock, grant it: the
         lock's fencing token becomes ``ticket`` (it only grows) and the ticket lives
         ``lease`` seconds more. ``True`` if granted, ``False`` if still waiting (renewed for
-        ``hold`` seconds), ``None`` if the ticket has expired (it never comes back)."""
+        ``hold`` seconds), ``None`` if the ticket has expired or was passed over by a larger
+        one (it never comes back: the caller joins again)."""
 
     @abstractmethod
     async def lock_release(self, owner: str, name: str, ticket: int) -> None:

@@ -34,7 +34,7 @@ HOLD: Final = 5.0
 """Seconds a waiting ticket stays in the queue without being renewed: a waiter that died
 holds up the ones behind it this long at most."""
 FIRST_POLL: Final = 0.002
-MAX_POLL: Final = 0.05
+MAX_POLL: Final = 0.02
 """Seconds between a waiter's turns: from :data:`FIRST_POLL`, doubling up to this."""
 
 

@@ -41,7 +41,7 @@ async def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'kv.db'}"
     url: str = request.getfixturevalue("postgres_url")
-    await postgres.execute(url, "DELETE FROM kv_records")
+    await postgres.empty(url)
     return url
 
 
@@ -419,3 +419,29 @@ async def connections_to(database: str) -> int:
         return count
     finally:
         await connection.close()
+
+
+async def test_a_lock_ticket_that_commits_after_a_larger_one_was_granted_does_not_block(
+    backend: SQLBackend,
+) -> None:
+    """Tickets are drawn in one order and may commit in another: a ticket below the lock's
+    fence (as if its INSERT committed late) is dropped at its turn instead of holding the
+    head of the queue with a grant that could never raise the fence."""
+    first = await backend.lock_ticket("u1", "s1", hold=5)
+    assert await backend.lock_turn("u1", "s1", first, hold=5, lease=5)
+    second = await backend.lock_ticket("u1", "s1", hold=5)
+    await backend.lock_release("u1", "s1", first)
+    assert await backend.lock_turn("u1", "s1", second, hold=5, lease=5)  # fence = second
+    await backend.lock_release("u1", "s1", second)
+    late = second - 1  # drawn before the grant of `second`, committed only now
+    async with backend.engine.begin() as connection:
+        await connection.execute(
+            sa.text(
+                "INSERT INTO kv_lock_tickets (ticket, owner, name, expires_at) "
+                "VALUES (:ticket, 'u1', 's1', 4e9)"
+            ),
+            {"ticket": late},
+        )
+    waiting = await backend.lock_ticket("u1", "s1", hold=5)
+    assert await backend.lock_turn("u1", "s1", late, hold=5, lease=5) is None
+    assert await backend.lock_turn("u1", "s1", waiting, hold=5, lease=5)

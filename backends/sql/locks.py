@@ -5,7 +5,10 @@ it. Times are the database's own (``clock_timestamp()`` on PostgreSQL, ``juliand
 on SQLite, as seconds since the epoch): processes on hosts whose clocks disagree see the
 same tickets live. A turn runs three statements in one transaction: drop the lock's expired
 tickets, raise the lock's fencing token to the ticket if it is the oldest live one, then
-renew the ticket (for the lease if granted, else for the wait) and say which it was. On
+renew the ticket (for the lease if granted, else for the wait) and say which it was. A
+ticket number is the fencing token of its grant; a ticket that commits after a larger one
+was granted (tickets are drawn in one order and may commit in another) could never be
+granted with a larger token, so it is dropped and its owner joins the queue again. On
 PostgreSQL the token's row lock orders a grant and any fenced write of the same session
 (see :data:`backends.sql.statements.FENCED`).
 """
@@ -111,7 +114,14 @@ class LockQueue:
         )
         if not renewed:
             return None
-        return bool(renewed[0][0] == ticket)
+        token = renewed[0][0]
+        if token is not None and token > ticket:
+            # a later ticket committed first and was granted (a sequence draws numbers in
+            # one order, transactions may commit in another): this one can never hold the
+            # lock with a larger token, so it leaves the queue and its owner joins again
+            await self.release(owner, name, ticket)
+            return None
+        return bool(token == ticket)
 
     async def release(self, owner: str, name: str, ticket: int) -> None:
         await self._transaction(
