@@ -1,6 +1,7 @@
 """Session locks across OS processes, on the tiered store (PostgreSQL + a private Redis):
 the lock serializes workers of different processes, and a worker frozen past its lease is
-fenced off by PostgreSQL after another process took the lock over (tests/lock_worker.py)."""
+fenced off by PostgreSQL after another process took the lock over (tests/lock_worker.py), and
+locks keep working while the cache is frozen."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.asyncio import Redis
 
-from kvstore import DatabaseType, create_database
+from kvstore import DatabaseType, StateRecord, create_database
 from tests import postgres
 from tests.lock_worker import SESSION, USER
 
@@ -102,3 +103,29 @@ async def test_a_process_frozen_past_its_lease_is_fenced_off(
     assert out[0] == "FENCED"
     assert int(out[1]) > old_token
     assert await saved_state(postgres_url, private_redis.url) == ("1", 1)
+
+
+async def test_locks_keep_working_while_the_cache_is_frozen(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """The tiered store keeps its lock queues in SQL: a frozen Redis delays nothing but
+    the cache updates, and fenced saves still commit."""
+    await postgres.empty(postgres_url)
+    db = create_database(
+        DatabaseType.TIERED, postgres_url, cache_url=redis_server.url, cache_timeout=0.1
+    )
+    async with db:
+        await db.save_state(StateRecord(user_id=USER, session_id=SESSION, state="0"))
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            for n in range(1, 4):
+                async with db.lock(USER, SESSION, timeout=10) as fence:
+                    record = StateRecord(user_id=USER, session_id=SESSION, state=str(n))
+                    saved = await db.save_state(record, fence=fence)
+                    assert saved.version == n + 1
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        current = await db.get_state(USER, SESSION)
+        assert current is not None
+        assert (current.state, current.version) == ("3", 4)
