@@ -117,7 +117,8 @@ class VerifyReport:
     checked: int
     """Keys of the system of record that were compared."""
     stale: list[Key] = field(default_factory=list)
-    """Cached with another revision or value than the system of record holds."""
+    """Cached with another revision than the system of record holds (a revision names one
+    write: the same revision is the same value, whatever JSON normalization SQL applied)."""
     extra: list[Key] = field(default_factory=list)
     """Cached, but absent from the system of record (only found if the cache can scan)."""
     missing: int = 0

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import orjson
-
 from backends.reports import VerifyReport, WarmReport
 from backends.tiered.guard import FAILED
 from kvstore.errors import BackendUnavailableError, ConfigurationError
@@ -95,7 +93,7 @@ async def verify(
             elif stored is None:
                 extra.append(key)
                 wrong.append(key)
-            elif cached.revision != stored.revision or not _same_value(cached.value, stored.value):
+            elif cached.revision != stored.revision:
                 stale.append(key)
                 wrong.append(key)
         if repair and wrong and await guard.call(cache.invalidate(wrong)) is FAILED:
@@ -116,13 +114,3 @@ async def recent(
     if not record.capabilities.bulk:
         raise ConfigurationError(f"{type(record).__name__} cannot list by recency")
     return await record.recent(namespace, owner=owner, limit=limit)
-
-
-def _same_value(cached: bytes, stored: bytes) -> bool:
-    """Equal bytes, or equal JSON (a system of record may normalize JSON it stores)."""
-    if cached == stored:
-        return True
-    try:
-        return bool(orjson.loads(cached) == orjson.loads(stored))
-    except orjson.JSONDecodeError:
-        return False
