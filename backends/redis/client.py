@@ -159,7 +159,8 @@ class RedisClient:
     @property
     def cluster(self) -> bool:
         """Whether the client is a Redis Cluster client."""
-        return isinstance(self._client, RedisCluster)
+        pipe = self._pipe
+        return pipe.cluster if pipe is not None else isinstance(self._client, RedisCluster)
 
     # -- one policy per call: deadline, retries, errors ------------------------------------
 

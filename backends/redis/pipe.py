@@ -61,7 +61,8 @@ class AutoPipeline:
     ) -> None:
         self.client = client
         self.enabled = enabled
-        self._cluster = isinstance(client, RedisCluster)
+        self.cluster = isinstance(client, RedisCluster)
+        """Whether the client is a Redis Cluster client (asked once: the check is slow)."""
         self.timeout = timeout
         self._pool: ConnectionPool | None = (
             client.connection_pool if type(client) is Redis and not client.connection else None
@@ -119,13 +120,13 @@ class AutoPipeline:
         try:
             results: list[Any] = await pipe.execute(raise_on_error=False)
         except RedisConnectionError:
-            if self._cluster:
+            if self.cluster:
                 await self._rediscover(commands[0])
             raise
         finally:
             self._in_flight -= 1
         self._replies += 1
-        if self._cluster:
+        if self.cluster:
             for command, result in zip(commands, results, strict=True):
                 if isinstance(result, RedisConnectionError):
                     await self._rediscover(command)

@@ -80,6 +80,8 @@ class ReadThrough:
 
     async def _shared(self, keys: Sequence[Key]) -> list[Entry | None]:
         """Entries of ``keys`` from the shared cache, misses from the system of record."""
+        if len(keys) == 1 and self._guard.breaker.closed and not self._guard.lost:
+            return [await self._one(keys[0])]
         self.reads += len(keys)
         if not await self._gate.usable():
             self.bypassed += len(keys)
@@ -126,6 +128,35 @@ class ReadThrough:
         if fills:
             await self.fill(list(fills.values()))
         return results
+
+    async def _one(self, key: Key) -> Entry | None:
+        """One key while the cache is in use: :meth:`_shared`'s path without its lists (a
+        single get is the request path's common case)."""
+        self.reads += 1
+        dirty = self._dirty
+        if dirty:
+            self._repair_soon()
+            if key in dirty:
+                self.bypassed += 1
+                return (await self._record.get_many((key,)))[0]
+        guard = self._guard
+        busy = guard.busy_timeouts
+        lookups = await guard.call(self._cache.lookup((key,), lease_ttl=self._lease_ttl))
+        if lookups is FAILED and guard.busy_timeouts > busy:
+            lookups = await guard.call(self._cache.lookup((key,), lease_ttl=self._lease_ttl))
+        if lookups is FAILED:
+            self.bypassed += 1
+            return (await self._record.get_many((key,)))[0]
+        answer = lookups[0]
+        entry = answer.entry
+        if entry is not None and (entry.expires_at is None or entry.expires_at > self._clock.now()):
+            self.hits += 1
+            return entry
+        self.misses += 1
+        entry = (await self._record.get_many((key,)))[0]
+        if entry is not None and answer.lease is not None:
+            await self.fill([(key, entry, answer.lease)])
+        return entry
 
     async def fill(self, items: list[tuple[Key, Entry, str]]) -> int | None:
         """Fill ``items`` through their leases; how many landed, ``None`` if the cache
