@@ -1,0 +1,96 @@
+"""The tracer, the duration histogram and the span of one operation (see the package)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Final
+
+from opentelemetry import context, metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from opentelemetry.metrics import Histogram, Meter, MeterProvider
+    from opentelemetry.trace import Tracer, TracerProvider
+
+SCOPE: Final = "kvstore"
+DURATION: Final = "db.client.operation.duration"
+
+
+class Instruments:
+    """The tracer and the duration histogram every traced wrapper of one database shares."""
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        """``None`` providers are OpenTelemetry's global ones (whatever the application set,
+        or the API's no-ops)."""
+        self.tracer: Tracer = trace.get_tracer(SCOPE, tracer_provider=tracer_provider)
+        self.meter: Meter = metrics.get_meter(SCOPE, meter_provider=meter_provider)
+        self.duration: Histogram = self.meter.create_histogram(
+            DURATION, unit="s", description="Duration of kvstore operations, per tier."
+        )
+        self._attributes: dict[tuple[str, str, str, str | None], dict[str, str]] = {}
+
+    def operation(self, system: str, tier: str, name: str, namespace: str | None) -> _Operation:
+        """A span and a duration measurement around one operation (``with``)."""
+        key = (system, tier, name, namespace)
+        attributes = self._attributes.get(key)
+        if attributes is None:
+            attributes = {"db.system.name": system, "db.operation.name": name, "kvstore.tier": tier}
+            if namespace is not None:
+                attributes["db.collection.name"] = namespace
+            if len(self._attributes) >= _ATTRIBUTE_SETS:
+                self._attributes.clear()
+            self._attributes[key] = attributes
+        span_name = name if namespace is None else f"{name} {namespace}"
+        return _Operation(self, span_name, attributes)
+
+
+_ATTRIBUTE_SETS: Final = 4096
+"""Attribute dicts kept for reuse (one per system, tier, operation and namespace)."""
+
+
+class _Operation:
+    """One operation's span (current while it runs) and duration measurement. A class, not
+    a generator-based context manager: it wraps every call of every tier."""
+
+    __slots__ = ("_attributes", "_instruments", "_name", "_span", "_start", "_token")
+
+    def __init__(self, instruments: Instruments, name: str, attributes: dict[str, str]) -> None:
+        self._instruments = instruments
+        self._name = name
+        self._attributes = attributes
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+        span = self._instruments.tracer.start_span(
+            self._name, kind=SpanKind.CLIENT, attributes=self._attributes
+        )
+        self._span = span
+        # a span that records nothing (no SDK) need not become current: its children would
+        # record nothing either
+        self._token = (
+            context.attach(trace.set_span_in_context(span)) if span.is_recording() else None
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span, attributes = self._span, self._attributes
+        if self._token is not None:
+            context.detach(self._token)
+        if exc_type is not None:
+            # the class name only: an exception's message may name an id
+            error = exc_type.__name__
+            attributes = {**attributes, "error.type": error}
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
+        self._instruments.duration.record(time.perf_counter() - self._start, attributes)
