@@ -27,6 +27,8 @@ SCRIPT = (
 """A conversation; after it the user keeps chatting in WRAP_UP ("ok, turn N")."""
 
 WORKER = "X-Coach-Worker"
+LANE = 25
+"""Conversations per connection pool (two connections each, for sends at once)."""
 
 
 def text_of(turn: int) -> str:
@@ -40,6 +42,8 @@ class Conversation:
 
     user_id: str
     session_id: str
+    lane: int = 0
+    """Which of the client's connection pools it uses."""
     acked: list[str] = field(default_factory=list)
     """Message ids, in the order their answers came (each sent after the last answer)."""
     texts: dict[str, str] = field(default_factory=dict)
@@ -87,27 +91,35 @@ class Client:
         double_ratio: float,
         give_up_after: float,
         timeout: float,
-        connections: int = 200,
+        lanes: int = 1,
     ) -> None:
         """``timeout``: seconds a send waits for its answer before it is sent again (a
-        client that gives up on a stuck connection and reconnects)."""
-        self.http = httpx.AsyncClient(
-            base_url=url,
-            timeout=httpx.Timeout(timeout, pool=120.0),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        )
+        client that gives up on a stuck connection and reconnects). ``lanes``: connection
+        pools, each for :data:`LANE` conversations: httpx's pool costs CPU in the number of
+        requests waiting in it, and one pool for 1,000 conversations made the client, not
+        the service, the bottleneck."""
+        limits = httpx.Limits(max_connections=2 * LANE, max_keepalive_connections=2 * LANE)
+        self.lanes = [
+            httpx.AsyncClient(
+                base_url=url, timeout=httpx.Timeout(timeout, pool=120.0), limits=limits
+            )
+            for _ in range(lanes)
+        ]
         self.think = think
         self.double_ratio = double_ratio
         self.give_up_after = give_up_after
         self.traffic = Traffic()
 
     async def close(self) -> None:
-        await self.http.aclose()
+        for lane in self.lanes:
+            await lane.aclose()
 
-    async def _request(self, name: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(
+        self, talk: Conversation, name: str, method: str, path: str, **kwargs: Any
+    ) -> httpx.Response:
         start = time.perf_counter()
         try:
-            response = await self.http.request(method, path, **kwargs)
+            response = await self.lanes[talk.lane].request(method, path, **kwargs)
         except httpx.HTTPError as error:
             self.traffic.errors[f"{name}: {type(error).__name__}"] += 1
             raise
@@ -122,7 +134,7 @@ class Client:
         path = f"/users/{talk.user_id}/sessions/{talk.session_id}/messages"
         body = {"message_id": message_id, "text": talk.texts[message_id]}
         try:
-            response = await self._request("POST messages", "POST", path, json=body)
+            response = await self._request(talk, "POST messages", "POST", path, json=body)
         except httpx.HTTPError:
             return False
         if response.status_code != 200:
@@ -162,7 +174,7 @@ class Client:
         ):
             if random.random() < chance:
                 with contextlib.suppress(httpx.HTTPError):  # counted; reads are not retried
-                    await self._request(name, "GET", path)
+                    await self._request(talk, name, "GET", path)
 
     async def converse(self, talk: Conversation, deadline: float) -> None:
         """Turns until ``deadline``; the turn in flight then is still sent until answered

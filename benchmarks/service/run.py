@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.service.chaos import Chaos
 from benchmarks.service.check import Findings, check
-from benchmarks.service.client import Client, Conversation, Traffic
+from benchmarks.service.client import LANE, Client, Conversation, Traffic
 from benchmarks.service.servers import Postgres, Redis, Service
 
 
@@ -100,6 +100,7 @@ async def run_service(
             double_ratio=double_ratio,
             give_up_after=120.0,
             timeout=client_timeout,
+            lanes=-(-conversations // LANE),
         )
         faults = Chaos(service, redis, postgres, freeze=max(lock_ttl, client_timeout) + 1.5)
         talks = await _drive(report, client, faults, chaos_every)
@@ -117,7 +118,10 @@ async def run_service(
 async def _drive(
     report: ServiceReport, client: Client, faults: Chaos, chaos_every: float
 ) -> list[Conversation]:
-    talks = [Conversation(f"user-{n}", f"session-{n}") for n in range(report.conversations)]
+    talks = [
+        Conversation(f"user-{n}", f"session-{n}", lane=n // LANE)
+        for n in range(report.conversations)
+    ]
     start = time.monotonic()
     deadline = start + report.seconds
     try:
