@@ -163,24 +163,25 @@ async def test_a_turn_committed_by_a_worker_that_died_is_finished_by_the_next(
 async def test_a_worker_that_paused_past_its_lease_is_fenced_off(
     make_db_sqlite: MakeDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first message's handler pauses past its 0.3 s lease; the second message takes
-    the lock and its turn; the first one's commit is refused by the store (503, so its
-    client sends it again and it becomes turn 2)."""
-    paused = asyncio.Event()
+    """The first message's handler pauses (until the second is answered) past its 0.3 s
+    lease; the second message takes the lock and its turn; the first one's commit is
+    refused by the store (503, so its client sends it again and it becomes turn 2)."""
+    paused, quick_answered = asyncio.Event(), asyncio.Event()
 
     async def slow_step(db: Database, user_id: str, state: State, message: str) -> Step:
         if message == "slow" and not paused.is_set():
             paused.set()
-            await asyncio.sleep(1.0)
+            await quick_answered.wait()
         return await step(db, user_id, state, message)
 
     monkeypatch.setattr(turns_module, "step", slow_step)
-    async with CoachService(make_db_sqlite(), lock_ttl=0.3, lock_timeout=10) as service:
+    async with CoachService(make_db_sqlite(), lock_ttl=0.3, lock_timeout=30) as service:
         transport = httpx.ASGITransport(app=create_app(service))
         async with httpx.AsyncClient(transport=transport, base_url="http://coach") as client:
             slow = asyncio.ensure_future(send(client, "m-slow", "slow"))
             await paused.wait()
-            quick = await send(client, "m-quick", "quick")
+            quick = await send(client, "m-quick", "quick")  # granted once the lease ran out
+            quick_answered.set()
             assert (quick.status_code, quick.json()["seq"]) == (200, 1)
             fenced = await slow
             assert (fenced.status_code, fenced.json()["error"]) == (503, "FencedError")
