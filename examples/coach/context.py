@@ -24,3 +24,17 @@ def with_exchange(
     """A copy of ``context`` with one exchange appended, keeping the last ``window``."""
     recent = [*messages(context), {"role": "user", "text": user}, {"role": "coach", "text": coach}]
     return context.model_copy(update={"context": {**context.context, "messages": recent[-window:]}})
+
+
+def turn_of(context: ContextRecord) -> int:
+    """The number of the last turn this context holds (0: none, or written without turns)."""
+    turn = context.context.get("turn", 0)
+    return turn if isinstance(turn, int) else 0
+
+
+def with_turn(
+    context: ContextRecord, number: int, user: str, coach: str, *, window: int = DEFAULT_WINDOW
+) -> ContextRecord:
+    """:func:`with_exchange`, marked as holding turn ``number``."""
+    updated = with_exchange(context, user, coach, window=window)
+    return updated.model_copy(update={"context": {**updated.context, "turn": number}})

@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
-from examples.coach import actions, context
-from examples.coach.state_machine import PROMPTS, State, next_state
+from examples.coach import context
+from examples.coach.state_machine import State
+from examples.coach.step import step
 from kvstore import ContextRecord, DatabaseType, StateRecord, create_database
 
 if TYPE_CHECKING:
@@ -26,22 +27,45 @@ class Reply:
     context_version: int
 
 
+LOCK_TTL = 10.0
+"""Seconds a message's handler holds its session's lock at most (a lease): longer than a
+turn takes under load, short enough that a worker that died holds its sessions up briefly."""
+LOCK_TIMEOUT = 20.0
+"""Seconds a message waits for its session's lock: more than :data:`LOCK_TTL`, so a message
+queued behind a holder that died still gets its turn."""
+
+
 class CoachService:
     """Handles user messages; one instance per process, sharing one store."""
 
-    def __init__(self, db: Database, *, context_window: int = context.DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        context_window: int = context.DEFAULT_WINDOW,
+        lock_ttl: float = LOCK_TTL,
+        lock_timeout: float = LOCK_TIMEOUT,
+    ) -> None:
         self.db = db
         self.context_window = context_window
+        self.lock_ttl = lock_ttl
+        self.lock_timeout = lock_timeout
 
     @classmethod
     def from_environment(cls) -> Self:
         """``KVSTORE_URL`` (SQL) plus ``KVSTORE_CACHE_URL`` (Redis or memory://) make a tiered
-        store; without a cache URL, the SQL store alone (default: the SQLite file)."""
+        store; without a cache URL, the SQL store alone (default: the SQLite file).
+        ``KVSTORE_COACH_LOCK_TTL`` and ``KVSTORE_COACH_LOCK_TIMEOUT`` (seconds) override
+        :data:`LOCK_TTL` and :data:`LOCK_TIMEOUT`."""
         cache_url = os.environ.get("KVSTORE_CACHE_URL")
         url = os.environ.get("KVSTORE_URL")
+        lock_ttl = float(os.environ.get("KVSTORE_COACH_LOCK_TTL", LOCK_TTL))
+        lock_timeout = float(os.environ.get("KVSTORE_COACH_LOCK_TIMEOUT", LOCK_TIMEOUT))
         if cache_url:
-            return cls(create_database(DatabaseType.TIERED, url, cache_url=cache_url))
-        return cls(create_database(DatabaseType.SQL, url))
+            db = create_database(DatabaseType.TIERED, url, cache_url=cache_url)
+        else:
+            db = create_database(DatabaseType.SQL, url)
+        return cls(db, lock_ttl=lock_ttl, lock_timeout=lock_timeout)
 
     async def __aenter__(self) -> Self:
         await self.db.initialize()
@@ -62,14 +86,8 @@ class CoachService:
         ctx = await self.db.get_context(user_id, session_id) or ContextRecord(
             user_id=user_id, session_id=session_id
         )
-        note = await actions.execute(self.db, user_id, state, message)
-        identities = (
-            len(await self.db.get_identities(user_id))
-            if state is State.IDENTITY_BRAINSTORMING
-            else 0
-        )
-        following = next_state(state, message, identities)
-        text = " ".join(part for part in (note, PROMPTS[following]) if part)
+        done = await step(self.db, user_id, state, message)
+        following, text = done.following, done.text
         saved = await self.db.save_state(
             StateRecord(
                 user_id=user_id,
