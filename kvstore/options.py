@@ -26,10 +26,12 @@ class CommonOptions(TypedDict, total=False):
     telemetry: bool
     """Spans and metrics through OpenTelemetry's global providers (needs the ``otel``
     extra; see docs/observability.md)."""
-    tracer_provider: TracerProvider
-    """Telemetry to this tracer provider instead of the global one (implies telemetry)."""
-    meter_provider: MeterProvider
-    """Telemetry to this meter provider instead of the global one (implies telemetry)."""
+    tracer_provider: TracerProvider | None
+    """Telemetry to this tracer provider instead of the global one (implies telemetry;
+    ``None`` is as if not given)."""
+    meter_provider: MeterProvider | None
+    """Telemetry to this meter provider instead of the global one (implies telemetry;
+    ``None`` is as if not given)."""
 
 
 class SQLOptions(TypedDict, total=False):

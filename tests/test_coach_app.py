@@ -20,6 +20,7 @@ from kvstore import BackendUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from kvstore import Database
     from tests.conftest import MakeDb
@@ -207,3 +208,21 @@ async def test_bad_input_is_refused_with_422(
     assert response.status_code == 422
     assert (await client.post(f"{SESSION}/messages", content=b"not json")).status_code == 422
     assert (await client.get(f"{SESSION}/transcript", params={"limit": 0})).status_code == 422
+
+
+async def test_metrics_for_prometheus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With KVSTORE_COACH_METRICS=1 the service serves kvstore's OpenTelemetry metrics at
+    /metrics in Prometheus's format: tier counters and the per-tier duration histogram."""
+    monkeypatch.setenv("KVSTORE_COACH_METRICS", "1")
+    monkeypatch.setenv("KVSTORE_URL", f"sqlite:///{tmp_path / 'coach.db'}")
+    monkeypatch.setenv("KVSTORE_CACHE_URL", "memory://")
+    async with CoachService.from_environment() as running:
+        transport = httpx.ASGITransport(app=create_app(running))
+        async with httpx.AsyncClient(transport=transport, base_url="http://coach") as http:
+            assert (await send(http, "m1", "Call me Sam.")).status_code == 200
+            assert (await http.get(f"{SESSION}/state")).status_code == 200
+            scraped = (await http.get("/metrics/")).text
+    assert "kvstore_cache_hits_total" in scraped
+    assert "db_client_operation_duration_seconds_bucket{" in scraped
+    assert 'kvstore_tier="cache"' in scraped
+    assert "Sam" not in scraped

@@ -16,7 +16,8 @@ with another text. ``422``: a bad id or body.
 
 ``GET .../state``, ``.../context``: the session's records (``404`` if none);
 ``GET .../transcript?after=N&limit=L``: its turns in order, after turn ``N``;
-``GET /health``: the store's tiers and counters of this worker (``db.stats()``).
+``GET /health``: the store's tiers and counters of this worker (``db.stats()``);
+``GET /metrics`` (with ``KVSTORE_COACH_METRICS=1``): kvstore's metrics for Prometheus.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
+from examples.coach import metrics
 from examples.coach.progress import Progress
 from examples.coach.service import CoachService
 from examples.coach.transcript import MAX_TEXT, Turn, seq_id
@@ -199,13 +201,13 @@ def create_app(service: CoachService | None = None) -> Starlette:
         return Route(path, _bad_ids(endpoint), methods=methods)
 
     session = "/users/{user_id}/sessions/{session_id}"
-    return Starlette(
-        routes=[
-            route(f"{session}/messages", "message", ["POST"]),
-            route(f"{session}/state", "state", ["GET"]),
-            route(f"{session}/context", "context", ["GET"]),
-            route(f"{session}/transcript", "transcript", ["GET"]),
-            route("/health", "health", ["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+    routes: list[BaseRoute] = [
+        route(f"{session}/messages", "message", ["POST"]),
+        route(f"{session}/state", "state", ["GET"]),
+        route(f"{session}/context", "context", ["GET"]),
+        route(f"{session}/transcript", "transcript", ["GET"]),
+        route("/health", "health", ["GET"]),
+    ]
+    if metrics.enabled():
+        routes.append(Mount("/metrics", app=metrics.endpoint()))
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
-from examples.coach import context
+from examples.coach import context, metrics
 from examples.coach.state_machine import State
 from examples.coach.step import step
 from kvstore import ContextRecord, DatabaseType, StateRecord, create_database
@@ -56,15 +56,19 @@ class CoachService:
         """``KVSTORE_URL`` (SQL) plus ``KVSTORE_CACHE_URL`` (Redis or memory://) make a tiered
         store; without a cache URL, the SQL store alone (default: the SQLite file).
         ``KVSTORE_COACH_LOCK_TTL`` and ``KVSTORE_COACH_LOCK_TIMEOUT`` (seconds) override
-        :data:`LOCK_TTL` and :data:`LOCK_TIMEOUT`."""
+        :data:`LOCK_TTL` and :data:`LOCK_TIMEOUT`; ``KVSTORE_COACH_METRICS=1`` sends the
+        store's metrics to Prometheus (:mod:`examples.coach.metrics`)."""
         cache_url = os.environ.get("KVSTORE_CACHE_URL")
         url = os.environ.get("KVSTORE_URL")
         lock_ttl = float(os.environ.get("KVSTORE_COACH_LOCK_TTL", LOCK_TTL))
         lock_timeout = float(os.environ.get("KVSTORE_COACH_LOCK_TIMEOUT", LOCK_TIMEOUT))
+        provider = metrics.meter_provider() if metrics.enabled() else None
         if cache_url:
-            db = create_database(DatabaseType.TIERED, url, cache_url=cache_url)
+            db = create_database(
+                DatabaseType.TIERED, url, cache_url=cache_url, meter_provider=provider
+            )
         else:
-            db = create_database(DatabaseType.SQL, url)
+            db = create_database(DatabaseType.SQL, url, meter_provider=provider)
         return cls(db, lock_ttl=lock_ttl, lock_timeout=lock_timeout)
 
     async def __aenter__(self) -> Self:
