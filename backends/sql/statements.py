@@ -153,6 +153,45 @@ same as ``put``, ``put_new`` and ``put_if``; a row whose check failed returns no
 _POSTGRES_REVISION: Final = (
     "CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('kv_revision') END"
 )
+_NOW: Final = "CAST(extract(epoch FROM clock_timestamp()) AS double precision)"
+POSTGRES_LOCKS: Final = {
+    "lock_ticket": """
+        INSERT INTO kv_lock_tickets (owner, name, expires_at)
+        VALUES ($1, $2, {now} + $3::double precision) RETURNING ticket""",
+    "lock_turn": """
+        WITH expired AS (
+            DELETE FROM kv_lock_tickets
+            WHERE owner = $1 AND name = $2 AND expires_at <= {now}
+        ),
+        head AS (
+            SELECT min(ticket) AS ticket FROM kv_lock_tickets
+            WHERE owner = $1 AND name = $2 AND expires_at > {now}
+        ),
+        granted AS (
+            INSERT INTO kv_fences (owner, name, token)
+            SELECT $1, $2, $3::bigint FROM head WHERE head.ticket = $3
+            ON CONFLICT (owner, name) DO UPDATE
+            SET token = GREATEST(kv_fences.token, excluded.token)
+            RETURNING token
+        ),
+        renewed AS (
+            UPDATE kv_lock_tickets SET expires_at = {now} + CASE
+                WHEN ticket = (SELECT ticket FROM head) THEN $5::double precision
+                ELSE $4::double precision END
+            WHERE ticket = $3 AND expires_at > {now}
+            RETURNING ticket
+        )
+        SELECT (SELECT ticket FROM renewed),
+               COALESCE((SELECT token FROM granted),
+                        (SELECT token FROM kv_fences WHERE owner = $1 AND name = $2))""",
+    "lock_release": """
+        DELETE FROM kv_lock_tickets WHERE ticket = $3 AND owner = $1 AND name = $2""",
+}
+"""Session locks on PostgreSQL as single statements on the hot path (the SQLite forms, in
+:mod:`backends.sql.locks`, are a transaction of three). A turn's parts share one snapshot:
+the fence it reads back is the grant's own ``RETURNING`` if it granted, else the row as it
+was; tickets expire on the server's clock."""
+
 _POSTGRES_TYPES: Final = {
     "{text}": "::text",
     "{json}": "::jsonb",
@@ -168,13 +207,17 @@ def _typed(text: str, types: dict[str, str]) -> str:
     return text
 
 
-POSTGRES_SQL: Final = {
-    name: _typed(text, _POSTGRES_TYPES)
-    .replace("{on_conflict_update}", _ON_CONFLICT_UPDATE)
-    .replace("{revision}", _POSTGRES_REVISION)
-    .replace("{deleted}", "currval('kv_revision')")
-    for name, text in (SQL | FENCED | {"put_batch": _BATCH_PUT}).items()
-} | feed.POSTGRES
+POSTGRES_SQL: Final = (
+    {
+        name: _typed(text, _POSTGRES_TYPES)
+        .replace("{on_conflict_update}", _ON_CONFLICT_UPDATE)
+        .replace("{revision}", _POSTGRES_REVISION)
+        .replace("{deleted}", "currval('kv_revision')")
+        for name, text in (SQL | FENCED | {"put_batch": _BATCH_PUT}).items()
+    }
+    | {name: text.replace("{now}", _NOW) for name, text in POSTGRES_LOCKS.items()}
+    | feed.POSTGRES
+)
 """Every statement as PostgreSQL runs it (benchmarks run the same text on the raw driver)."""
 SQLITE_SQL: Final = {
     name: re.sub(

@@ -276,17 +276,32 @@ class SQLBackend(BulkOperations, Backend):
 
     async def lock_ticket(self, owner: str, name: str, *, hold: float) -> int:
         check_lock(owner, name, hold)
-        return await self._locks.ticket(owner, name, hold)
+        if not self._postgres:
+            return await self._locks.ticket(owner, name, hold)
+        rows = await self._run("lock", "lock_ticket", (owner, name, hold), idempotent=False)
+        return int(rows[0][0])
 
     async def lock_turn(
         self, owner: str, name: str, ticket: int, *, hold: float, lease: float
     ) -> bool | None:
         check_lock(owner, name, hold, lease)
-        return await self._locks.turn(owner, name, ticket, hold, lease)
+        if not self._postgres:
+            return await self._locks.turn(owner, name, ticket, hold, lease)
+        args = (owner, name, ticket, hold, lease)
+        [(renewed, token)] = await self._run("lock", "lock_turn", args, idempotent=True)
+        if renewed is None:
+            return None
+        if token is not None and token > ticket:  # passed over: see backends.sql.locks
+            await self.lock_release(owner, name, ticket)
+            return None
+        return bool(token == ticket)
 
     async def lock_release(self, owner: str, name: str, ticket: int) -> None:
         check_lock(owner, name)
-        await self._locks.release(owner, name, ticket)
+        if not self._postgres:
+            await self._locks.release(owner, name, ticket)
+            return
+        await self._run("unlock", "lock_release", (owner, name, ticket), idempotent=True)
 
     async def _conflict(self, key: Key, expected: int) -> ConflictError:
         args = (*key_columns(key), self._times.to_driver(self.clock.now()))
