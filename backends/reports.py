@@ -97,6 +97,12 @@ class SQLStats:
     """Saves sent to the database (group commit: each row of a round counts)."""
     save_statements: int
     """Statements that carried them: fewer than ``saves`` when rounds grouped saves."""
+    connections_in_use: int = 0
+    """Hot statements running on pooled connections now (PostgreSQL)."""
+    connection_waits: int = 0
+    """Hot statements that found every connection taken and waited their turn."""
+    connection_wait_seconds: float = 0.0
+    """Time those waits took in all."""
 
 
 @dataclass(frozen=True, slots=True)

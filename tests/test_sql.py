@@ -445,3 +445,18 @@ async def test_a_lock_ticket_that_commits_after_a_larger_one_was_granted_does_no
     waiting = await backend.lock_ticket("u1", "s1", hold=5)
     assert await backend.lock_turn("u1", "s1", late, hold=5, lease=5) is None
     assert await backend.lock_turn("u1", "s1", waiting, hold=5, lease=5)
+
+
+@pytest.mark.postgres
+async def test_connection_waits_are_counted(postgres_url: str) -> None:
+    """stats().sql counts statements that found every pooled connection taken, and how
+    long they waited; none is left in use afterwards."""
+    await postgres.empty(postgres_url)
+    async with create_database(DatabaseType.SQL, postgres_url, pool_size=2) as db:
+        await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
+        await asyncio.gather(*(db.get_state("u1", "s1") for _ in range(32)))
+        stats = db.stats().sql
+    assert stats is not None
+    assert stats.connection_waits > 0
+    assert stats.connection_wait_seconds > 0
+    assert stats.connections_in_use == 0

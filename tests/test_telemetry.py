@@ -223,11 +223,11 @@ def test_the_grafana_dashboard_queries_only_metrics_kvstore_exports() -> None:
     import re
     from pathlib import Path
 
-    from backends.telemetry import DURATION, SQL_COUNTERS, TIER_COUNTERS, TIER_GAUGES
+    from backends.telemetry import DURATION, SQL_COUNTERS, SQL_GAUGES, TIER_COUNTERS, TIER_GAUGES
 
     exported = {DURATION, "kvstore.cache.breaker.open"}
     exported |= {f"kvstore.cache.{name}" for name in (*TIER_COUNTERS, *TIER_GAUGES)}
-    exported |= {f"kvstore.sql.{name}" for name in SQL_COUNTERS}
+    exported |= {f"kvstore.sql.{name}" for name in (*SQL_COUNTERS, *SQL_GAUGES)}
     prometheus = {name.replace(".", "_") for name in exported}
     dashboard = json.loads(Path("docs/grafana/kvstore.json").read_text())
     queried = {

@@ -85,6 +85,12 @@ class HotPath:
         self.turns = max(1, config.pool_size + config.max_overflow - 1)
         """Hot statements that may run at once (PostgreSQL)."""
         self._turns = asyncio.Semaphore(self.turns)
+        self.in_use = 0
+        """Hot statements holding a turn now (PostgreSQL)."""
+        self.waits = 0
+        """Hot statements that found every turn taken and waited for one."""
+        self.wait_seconds = 0.0
+        """Time those waits took in all (loop time)."""
         self._ghosts: set[int] = set()
         """PostgreSQL server processes of connections dropped while a write was in flight
         (see :meth:`_bury_ghosts`)."""
@@ -135,6 +141,7 @@ class HotPath:
                     return rows
             finally:
                 if turns:
+                    self.in_use -= 1
                     self._turns.release()
             await asyncio.sleep(backoff(attempt))  # without holding a turn
             attempt += 1
@@ -183,12 +190,19 @@ class HotPath:
         turns = self._turns
         if not turns.locked():
             await turns.acquire()  # free: returns at once
+            self.in_use += 1
             return
+        self.waits += 1
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             async with asyncio.timeout(self.turn_timeout):
                 await turns.acquire()
         except TimeoutError as exc:
             raise self.no_turn(action) from exc
+        finally:
+            self.wait_seconds += loop.time() - began
+        self.in_use += 1
 
     def no_turn(self, action: str) -> BackendUnavailableError:
         """The error of a statement that waited :attr:`turn_timeout` for its turn."""

@@ -105,7 +105,14 @@ class SQLBackend(BulkOperations, Backend):
 
     def sql_stats(self) -> SQLStats:
         """The counters now."""
-        return SQLStats(saves=self._saves.saves, save_statements=self._saves.statements)
+        hot = self._hot
+        return SQLStats(
+            saves=self._saves.saves,
+            save_statements=self._saves.statements,
+            connections_in_use=hot.in_use,
+            connection_waits=hot.waits,
+            connection_wait_seconds=hot.wait_seconds,
+        )
 
     def stats(self) -> Stats:
         return Stats(backend=self.kind, sql=self.sql_stats())

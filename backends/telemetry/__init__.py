@@ -16,13 +16,20 @@ tiered store's calls to its tiers, as child spans). Attributes never carry ids, 
 URLs or exception messages.
 """
 
-from backends.telemetry.counters import SQL_COUNTERS, TIER_COUNTERS, TIER_GAUGES, observe_stats
+from backends.telemetry.counters import (
+    SQL_COUNTERS,
+    SQL_GAUGES,
+    TIER_COUNTERS,
+    TIER_GAUGES,
+    observe_stats,
+)
 from backends.telemetry.instruments import DURATION, Instruments
 from backends.telemetry.wrappers import TracedBackend, TracedCache
 
 __all__ = [
     "DURATION",
     "SQL_COUNTERS",
+    "SQL_GAUGES",
     "TIER_COUNTERS",
     "TIER_GAUGES",
     "Instruments",

@@ -58,6 +58,12 @@ class _Observed:
                 callbacks=[observe(_sql_field(field), sum)],
                 description=description,
             )
+        for field, description in SQL_GAUGES.items():
+            meter.create_observable_gauge(
+                f"kvstore.sql.{field}",
+                callbacks=[observe(_sql_field(field), sum)],
+                description=description,
+            )
 
     def live(self) -> builtins.list[Stats]:
         alive = [(source, source()) for source in self.sources]
@@ -121,4 +127,9 @@ TIER_GAUGES: Final = {
 SQL_COUNTERS: Final = {
     "saves": "Saves sent to the database.",
     "save_statements": "Statements that carried them (fewer with group commit).",
+    "connection_waits": "Statements that found every pooled connection taken and waited.",
+    "connection_wait_seconds": "Time those waits took in all.",
+}
+SQL_GAUGES: Final = {
+    "connections_in_use": "Statements running on pooled connections now.",
 }
