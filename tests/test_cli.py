@@ -72,18 +72,6 @@ def test_help_lists_commands() -> None:
         assert command in output
 
 
-def test_the_command_line_starts_without_the_drivers() -> None:
-    """`kvstore --help` and the commands' definitions import no database driver, SQLAlchemy
-    or Alembic: a command imports what it uses when it runs (start-up time is printed by
-    `python -m benchmarks.cli_startup`)."""
-    heavy = ("sqlalchemy", "asyncpg", "aiosqlite", "redis", "hiredis", "alembic")
-    probe = f"import sys, kvstore.cli; print([m for m in {heavy!r} if m in sys.modules])"
-    found = subprocess.run(
-        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=60
-    ).stdout.strip()
-    assert found == "[]"
-
-
 def test_connection_options_go_before_or_after_the_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

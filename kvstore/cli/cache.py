@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import click
 import orjson
-from rich.table import Table
 
 from kvstore.cli.app import (
     literal_console,
@@ -159,6 +158,8 @@ def verify(
                 ).decode()
             )
         else:
+            from rich.table import Table  # only for the table output
+
             table = Table("checked", "stale", "extra", "not cached", "repaired")
             table.add_row(
                 str(report.checked),

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 from pydantic import ValidationError
-from rich.table import Table
 from rich.text import Text
 
 from kvstore.cli.app import (
@@ -223,6 +222,8 @@ def list_records(
                         ).decode()
                     )
                 return
+            from rich.table import Table  # only for the table output
+
             table = Table("key", "version", "updated (UTC)", "expires (UTC)")
             for key, entry in rows:
                 table.add_row(
@@ -485,6 +486,8 @@ def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
         if as_json:
             click.echo(orjson.dumps({"records": counts, "cache": cache}).decode())
             return
+        from rich.table import Table  # only for the table output
+
         table = Table("namespace", "records")
         for name, count in sorted(counts.items()):
             table.add_row(name, f"{count:,}")
