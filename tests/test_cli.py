@@ -488,7 +488,7 @@ def test_cache_verify_finds_and_repairs_a_difference_then_warm(tiered_env: str) 
 def test_cache_verify_and_warm_work_at_their_defaults_on_a_larger_store(tiered_env: str) -> None:
     """25,000 records: verify's default 10,000 and warm's 5,000 go to the cache in chunks
     (one batch of thousands used to miss the 0.1 s cache deadline: 'nothing was verified',
-    and 'warmed 0' with exit code 0)."""
+    and 'warmed 0' with exit code 0); --all streams every record."""
     asyncio.run(_fill(tiered_env, 25_000))
     code, output = invoke("cache", "warm", "--limit", "5000")
     assert code == 0, output
@@ -502,6 +502,15 @@ def test_cache_verify_and_warm_work_at_their_defaults_on_a_larger_store(tiered_e
     assert code == 0, report
     assert report["checked"] == 10_000
     assert (report["stale"], report["extra"], report["missing"]) == ([], [], 10_000 - landed)
+    code, output = invoke("cache", "warm", "--all")
+    assert code == 0, output
+    assert "read 25000 state records" in output
+    code, report = invoke_json("cache", "verify", "--all", "--json")
+    assert code == 0, report
+    assert report["checked"] == 25_000
+    assert (report["stale"], report["extra"]) == ([], [])
+    assert report["missing"] < 100  # only fills a concurrent feed repair took the lease of
+    assert invoke("cache", "verify", "--limit", "0")[0] == 2  # a usage error
 
 
 @pytest.mark.postgres

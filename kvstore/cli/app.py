@@ -13,8 +13,9 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from kvstore.errors import KVStoreError
+from kvstore.errors import ConfigurationError, KVStoreError
 from kvstore.factory import DEFAULT_SQL_URL, DatabaseType, create_database
+from kvstore.store import Store
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -61,6 +62,14 @@ def open_database(url: str | None, cache_url: str | None = None) -> Database:
     if url.startswith(("redis://", "rediss://", "unix://", "redis+")):
         return create_database(DatabaseType.REDIS, url)
     return create_database(DatabaseType.SQL, url)
+
+
+def as_store(database: Database) -> Store:
+    """``database`` as the kvstore ``Store`` every built store is (for the commands that
+    need its backend's primitives: raw keys, scans, capabilities)."""
+    if not isinstance(database, Store):
+        raise ConfigurationError("this command needs a kvstore Store")
+    return database
 
 
 def literal_console(*, stderr: bool = False) -> Console:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.text import Text
 
 from kvstore.cli.app import (
+    as_store,
     fail,
     literal_console,
     main,
@@ -27,12 +28,11 @@ from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.keys import Key, check_namespace
 from kvstore.migrate import migrate_collection
 from kvstore.models import Record
-from kvstore.store import Store
 from kvstore.transfer import ImportReport, export_lines, import_lines, open_text
 
 if TYPE_CHECKING:
     from backends.base import Backend, Entry
-    from kvstore.interface import Database
+    from kvstore.store import Store
 
 EXIT_NOT_FOUND = 4
 """Exit code of ``get`` and ``delete`` when there is no such record."""
@@ -70,12 +70,6 @@ async def _counts(backend: Backend) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _store(database: Database) -> Store:
-    if not isinstance(database, Store):
-        raise ConfigurationError("this command needs a kvstore Store")
-    return database
-
-
 def _as_json(store: Store, namespace: str, entry: Entry) -> Any:
     collection = store.built_in.get(namespace)
     if collection is None:
@@ -98,7 +92,7 @@ def get(url: str | None, cache_url: str | None, namespace: str, key: tuple[str, 
     console = literal_console(stderr=True)
 
     async def work() -> int:
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             backend = await store.backend_ready()
             entry = await backend.get(Key(check_namespace(namespace), key))
             if entry is None:
@@ -130,7 +124,7 @@ def put(
       echo '{"user_id": "u1", "session_id": "s1", "state": "CHAT"}' | kvstore put state
     """
     console = literal_console(stderr=True)
-    database = _store(open_database(url, cache_url))
+    database = as_store(open_database(url, cache_url))
     collection = database.built_in[namespace]
     try:
         data = orjson.loads(source.read())
@@ -171,7 +165,7 @@ def delete(
     console = literal_console(stderr=True)
 
     async def work() -> int:
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             backend = await store.backend_ready()
             existed = await backend.delete(
                 Key(check_namespace(namespace), key), expected_version=expected_version
@@ -206,7 +200,7 @@ def list_records(
     console = literal_console()
 
     async def work() -> None:
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             backend = await store.backend_ready()
             rows = await backend.list(check_namespace(namespace), prefix, limit=limit)
             if as_json:
@@ -271,7 +265,7 @@ def export_command(
     async def work() -> int:
         count = 0
         try:
-            async with _store(open_database(url, cache_url)) as store:
+            async with as_store(open_database(url, cache_url)) as store:
                 backend = await store.backend_ready()
                 with progress_bar(console) as progress, open_text(partial, "wb") as sink:
                     task = progress.add_task("exporting", total=None)
@@ -344,7 +338,7 @@ def import_command(
             if dry_run and cache_url is None and _missing_sqlite_file(url):
                 report = await load(None)  # a dry run creates no database: everything is new
             else:
-                async with _store(open_database(url, cache_url)) as store:
+                async with as_store(open_database(url, cache_url)) as store:
                     report = await load(await store.backend_ready())
         except BaseException:
             if rejects_path.exists() and not rejects_path.stat().st_size:
@@ -409,7 +403,7 @@ def migrate(
         raise ConfigurationError("--model migrates one namespace: give exactly one --namespace")
 
     async def work() -> None:
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             if model is not None:
                 targets = {namespace[0]: store.collection(model, namespace[0])}
             else:
@@ -476,7 +470,7 @@ def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
     async def work() -> None:
         from backends.tiered import TieredBackend
 
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             backend = await store.backend_ready()
             counts = await _counts(backend)
             cache: dict[str, object] | None = None
