@@ -7,7 +7,7 @@ import asyncio
 import functools
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -51,15 +51,26 @@ def url_options(command: Callable[..., None]) -> Callable[..., None]:
     return click.option("--url", help=URL_HELP)(with_urls)
 
 
+def store_kind(url: str) -> Literal["memory", "redis", "sql"]:
+    """The kind of store a URL names: ``memory://``, a Redis URL, or else SQL (whose
+    builder rejects what it is not)."""
+    if url == "memory://":
+        return "memory"
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+")):
+        return "redis"
+    return "sql"
+
+
 def open_database(url: str | None, cache_url: str | None = None) -> Database:
     """The database a URL names (and a tiered one when a cache URL is given)."""
     if cache_url:  # in front of the store URL, or of the embedded default
         return create_database(DatabaseType.TIERED, url or DEFAULT_SQL_URL, cache_url=cache_url)
-    if url == "memory://":
-        return create_database(DatabaseType.MEMORY)
     if url is None:
         return create_database(DatabaseType.SQL)  # the embedded default: ./kvstore.db
-    if url.startswith(("redis://", "rediss://", "unix://", "redis+")):
+    kind = store_kind(url)
+    if kind == "memory":
+        return create_database(DatabaseType.MEMORY)
+    if kind == "redis":
         return create_database(DatabaseType.REDIS, url)
     return create_database(DatabaseType.SQL, url)
 

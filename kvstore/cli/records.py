@@ -1,4 +1,4 @@
-"""``kvstore get|put|delete|ls|export|import|stats`` and ``kvstore records migrate``."""
+"""``kvstore get|put|delete|ls|export|import`` and ``kvstore records migrate``."""
 
 from __future__ import annotations
 
@@ -49,25 +49,6 @@ def _missing_sqlite_file(url: str | None) -> bool:
 
     path = make_url(target).database
     return path is not None and not Path(path).exists()
-
-
-async def _counts(backend: Backend) -> dict[str, int]:
-    """Live records per namespace: the system of record's own count where it has one."""
-    from backends.sql import SQLBackend
-    from backends.tiered import TieredBackend
-
-    record = backend.record if isinstance(backend, TieredBackend) else backend
-    if isinstance(record, SQLBackend):
-        return await record.count()
-    if not record.capabilities.bulk:
-        raise ConfigurationError(f"{type(record).__name__} cannot count its records")
-    counts: dict[str, int] = {}
-    with progress_bar(literal_console(stderr=True)) as progress:
-        task = progress.add_task("counting", total=None)
-        async for key, _ in record.scan():
-            counts[key.namespace] = counts.get(key.namespace, 0) + 1
-            progress.advance(task)
-    return dict(sorted(counts.items()))
 
 
 def _as_json(store: Store, namespace: str, entry: Entry) -> Any:
@@ -450,44 +431,3 @@ def import_record(spec: str) -> type[Record]:
     if not (isinstance(target, type) and issubclass(target, Record) and target.KEY_FIELDS):
         raise ConfigurationError(f"{spec} is not a Record subclass with KEY_FIELDS")
     return target
-
-
-@main.command()
-@url_options
-@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
-def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
-    """Live records per namespace (on SQL one count query in the database; other stores are
-    scanned, with a progress bar), and for a tiered store whether its cache answers and which cache
-    generation is in use. Hit and miss counters belong to the running service
-    (``db.backend.stats()`` there); a new process would only show zeros.
-
-    \b
-    Example:
-      kvstore stats --json
-    """
-    console = literal_console()
-
-    async def work() -> None:
-        from backends.tiered import TieredBackend
-
-        async with as_store(open_database(url, cache_url)) as store:
-            backend = await store.backend_ready()
-            counts = await _counts(backend)
-            cache: dict[str, object] | None = None
-            if isinstance(backend, TieredBackend):
-                now = backend.tier_stats()
-                cache = {"answers": now.breaker == "closed", "generation": now.generation}
-        if as_json:
-            click.echo(orjson.dumps({"records": counts, "cache": cache}).decode())
-            return
-        from rich.table import Table  # only for the table output
-
-        table = Table("namespace", "records")
-        for name, count in sorted(counts.items()):
-            table.add_row(name, f"{count:,}")
-        console.print(table)
-        if cache is not None:
-            answers = "answers" if cache["answers"] else "does not answer (breaker open)"
-            console.print(f"cache: {answers}; generation {cache['generation']}")
-
-    run(console, work)
