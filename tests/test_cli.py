@@ -152,7 +152,7 @@ def test_put_get_ls_delete(store_url: str) -> None:
     code, output = invoke(
         "put", "state", "--expected-version", "0", stdin=orjson.dumps(record).decode()
     )
-    assert code == 1
+    assert code == 6  # a conflict: read again and retry
     assert "ConflictError" in output
     code, output = invoke("put", "state", stdin='{"user_id": "u1"}')
     assert code == 1
@@ -252,7 +252,7 @@ def test_an_interrupted_export_or_import_leaves_no_file_that_looks_complete(
 
     monkeypatch.setattr("kvstore.cli.records.export_lines", broken)
     code, output = invoke("export", "-o", str(backup))
-    assert code == 1
+    assert code == 7  # the server did not answer
     assert "went away" in output
     assert backup.read_bytes() == whole  # the earlier, complete backup is untouched
     assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]
@@ -262,8 +262,16 @@ def test_an_interrupted_export_or_import_leaves_no_file_that_looks_complete(
 
     monkeypatch.setattr("kvstore.cli.records.import_lines", cut)
     code, output = invoke("import", str(backup))
-    assert code == 1
+    assert code == 7
     assert not (tmp_path / "backup.jsonl.gz.rejects.jsonl").exists()  # nor an empty rejects
+
+    async def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("kvstore.cli.records.import_lines", stopped)
+    code, output = invoke("import", str(backup))
+    assert (code, output.strip()) == (130, "error: interrupted: stopped by Ctrl-C")
+    assert not (tmp_path / "backup.jsonl.gz.rejects.jsonl").exists()
 
 
 def test_a_dry_run_import_writes_nothing_and_reports_what_a_real_run_would(

@@ -10,6 +10,7 @@ import click
 import orjson
 
 from kvstore.cli.app import (
+    Exit,
     as_store,
     literal_console,
     main,
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 EVERY = sys.maxsize
 """The limit that means every record of the namespace: the tier streams them in chunks."""
-EXIT_DIFFERENT = 3
-"""Exit code of ``cache verify`` when the cache differs from SQL (and was not repaired)."""
 
 
 def _tiered(url: str | None, cache_url: str | None) -> Database:
@@ -38,11 +37,7 @@ def _tiered(url: str | None, cache_url: str | None) -> Database:
 
 
 def _limit(limit: int, every: bool) -> int:
-    if every:
-        return EVERY
-    if limit <= 0:
-        raise click.BadParameter("must be positive (--all: every record)", param_hint="--limit")
-    return limit
+    return EVERY if every else limit
 
 
 @main.group()
@@ -52,7 +47,9 @@ def cache() -> None:
 
 @cache.command()
 @url_options
-@click.option("--seconds", type=float, help="Stop after this long (default: until Ctrl-C).")
+@click.option(
+    "--seconds", type=click.FloatRange(min=0), help="Stop after this long (default: until Ctrl-C)."
+)
 def follow(url: str | None, cache_url: str | None, seconds: float | None) -> None:
     """Apply SQL's change feed to the cache until interrupted: for deployments whose service
     processes run with follow_changes=False. Prints what it applied when it stops.
@@ -92,7 +89,13 @@ def follow(url: str | None, cache_url: str | None, seconds: float | None) -> Non
 @url_options
 @click.option("--namespace", default="state", show_default=True)
 @click.option("--user", "owner", help="Only this user's records.")
-@click.option("--limit", default=1000, show_default=True, help="The newest this many.")
+@click.option(
+    "--limit",
+    default=1000,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="The newest this many.",
+)
 @click.option("--all", "every", is_flag=True, help="Every record of the namespace.")
 def warm(
     url: str | None,
@@ -136,7 +139,13 @@ def warm(
 @url_options
 @click.option("--namespace", default="state", show_default=True)
 @click.option("--user", "owner", help="Only this user's records.")
-@click.option("--limit", default=10_000, show_default=True, help="The newest this many.")
+@click.option(
+    "--limit",
+    default=10_000,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="The newest this many.",
+)
 @click.option("--all", "every", is_flag=True, help="Every record of the namespace.")
 @click.option("--repair", is_flag=True, help="Invalidate every stale or extra cache entry.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
@@ -201,6 +210,6 @@ def verify(
             console.print(table)
             for key in differences[:20]:
                 console.print(f"  differs: {namespace} {' '.join(key.components)}")
-        return 0 if not differences or report.repaired else EXIT_DIFFERENT
+        return 0 if not differences or report.repaired else Exit.REJECTED
 
     raise SystemExit(run(console, work))

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.text import Text
 
 from kvstore.cli.app import (
+    Exit,
     as_store,
     fail,
     literal_console,
@@ -33,11 +34,6 @@ from kvstore.transfer import ImportReport, export_lines, import_lines, open_text
 if TYPE_CHECKING:
     from backends.base import Backend, Entry
     from kvstore.store import Store
-
-EXIT_NOT_FOUND = 4
-"""Exit code of ``get`` and ``delete`` when there is no such record."""
-EXIT_REJECTED = 3
-"""Exit code of an import that loaded every good line but rejected some."""
 
 
 def _missing_sqlite_file(url: str | None) -> bool:
@@ -78,7 +74,7 @@ def get(url: str | None, cache_url: str | None, namespace: str, key: tuple[str, 
             entry = await backend.get(Key(check_namespace(namespace), key))
             if entry is None:
                 console.print(f"no record {namespace} {' '.join(key)}")
-                return EXIT_NOT_FOUND
+                return Exit.NOT_FOUND
             record = _as_json(store, namespace, entry)
             click.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
             return 0
@@ -152,7 +148,7 @@ def delete(
                 Key(check_namespace(namespace), key), expected_version=expected_version
             )
             console.print(f"{'deleted' if existed else 'no record'} {namespace} {' '.join(key)}")
-            return 0 if existed else EXIT_NOT_FOUND
+            return 0 if existed else Exit.NOT_FOUND
 
     sys.exit(run(console, work))
 
@@ -161,7 +157,13 @@ def delete(
 @url_options
 @click.argument("namespace")
 @click.argument("prefix", nargs=-1, required=True, metavar="USER [KEY...]")
-@click.option("--limit", default=100, show_default=True, help="At most this many records.")
+@click.option(
+    "--limit",
+    default=100,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="At most this many records.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines for scripts.")
 def list_records(
     url: str | None,
@@ -242,13 +244,15 @@ def export_command(
     # written under a temporary name, renamed when complete: an interrupted export never
     # leaves a file that looks like a whole backup
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    if not output.parent.is_dir():
+        raise ConfigurationError(f"no directory {output.parent} to write {output.name} in")
 
     async def work() -> int:
         count = 0
         try:
             async with as_store(open_database(url, cache_url)) as store:
                 backend = await store.backend_ready()
-                with progress_bar(console) as progress, open_text(partial, "wb") as sink:
+                with open_text(partial, "wb") as sink, progress_bar(console) as progress:
                     task = progress.add_task("exporting", total=None)
                     async for line in export_lines(backend, namespace=namespace, owner=owner):
                         sink.write(line)
@@ -276,7 +280,7 @@ def export_command(
 @click.option(
     "--dry-run", is_flag=True, help="Validate and count what a real run would write; write nothing."
 )
-@click.option("--batch-size", default=500, show_default=True)
+@click.option("--batch-size", default=500, type=click.IntRange(min=1), show_default=True)
 def import_command(
     url: str | None,
     cache_url: str | None,
@@ -338,7 +342,7 @@ def import_command(
         if not report.rejected:
             rejects_path.unlink(missing_ok=True)
             return 0
-        return EXIT_REJECTED
+        return Exit.REJECTED
 
     sys.exit(run(console, work))
 
@@ -361,7 +365,7 @@ def records() -> None:
     help="Your own record class as module:Class (imported from the current directory or "
     "the path; importing it registers its upgrade functions), e.g. myapp.records:Note.",
 )
-@click.option("--batch-size", default=500, show_default=True)
+@click.option("--batch-size", default=500, type=click.IntRange(min=1), show_default=True)
 def migrate(
     url: str | None,
     cache_url: str | None,
