@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import asyncpg
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -19,7 +20,7 @@ from redis.asyncio import Redis
 
 from backends.base import Entry
 from backends.sql import build_sql_backend
-from backends.sql.migrate import head_revision
+from backends.sql.migrate import current_revision, head_revision, upgrade
 from kvstore import BackendUnavailableError, DatabaseType, Id, Record, create_database
 from kvstore.cli import main
 from kvstore.keys import Key
@@ -250,7 +251,7 @@ def test_an_interrupted_export_or_import_leaves_no_file_that_looks_complete(
         yield b'{"line": 1}\n'
         raise BackendUnavailableError("the database went away mid-export")
 
-    monkeypatch.setattr("kvstore.cli.records.export_lines", broken)
+    monkeypatch.setattr("kvstore.cli.transfer.export_lines", broken)
     code, output = invoke("export", "-o", str(backup))
     assert code == 7  # the server did not answer
     assert "went away" in output
@@ -260,7 +261,7 @@ def test_an_interrupted_export_or_import_leaves_no_file_that_looks_complete(
     async def cut(*args: Any, **kwargs: Any) -> Any:
         raise BackendUnavailableError("the database went away mid-import")
 
-    monkeypatch.setattr("kvstore.cli.records.import_lines", cut)
+    monkeypatch.setattr("kvstore.cli.transfer.import_lines", cut)
     code, output = invoke("import", str(backup))
     assert code == 7
     assert not (tmp_path / "backup.jsonl.gz.rejects.jsonl").exists()  # nor an empty rejects
@@ -268,7 +269,7 @@ def test_an_interrupted_export_or_import_leaves_no_file_that_looks_complete(
     async def stopped(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("kvstore.cli.records.import_lines", stopped)
+    monkeypatch.setattr("kvstore.cli.transfer.import_lines", stopped)
     code, output = invoke("import", str(backup))
     assert (code, output.strip()) == (130, "error: interrupted: stopped by Ctrl-C")
     assert not (tmp_path / "backup.jsonl.gz.rejects.jsonl").exists()
@@ -582,3 +583,49 @@ async def _fill(url: str, count: int) -> None:
             await backend.restore(items[start : start + 5000])
     finally:
         await backend.close()
+
+
+@pytest.mark.postgres
+def test_a_dry_run_creates_no_table_writes_no_rejects_and_never_migrates(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Into a PostgreSQL database without kvstore's tables, a dry run reports that every
+    record would be written and leaves the database as it was; bad lines are reported but
+    no rejects file is written; a schema behind the code's is exit code 5, not migrated."""
+    backup = tmp_path / "backup.jsonl"
+    line = {
+        "namespace": "state",
+        "key": ["u1", "s"],
+        "version": 1,
+        "created_at": "2026-12-01T00:00:00+00:00",
+        "updated_at": "2026-12-01T00:00:00+00:00",
+        "expires_at": None,
+        "value": {"user_id": "u1", "session_id": "s", "state": "A"},
+    }
+    backup.write_bytes(orjson.dumps(line) + b"\n{bad\n")
+    name = postgres.unique_name("cli_dry")
+    empty = asyncio.run(postgres.create_database(name))
+    try:
+        code, output = invoke("import", str(backup), "--dry-run", "--url", empty)
+        assert code == 3, output  # the bad line
+        assert output.strip().splitlines()[-1] == "read 2, would write 1, unchanged 0, rejected 1"
+        assert not (tmp_path / "backup.jsonl.rejects.jsonl").exists()
+        assert asyncio.run(_tables(empty)) == 0
+        asyncio.run(upgrade(empty, "0002"))  # a schema behind the code's
+        code, output = invoke("import", str(backup), "--dry-run", "--url", empty)
+        assert code == 5, output
+        assert output.startswith("error: schema behind: the database is at revision 0002")
+        assert asyncio.run(current_revision(empty)) == "0002"
+    finally:
+        asyncio.run(postgres.drop_database(name))
+
+
+async def _tables(url: str) -> int:
+    connection = await asyncpg.connect(url)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+        return count
+    finally:
+        await connection.close()

@@ -1,4 +1,4 @@
-"""``kvstore get|put|delete|ls|export|import`` and ``kvstore records migrate``."""
+"""``kvstore get|put|delete|ls`` and ``kvstore records migrate``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 from pydantic import ValidationError
-from rich.text import Text
 
 from kvstore.cli.app import (
     Exit,
@@ -25,26 +24,13 @@ from kvstore.cli.app import (
     url_options,
 )
 from kvstore.errors import ConfigurationError, InvalidRecordError
-from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.keys import Key, check_namespace
 from kvstore.migrate import migrate_collection
 from kvstore.models import Record
-from kvstore.transfer import ImportReport, export_lines, import_lines, open_text
 
 if TYPE_CHECKING:
-    from backends.base import Backend, Entry
+    from backends.base import Entry
     from kvstore.store import Store
-
-
-def _missing_sqlite_file(url: str | None) -> bool:
-    """Whether ``url`` (``None``: the embedded default) names a SQLite file not there yet."""
-    target = url or DEFAULT_SQL_URL  # url already holds --url or $KVSTORE_URL
-    if not target.startswith("sqlite"):
-        return False
-    from sqlalchemy.engine import make_url  # imported by the commands that need it
-
-    path = make_url(target).database
-    return path is not None and not Path(path).exists()
 
 
 def _as_json(store: Store, namespace: str, entry: Entry) -> Any:
@@ -212,139 +198,6 @@ def list_records(
             console.print(table)
 
     run(console, work)
-
-
-@main.command(name="export")
-@url_options
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="JSON Lines file; gzip if it ends in .gz.",
-)
-@click.option("--namespace", help="Only this namespace.")
-@click.option("--user", "owner", help="Only this user's records.")
-def export_command(
-    url: str | None,
-    cache_url: str | None,
-    output: Path,
-    namespace: str | None,
-    owner: str | None,
-) -> None:
-    """Stream records to JSON Lines (constant memory), one record per line.
-
-    \b
-    Examples:
-      kvstore export -o backup.jsonl.gz
-      kvstore export --user user-1 -o user-1.jsonl
-    """
-    console = literal_console(stderr=True)
-
-    # written under a temporary name, renamed when complete: an interrupted export never
-    # leaves a file that looks like a whole backup
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-    if not output.parent.is_dir():
-        raise ConfigurationError(f"no directory {output.parent} to write {output.name} in")
-
-    async def work() -> int:
-        count = 0
-        try:
-            async with as_store(open_database(url, cache_url)) as store:
-                backend = await store.backend_ready()
-                with open_text(partial, "wb") as sink, progress_bar(console) as progress:
-                    task = progress.add_task("exporting", total=None)
-                    async for line in export_lines(backend, namespace=namespace, owner=owner):
-                        sink.write(line)
-                        count += 1
-                        if count % 1000 == 0:
-                            progress.update(task, completed=count)
-                    progress.update(task, completed=count, total=count)
-            partial.replace(output)
-        finally:
-            partial.unlink(missing_ok=True)
-        console.print(f"exported {count} records to {output}")
-        return count
-
-    run(console, work)
-
-
-@main.command(name="import")
-@url_options
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--rejects",
-    type=click.Path(path_type=Path),
-    help="Where bad lines go (default: SOURCE.rejects.jsonl).",
-)
-@click.option(
-    "--dry-run", is_flag=True, help="Validate and count what a real run would write; write nothing."
-)
-@click.option("--batch-size", default=500, type=click.IntRange(min=1), show_default=True)
-def import_command(
-    url: str | None,
-    cache_url: str | None,
-    source: Path,
-    rejects: Path | None,
-    dry_run: bool,
-    batch_size: int,
-) -> None:
-    """Load an export file idempotently: versions and timestamps are kept, a record is
-    written only where the store has none or an older version, so re-running changes
-    nothing. Bad lines are reported with their line number and copied to a rejects file;
-    they never stop the good ones (exit code 3 if there were any).
-
-    \b
-    Examples:
-      kvstore import backup.jsonl.gz
-      kvstore import backup.jsonl --dry-run
-    """
-    console = literal_console(stderr=True)
-    rejects_path = rejects or source.with_name(source.name + ".rejects.jsonl")
-
-    async def load(backend: Backend | None) -> ImportReport:
-        with (
-            progress_bar(console) as progress,
-            open_text(source, "rb") as lines,
-            rejects_path.open("wb") as reject_sink,
-        ):
-            task = progress.add_task("importing", total=None)
-            return await import_lines(
-                backend,
-                iter(lines),
-                rejects=reject_sink,
-                dry_run=dry_run,
-                batch_size=batch_size,
-                progress=lambda n: progress.advance(task, n),
-            )
-
-    async def work() -> int:
-        try:
-            if dry_run and cache_url is None and _missing_sqlite_file(url):
-                report = await load(None)  # a dry run creates no database: everything is new
-            else:
-                async with as_store(open_database(url, cache_url)) as store:
-                    report = await load(await store.backend_ready())
-        except BaseException:
-            if rejects_path.exists() and not rejects_path.stat().st_size:
-                rejects_path.unlink()  # interrupted before any bad line: no empty file left
-            raise
-        for number, reason in report.rejected[:50]:
-            console.print(Text.assemble((f"line {number}:", "red"), f" {reason}"))
-        if len(report.rejected) > 50:
-            console.print(f"... and {len(report.rejected) - 50} more in {rejects_path}")
-        verb = "would write" if dry_run else "written"
-        console.print(
-            f"read {report.read}, {verb} {report.written}, unchanged {report.unchanged}, "
-            f"rejected {len(report.rejected)}"
-            + (f" (see {rejects_path})" if report.rejected else "")
-        )
-        if not report.rejected:
-            rejects_path.unlink(missing_ok=True)
-            return 0
-        return Exit.REJECTED
-
-    sys.exit(run(console, work))
 
 
 @main.group()
