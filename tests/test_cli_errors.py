@@ -180,3 +180,9 @@ def test_the_demo_says_what_the_store_is_not_its_repr() -> None:
     assert code == 0, out
     assert out.splitlines()[0] == "store: memory://"
     assert "<Database" not in out
+
+
+def test_version_names_the_installed_distribution() -> None:
+    code, out, _ = invoke("--version")
+    assert code == 0
+    assert re.fullmatch(r"kvstore, version \d+\.\d+\.\d+\S*\n", out), out

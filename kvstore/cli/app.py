@@ -212,8 +212,32 @@ class KVStoreGroup(click.Group):
             raise SystemExit(Exit.INTERNAL) from None
 
 
+def _print_version(ctx: click.Context) -> None:
+    """``kvstore --version``: the installed distribution's version, whatever the
+    distribution is named (the import name is ``kvstore``; the distribution's may differ)."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    names = ["kvstore-tiered", "kvstore", *packages_distributions().get("kvstore", [])]
+    for name in names:
+        try:
+            click.echo(f"kvstore, version {version(name)}")
+            break
+        except PackageNotFoundError:
+            continue
+    else:
+        click.echo("kvstore, version unknown (not installed as a distribution)")
+    ctx.exit()
+
+
 @click.group(cls=KVStoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="kvstore")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _, given: _print_version(ctx) if given else None,
+    help="Show the version and exit.",
+)
 @click.option("--url", envvar="KVSTORE_URL", help=URL_HELP)
 @click.option("--cache-url", envvar="KVSTORE_CACHE_URL", help=CACHE_HELP)
 def main(url: str | None, cache_url: str | None) -> None:
