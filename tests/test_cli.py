@@ -110,6 +110,10 @@ def test_a_cache_url_alone_puts_the_cache_in_front_of_the_embedded_default(
     assert code == 0, output
     assert "sqlite+aiosqlite:///kvstore.db + memory://" in output
     assert (tmp_path / "kvstore.db").exists()
+    monkeypatch.setenv("KVSTORE_CACHE_URL", "memory://")  # as the issue ran it
+    code, output = invoke("demo", "--turns", "1")
+    assert code == 0, output
+    assert output.startswith("store: tiered(sqlite+aiosqlite:///kvstore.db + memory://)")
 
 
 def test_demo_resumes_after_the_process_restarts(tmp_path: Path) -> None:
