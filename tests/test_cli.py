@@ -23,6 +23,7 @@ from backends.sql import build_sql_backend
 from backends.sql.migrate import current_revision, head_revision, upgrade
 from kvstore import BackendUnavailableError, DatabaseType, Id, Record, create_database
 from kvstore.cli import main
+from kvstore.collection import Collection
 from kvstore.keys import Key
 from tests import postgres
 from tests.redis_servers import RedisServer
@@ -377,6 +378,53 @@ def test_records_migrate_takes_a_users_own_record_class(
     code, output = invoke("records", "migrate", "--namespace", "notes")
     assert code == 1
     assert "not a built-in namespace: notes" in output
+
+
+def test_an_interrupted_migration_resumes_where_it_stopped(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after 40 of 100 rewrites: exit code 130; the next run migrates the rest (the
+    records already current are skipped), the one after finds nothing to do."""
+
+    class Note(Record):
+        KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "note_id")
+        user_id: Id
+        note_id: Id
+        text: str
+
+    async def store_v1() -> None:
+        async with create_database(DatabaseType.SQL, sqlite_url) as db:
+            notes = db.collection(Note, "notes")
+            for n in range(100):
+                await notes.save(Note(user_id=f"u{n % 7}", note_id=f"n{n}", text=f"note {n}"))
+
+    asyncio.run(store_v1())
+    (tmp_path / "my_notes_resume.py").write_text(NOTES_V2)
+    monkeypatch.chdir(tmp_path)
+    args = (
+        *("records", "migrate", "--model", "my_notes_resume:Note"),
+        *("--namespace", "notes", "--batch-size", "10"),
+    )
+    saved = 0
+    save = Collection.save
+
+    async def save_until_interrupted(self: Any, *a: Any, **k: Any) -> Any:
+        nonlocal saved
+        if saved == 40:
+            raise KeyboardInterrupt
+        saved += 1
+        return await save(self, *a, **k)
+
+    monkeypatch.setattr(Collection, "save", save_until_interrupted)
+    code, output = invoke(*args)
+    assert (code, output.strip().splitlines()[-1]) == (130, "error: interrupted: stopped by Ctrl-C")
+    monkeypatch.setattr(Collection, "save", save)
+    stored = asyncio.run(_raw_values(sqlite_url, "notes"))
+    assert sum(v["schema_version"] == 2 for v in stored) == 40
+    code, output = invoke(*args)
+    assert (code, "notes: scanned 100, migrated 60" in output) == (0, True), output
+    code, output = invoke(*args)
+    assert (code, "notes: scanned 100, migrated 0" in output) == (0, True), output
 
 
 async def _raw_values(url: str, namespace: str) -> list[Any]:
