@@ -10,7 +10,9 @@ import pytest
 from backends.base import Entry
 from backends.memory import MemoryBackend, MemoryCache
 from backends.tiered import TieredBackend, upkeep
+from kvstore.errors import BackendUnavailableError
 from kvstore.keys import Key
+from tests.tiered_faults import FaultyCache
 
 START = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -78,4 +80,31 @@ async def test_every_record_is_one_scan_in_chunks_and_warm_and_verify_cover_it(
     assert checked.repaired
     again = await tier.verify("state", limit=upkeep.EVERY)
     assert (again.stale, again.missing) == ([], 1)  # invalidated: a miss, not stale
+    await tier.close()
+
+
+async def test_a_chunk_the_cache_did_not_answer_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow answer on a busy machine does not end a long warm-up or verification: the
+    chunk is tried again with a growing pause; a cache that stays down ends it, saying how
+    far it got."""
+    monkeypatch.setattr(upkeep, "RETRY_PAUSE", 0.001)
+    monkeypatch.setattr(upkeep, "CHUNK", 100)
+    record = MemoryBackend()
+    await record.restore(
+        [(Key("state", ("u1", f"s{n:03}")), Entry(b"{}", 1, START, START)) for n in range(300)]
+    )
+    faults = FaultyCache(MemoryCache())
+    tier = TieredBackend(record, faults, breaker_threshold=100)
+    faults.plan = [False, False, True, True]  # the second chunk's lookup fails, twice
+    report = await tier.warm("state", limit=upkeep.EVERY)
+    assert (report.read, report.landed) == (300, 300)
+    faults.plan = [True, True, False]
+    checked = await tier.verify("state", limit=upkeep.EVERY)
+    assert (checked.checked, checked.stale, checked.missing) == (300, [], 0)
+    faults.mode = "down"
+    with pytest.raises(BackendUnavailableError, match=r"\(6 tries\); 0 records were done"):
+        await tier.verify("state", limit=upkeep.EVERY)
+    faults.mode = "ok"
     await tier.close()

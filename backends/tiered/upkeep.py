@@ -6,10 +6,12 @@ older than the system of record holds.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import heapq
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 
@@ -21,15 +23,22 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from backends.base import Backend, Entry
-    from backends.cache_base import VersionedCache
+    from backends.cache_base import CacheLookup, VersionedCache
     from backends.tiered.guard import CacheGuard
     from kvstore.keys import Key
+
+T = TypeVar("T")
 
 VERIFY_LEASE_TTL = 0.001
 """``verify`` reads the cache with leases that expire at once: it never fills."""
 CHUNK = 500
 """Keys per cache call of ``warm`` and ``verify``: each chunk is one call under the cache
 deadline, however many records there are."""
+TRIES = 6
+"""Calls ``warm`` and ``verify`` make for one chunk before they give up on the cache."""
+RETRY_PAUSE = 0.1
+"""Seconds before the second try of a chunk, doubling after each (3.1 s in all: past the
+circuit breaker's default 2 s before its probe)."""
 EVERY = sys.maxsize
 """The ``limit`` that means every record of the namespace (one streaming scan)."""
 AT_ONCE = 10_000
@@ -53,7 +62,7 @@ async def warm(
     :class:`BackendUnavailableError` if the cache does not answer."""
     read = landed = 0
     async for chunk in newest(record, namespace, owner, limit):
-        landed += await fill_keys([key for key, _ in chunk])
+        landed += await _patiently(functools.partial(fill_keys, [k for k, _ in chunk]), read)
         read += len(chunk)
         if progress is not None:
             progress(len(chunk))
@@ -124,11 +133,14 @@ async def _compare(
     if not chunk:
         return
     keys = [key for key, _ in chunk]
-    lookups = await guard.call(cache.lookup(keys, lease_ttl=VERIFY_LEASE_TTL))
-    if lookups is FAILED:
-        raise BackendUnavailableError(
-            f"the cache did not answer after {tally.checked} keys were verified"
-        )
+
+    async def lookup() -> list[CacheLookup]:
+        found = await guard.call(cache.lookup(keys, lease_ttl=VERIFY_LEASE_TTL))
+        if found is FAILED:
+            raise BackendUnavailableError("the cache did not answer")
+        return found
+
+    lookups = await _patiently(lookup, tally.checked)
     wrong: list[Key] = []
     for (key, stored), answer in zip(chunk, lookups, strict=True):
         cached = answer.entry
@@ -140,11 +152,33 @@ async def _compare(
         elif cached.revision != stored.revision or not _same_value(cached.value, stored.value):
             tally.stale.append(key)
             wrong.append(key)
-    if repair and wrong and await guard.call(cache.invalidate(wrong)) is FAILED:
-        raise BackendUnavailableError(
-            f"the cache did not answer after {tally.checked} keys were verified"
-        )
+    if repair and wrong:
+
+        async def invalidate() -> None:
+            if await guard.call(cache.invalidate(wrong)) is FAILED:
+                raise BackendUnavailableError("the cache did not answer")
+
+        await _patiently(invalidate, tally.checked)
     tally.checked += sum(stored is not None for _, stored in chunk)
+
+
+async def _patiently(call: Callable[[], Awaitable[T]], done: int) -> T:
+    """``call()``, tried again after :data:`RETRY_PAUSE` seconds (doubling) while the cache
+    does not answer, :data:`TRIES` times in all: one slow answer on a busy machine must not
+    end a warm-up or a verification of a million records. Raises
+    :class:`BackendUnavailableError` saying how many records were done before."""
+    pause = RETRY_PAUSE
+    for attempt in range(1, TRIES + 1):
+        try:
+            return await call()
+        except BackendUnavailableError as error:
+            if attempt == TRIES:
+                raise BackendUnavailableError(
+                    f"{error} ({TRIES} tries); {done} records were done before"
+                ) from error
+        await asyncio.sleep(pause)
+        pause *= 2
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 async def newest(
