@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from backends.sql.migrate import HEAD, head_revision
+from backends.sql.migrate import code_head, head_revision
 
 KVSTORE = str(Path(sys.executable).with_name("kvstore"))
 """The console script, as a user runs it."""
@@ -34,9 +34,9 @@ def test_the_command_line_starts_without_the_drivers() -> None:
 
 
 def test_a_store_at_the_current_schema_opens_without_alembic(tmp_path: Path) -> None:
-    """The schema check of every start compares with HEAD (kept equal to Alembic's head
+    """The schema check of every start compares with code_head() (equal to Alembic's head
     here) by plain SQL; Alembic is imported only when there is something to migrate."""
-    assert head_revision() == HEAD
+    assert head_revision() == code_head()
     url = f"sqlite:///{tmp_path / 'kv.db'}"
     probe = (
         "import asyncio, sys\n"

@@ -61,17 +61,18 @@ async def dry_run_into(
     code 5, since reading it would mean migrating it."""
     target = url or DEFAULT_SQL_URL
     if store_kind(target) == "sql":
-        from backends.sql.migrate import HEAD, current_revision
+        from backends.sql.migrate import code_head, current_revision
 
         if _missing_sqlite_file(target):
             return await load(None)
         revision = await current_revision(target)
         if revision is None:
             return await load(None)
-        if revision != HEAD:
+        head = code_head()
+        if revision != head:
             say_error(
                 "schema behind",
-                f"the database is at revision {revision}, the code at {HEAD}: a dry run does "
+                f"the database is at revision {revision}, the code at {head}: a dry run does "
                 "not migrate it (kvstore db upgrade does)",
             )
             raise SystemExit(Exit.SCHEMA_BEHIND)
