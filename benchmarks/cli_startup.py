@@ -2,6 +2,10 @@
 missing record on the embedded default, each a new process, median and range of 7.
 
     python -m benchmarks.cli_startup
+
+Runs with ``PYTHONDONTWRITEBYTECODE`` unset, after one run of each command that writes the
+bytecode: with it set (as in some CI and container images) every run compiles every module
+again, which is no start-up time a user sees twice.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         env = {**os.environ, "KVSTORE_URL": f"sqlite:///{workdir}/kv.db"}
         env.pop("KVSTORE_CACHE_URL", None)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         subprocess.run([kvstore, "db", "upgrade"], env=env, check=True, capture_output=True)
-        print(f"load average {os.getloadavg()[0]:.2f}")
+        for args in COMMANDS.values():  # writes the bytecode of what each command imports
+            subprocess.run([kvstore, *args], env=env, capture_output=True, check=False)
+        print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
         print("| command | median s | range s |")
         print("|---|---:|---:|")
         for name, args in COMMANDS.items():

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import asyncpg
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -19,9 +20,10 @@ from redis.asyncio import Redis
 
 from backends.base import Entry
 from backends.sql import build_sql_backend
-from backends.sql.migrate import head_revision
+from backends.sql.migrate import current_revision, head_revision, upgrade
 from kvstore import BackendUnavailableError, DatabaseType, Id, Record, create_database
 from kvstore.cli import main
+from kvstore.collection import Collection
 from kvstore.keys import Key
 from tests import postgres
 from tests.redis_servers import RedisServer
@@ -72,18 +74,6 @@ def test_help_lists_commands() -> None:
         assert command in output
 
 
-def test_the_command_line_starts_without_the_drivers() -> None:
-    """`kvstore --help` and the commands' definitions import no database driver, SQLAlchemy
-    or Alembic: a command imports what it uses when it runs (start-up time is printed by
-    `python -m benchmarks.cli_startup`)."""
-    heavy = ("sqlalchemy", "asyncpg", "aiosqlite", "redis", "hiredis", "alembic")
-    probe = f"import sys, kvstore.cli; print([m for m in {heavy!r} if m in sys.modules])"
-    found = subprocess.run(
-        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=60
-    ).stdout.strip()
-    assert found == "[]"
-
-
 def test_connection_options_go_before_or_after_the_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,6 +111,10 @@ def test_a_cache_url_alone_puts_the_cache_in_front_of_the_embedded_default(
     assert code == 0, output
     assert "sqlite+aiosqlite:///kvstore.db + memory://" in output
     assert (tmp_path / "kvstore.db").exists()
+    monkeypatch.setenv("KVSTORE_CACHE_URL", "memory://")  # as the issue ran it
+    code, output = invoke("demo", "--turns", "1")
+    assert code == 0, output
+    assert output.startswith("store: tiered(sqlite+aiosqlite:///kvstore.db + memory://)")
 
 
 def test_demo_resumes_after_the_process_restarts(tmp_path: Path) -> None:
@@ -164,7 +158,7 @@ def test_put_get_ls_delete(store_url: str) -> None:
     code, output = invoke(
         "put", "state", "--expected-version", "0", stdin=orjson.dumps(record).decode()
     )
-    assert code == 1
+    assert code == 6  # a conflict: read again and retry
     assert "ConflictError" in output
     code, output = invoke("put", "state", stdin='{"user_id": "u1"}')
     assert code == 1
@@ -262,9 +256,9 @@ def test_an_interrupted_export_or_import_leaves_no_file_that_looks_complete(
         yield b'{"line": 1}\n'
         raise BackendUnavailableError("the database went away mid-export")
 
-    monkeypatch.setattr("kvstore.cli.records.export_lines", broken)
+    monkeypatch.setattr("kvstore.cli.transfer.export_lines", broken)
     code, output = invoke("export", "-o", str(backup))
-    assert code == 1
+    assert code == 7  # the server did not answer
     assert "went away" in output
     assert backup.read_bytes() == whole  # the earlier, complete backup is untouched
     assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]
@@ -272,10 +266,18 @@ def test_an_interrupted_export_or_import_leaves_no_file_that_looks_complete(
     async def cut(*args: Any, **kwargs: Any) -> Any:
         raise BackendUnavailableError("the database went away mid-import")
 
-    monkeypatch.setattr("kvstore.cli.records.import_lines", cut)
+    monkeypatch.setattr("kvstore.cli.transfer.import_lines", cut)
     code, output = invoke("import", str(backup))
-    assert code == 1
+    assert code == 7
     assert not (tmp_path / "backup.jsonl.gz.rejects.jsonl").exists()  # nor an empty rejects
+
+    async def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("kvstore.cli.transfer.import_lines", stopped)
+    code, output = invoke("import", str(backup))
+    assert (code, output.strip()) == (130, "error: interrupted: stopped by Ctrl-C")
+    assert not (tmp_path / "backup.jsonl.gz.rejects.jsonl").exists()
 
 
 def test_a_dry_run_import_writes_nothing_and_reports_what_a_real_run_would(
@@ -376,6 +378,53 @@ def test_records_migrate_takes_a_users_own_record_class(
     code, output = invoke("records", "migrate", "--namespace", "notes")
     assert code == 1
     assert "not a built-in namespace: notes" in output
+
+
+def test_an_interrupted_migration_resumes_where_it_stopped(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after 40 of 100 rewrites: exit code 130; the next run migrates the rest (the
+    records already current are skipped), the one after finds nothing to do."""
+
+    class Note(Record):
+        KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "note_id")
+        user_id: Id
+        note_id: Id
+        text: str
+
+    async def store_v1() -> None:
+        async with create_database(DatabaseType.SQL, sqlite_url) as db:
+            notes = db.collection(Note, "notes")
+            for n in range(100):
+                await notes.save(Note(user_id=f"u{n % 7}", note_id=f"n{n}", text=f"note {n}"))
+
+    asyncio.run(store_v1())
+    (tmp_path / "my_notes_resume.py").write_text(NOTES_V2)
+    monkeypatch.chdir(tmp_path)
+    args = (
+        *("records", "migrate", "--model", "my_notes_resume:Note"),
+        *("--namespace", "notes", "--batch-size", "10"),
+    )
+    saved = 0
+    save = Collection.save
+
+    async def save_until_interrupted(self: Any, *a: Any, **k: Any) -> Any:
+        nonlocal saved
+        if saved == 40:
+            raise KeyboardInterrupt
+        saved += 1
+        return await save(self, *a, **k)
+
+    monkeypatch.setattr(Collection, "save", save_until_interrupted)
+    code, output = invoke(*args)
+    assert (code, output.strip().splitlines()[-1]) == (130, "error: interrupted: stopped by Ctrl-C")
+    monkeypatch.setattr(Collection, "save", save)
+    stored = asyncio.run(_raw_values(sqlite_url, "notes"))
+    assert sum(v["schema_version"] == 2 for v in stored) == 40
+    code, output = invoke(*args)
+    assert (code, "notes: scanned 100, migrated 60" in output) == (0, True), output
+    code, output = invoke(*args)
+    assert (code, "notes: scanned 100, migrated 0" in output) == (0, True), output
 
 
 async def _raw_values(url: str, namespace: str) -> list[Any]:
@@ -500,7 +549,7 @@ def test_cache_verify_finds_and_repairs_a_difference_then_warm(tiered_env: str) 
 def test_cache_verify_and_warm_work_at_their_defaults_on_a_larger_store(tiered_env: str) -> None:
     """25,000 records: verify's default 10,000 and warm's 5,000 go to the cache in chunks
     (one batch of thousands used to miss the 0.1 s cache deadline: 'nothing was verified',
-    and 'warmed 0' with exit code 0)."""
+    and 'warmed 0' with exit code 0); --all streams every record."""
     asyncio.run(_fill(tiered_env, 25_000))
     code, output = invoke("cache", "warm", "--limit", "5000")
     assert code == 0, output
@@ -514,6 +563,15 @@ def test_cache_verify_and_warm_work_at_their_defaults_on_a_larger_store(tiered_e
     assert code == 0, report
     assert report["checked"] == 10_000
     assert (report["stale"], report["extra"], report["missing"]) == ([], [], 10_000 - landed)
+    code, output = invoke("cache", "warm", "--all")
+    assert code == 0, output
+    assert "read 25000 state records" in output
+    code, report = invoke_json("cache", "verify", "--all", "--json")
+    assert code == 0, report
+    assert report["checked"] == 25_000
+    assert (report["stale"], report["extra"]) == ([], [])
+    assert report["missing"] < 100  # only fills a concurrent feed repair took the lease of
+    assert invoke("cache", "verify", "--limit", "0")[0] == 2  # a usage error
 
 
 @pytest.mark.postgres
@@ -577,3 +635,49 @@ async def _fill(url: str, count: int) -> None:
             await backend.restore(items[start : start + 5000])
     finally:
         await backend.close()
+
+
+@pytest.mark.postgres
+def test_a_dry_run_creates_no_table_writes_no_rejects_and_never_migrates(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Into a PostgreSQL database without kvstore's tables, a dry run reports that every
+    record would be written and leaves the database as it was; bad lines are reported but
+    no rejects file is written; a schema behind the code's is exit code 5, not migrated."""
+    backup = tmp_path / "backup.jsonl"
+    line = {
+        "namespace": "state",
+        "key": ["u1", "s"],
+        "version": 1,
+        "created_at": "2026-12-01T00:00:00+00:00",
+        "updated_at": "2026-12-01T00:00:00+00:00",
+        "expires_at": None,
+        "value": {"user_id": "u1", "session_id": "s", "state": "A"},
+    }
+    backup.write_bytes(orjson.dumps(line) + b"\n{bad\n")
+    name = postgres.unique_name("cli_dry")
+    empty = asyncio.run(postgres.create_database(name))
+    try:
+        code, output = invoke("import", str(backup), "--dry-run", "--url", empty)
+        assert code == 3, output  # the bad line
+        assert output.strip().splitlines()[-1] == "read 2, would write 1, unchanged 0, rejected 1"
+        assert not (tmp_path / "backup.jsonl.rejects.jsonl").exists()
+        assert asyncio.run(_tables(empty)) == 0
+        asyncio.run(upgrade(empty, "0002"))  # a schema behind the code's
+        code, output = invoke("import", str(backup), "--dry-run", "--url", empty)
+        assert code == 5, output
+        assert output.startswith("error: schema behind: the database is at revision 0002")
+        assert asyncio.run(current_revision(empty)) == "0002"
+    finally:
+        asyncio.run(postgres.drop_database(name))
+
+
+async def _tables(url: str) -> int:
+    connection = await asyncpg.connect(url)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+        return count
+    finally:
+        await connection.close()

@@ -1,6 +1,6 @@
 """The ``kvstore`` command line: ``kvstore --help`` lists the commands."""
 
-from kvstore.cli import cache, demo, records, sql
-from kvstore.cli.app import main
+from kvstore.cli import cache, demo, records, sql, stats, transfer
+from kvstore.cli.app import entry, main
 
-__all__ = ["cache", "demo", "main", "records", "sql"]
+__all__ = ["cache", "demo", "entry", "main", "records", "sql", "stats", "transfer"]

@@ -16,7 +16,11 @@ from kvstore.urls import mask_url
 @main.command()
 @url_options
 @click.option(
-    "--turns", default=demo_module.TURNS_PER_RUN, show_default=True, help="Turns to play."
+    "--turns",
+    default=demo_module.TURNS_PER_RUN,
+    type=click.IntRange(min=0),
+    show_default=True,
+    help="Turns to play.",
 )
 @click.option("--reset", is_flag=True, help="Erase the demo user's records first.")
 def demo(url: str | None, cache_url: str | None, turns: int, reset: bool) -> None:

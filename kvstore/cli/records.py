@@ -1,4 +1,4 @@
-"""``kvstore get|put|delete|ls|export|import|stats`` and ``kvstore records migrate``."""
+"""``kvstore get|put|delete|ls`` and ``kvstore records migrate``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 from pydantic import ValidationError
-from rich.table import Table
-from rich.text import Text
 
 from kvstore.cli.app import (
+    Exit,
+    as_store,
     fail,
     literal_console,
     main,
@@ -24,57 +24,13 @@ from kvstore.cli.app import (
     url_options,
 )
 from kvstore.errors import ConfigurationError, InvalidRecordError
-from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.keys import Key, check_namespace
 from kvstore.migrate import migrate_collection
 from kvstore.models import Record
-from kvstore.store import Store
-from kvstore.transfer import ImportReport, export_lines, import_lines, open_text
 
 if TYPE_CHECKING:
-    from backends.base import Backend, Entry
-    from kvstore.interface import Database
-
-EXIT_NOT_FOUND = 4
-"""Exit code of ``get`` and ``delete`` when there is no such record."""
-EXIT_REJECTED = 3
-"""Exit code of an import that loaded every good line but rejected some."""
-
-
-def _missing_sqlite_file(url: str | None) -> bool:
-    """Whether ``url`` (``None``: the embedded default) names a SQLite file not there yet."""
-    target = url or DEFAULT_SQL_URL  # url already holds --url or $KVSTORE_URL
-    if not target.startswith("sqlite"):
-        return False
-    from sqlalchemy.engine import make_url  # imported by the commands that need it
-
-    path = make_url(target).database
-    return path is not None and not Path(path).exists()
-
-
-async def _counts(backend: Backend) -> dict[str, int]:
-    """Live records per namespace: the system of record's own count where it has one."""
-    from backends.sql import SQLBackend
-    from backends.tiered import TieredBackend
-
-    record = backend.record if isinstance(backend, TieredBackend) else backend
-    if isinstance(record, SQLBackend):
-        return await record.count()
-    if not record.capabilities.bulk:
-        raise ConfigurationError(f"{type(record).__name__} cannot count its records")
-    counts: dict[str, int] = {}
-    with progress_bar(literal_console(stderr=True)) as progress:
-        task = progress.add_task("counting", total=None)
-        async for key, _ in record.scan():
-            counts[key.namespace] = counts.get(key.namespace, 0) + 1
-            progress.advance(task)
-    return dict(sorted(counts.items()))
-
-
-def _store(database: Database) -> Store:
-    if not isinstance(database, Store):
-        raise ConfigurationError("this command needs a kvstore Store")
-    return database
+    from backends.base import Entry
+    from kvstore.store import Store
 
 
 def _as_json(store: Store, namespace: str, entry: Entry) -> Any:
@@ -99,12 +55,12 @@ def get(url: str | None, cache_url: str | None, namespace: str, key: tuple[str, 
     console = literal_console(stderr=True)
 
     async def work() -> int:
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             backend = await store.backend_ready()
             entry = await backend.get(Key(check_namespace(namespace), key))
             if entry is None:
                 console.print(f"no record {namespace} {' '.join(key)}")
-                return EXIT_NOT_FOUND
+                return Exit.NOT_FOUND
             record = _as_json(store, namespace, entry)
             click.echo(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
             return 0
@@ -131,7 +87,7 @@ def put(
       echo '{"user_id": "u1", "session_id": "s1", "state": "CHAT"}' | kvstore put state
     """
     console = literal_console(stderr=True)
-    database = _store(open_database(url, cache_url))
+    database = as_store(open_database(url, cache_url))
     collection = database.built_in[namespace]
     try:
         data = orjson.loads(source.read())
@@ -172,13 +128,13 @@ def delete(
     console = literal_console(stderr=True)
 
     async def work() -> int:
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             backend = await store.backend_ready()
             existed = await backend.delete(
                 Key(check_namespace(namespace), key), expected_version=expected_version
             )
             console.print(f"{'deleted' if existed else 'no record'} {namespace} {' '.join(key)}")
-            return 0 if existed else EXIT_NOT_FOUND
+            return 0 if existed else Exit.NOT_FOUND
 
     sys.exit(run(console, work))
 
@@ -187,7 +143,13 @@ def delete(
 @url_options
 @click.argument("namespace")
 @click.argument("prefix", nargs=-1, required=True, metavar="USER [KEY...]")
-@click.option("--limit", default=100, show_default=True, help="At most this many records.")
+@click.option(
+    "--limit",
+    default=100,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="At most this many records.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines for scripts.")
 def list_records(
     url: str | None,
@@ -207,7 +169,7 @@ def list_records(
     console = literal_console()
 
     async def work() -> None:
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             backend = await store.backend_ready()
             rows = await backend.list(check_namespace(namespace), prefix, limit=limit)
             if as_json:
@@ -223,6 +185,8 @@ def list_records(
                         ).decode()
                     )
                 return
+            from rich.table import Table  # only for the table output
+
             table = Table("key", "version", "updated (UTC)", "expires (UTC)")
             for key, entry in rows:
                 table.add_row(
@@ -234,137 +198,6 @@ def list_records(
             console.print(table)
 
     run(console, work)
-
-
-@main.command(name="export")
-@url_options
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="JSON Lines file; gzip if it ends in .gz.",
-)
-@click.option("--namespace", help="Only this namespace.")
-@click.option("--user", "owner", help="Only this user's records.")
-def export_command(
-    url: str | None,
-    cache_url: str | None,
-    output: Path,
-    namespace: str | None,
-    owner: str | None,
-) -> None:
-    """Stream records to JSON Lines (constant memory), one record per line.
-
-    \b
-    Examples:
-      kvstore export -o backup.jsonl.gz
-      kvstore export --user user-1 -o user-1.jsonl
-    """
-    console = literal_console(stderr=True)
-
-    # written under a temporary name, renamed when complete: an interrupted export never
-    # leaves a file that looks like a whole backup
-    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
-
-    async def work() -> int:
-        count = 0
-        try:
-            async with _store(open_database(url, cache_url)) as store:
-                backend = await store.backend_ready()
-                with progress_bar(console) as progress, open_text(partial, "wb") as sink:
-                    task = progress.add_task("exporting", total=None)
-                    async for line in export_lines(backend, namespace=namespace, owner=owner):
-                        sink.write(line)
-                        count += 1
-                        if count % 1000 == 0:
-                            progress.update(task, completed=count)
-                    progress.update(task, completed=count, total=count)
-            partial.replace(output)
-        finally:
-            partial.unlink(missing_ok=True)
-        console.print(f"exported {count} records to {output}")
-        return count
-
-    run(console, work)
-
-
-@main.command(name="import")
-@url_options
-@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--rejects",
-    type=click.Path(path_type=Path),
-    help="Where bad lines go (default: SOURCE.rejects.jsonl).",
-)
-@click.option(
-    "--dry-run", is_flag=True, help="Validate and count what a real run would write; write nothing."
-)
-@click.option("--batch-size", default=500, show_default=True)
-def import_command(
-    url: str | None,
-    cache_url: str | None,
-    source: Path,
-    rejects: Path | None,
-    dry_run: bool,
-    batch_size: int,
-) -> None:
-    """Load an export file idempotently: versions and timestamps are kept, a record is
-    written only where the store has none or an older version, so re-running changes
-    nothing. Bad lines are reported with their line number and copied to a rejects file;
-    they never stop the good ones (exit code 3 if there were any).
-
-    \b
-    Examples:
-      kvstore import backup.jsonl.gz
-      kvstore import backup.jsonl --dry-run
-    """
-    console = literal_console(stderr=True)
-    rejects_path = rejects or source.with_name(source.name + ".rejects.jsonl")
-
-    async def load(backend: Backend | None) -> ImportReport:
-        with (
-            progress_bar(console) as progress,
-            open_text(source, "rb") as lines,
-            rejects_path.open("wb") as reject_sink,
-        ):
-            task = progress.add_task("importing", total=None)
-            return await import_lines(
-                backend,
-                iter(lines),
-                rejects=reject_sink,
-                dry_run=dry_run,
-                batch_size=batch_size,
-                progress=lambda n: progress.advance(task, n),
-            )
-
-    async def work() -> int:
-        try:
-            if dry_run and cache_url is None and _missing_sqlite_file(url):
-                report = await load(None)  # a dry run creates no database: everything is new
-            else:
-                async with _store(open_database(url, cache_url)) as store:
-                    report = await load(await store.backend_ready())
-        except BaseException:
-            if rejects_path.exists() and not rejects_path.stat().st_size:
-                rejects_path.unlink()  # interrupted before any bad line: no empty file left
-            raise
-        for number, reason in report.rejected[:50]:
-            console.print(Text.assemble((f"line {number}:", "red"), f" {reason}"))
-        if len(report.rejected) > 50:
-            console.print(f"... and {len(report.rejected) - 50} more in {rejects_path}")
-        verb = "would write" if dry_run else "written"
-        console.print(
-            f"read {report.read}, {verb} {report.written}, unchanged {report.unchanged}, "
-            f"rejected {len(report.rejected)}"
-            + (f" (see {rejects_path})" if report.rejected else "")
-        )
-        if not report.rejected:
-            rejects_path.unlink(missing_ok=True)
-            return 0
-        return EXIT_REJECTED
-
-    sys.exit(run(console, work))
 
 
 @main.group()
@@ -385,7 +218,7 @@ def records() -> None:
     help="Your own record class as module:Class (imported from the current directory or "
     "the path; importing it registers its upgrade functions), e.g. myapp.records:Note.",
 )
-@click.option("--batch-size", default=500, show_default=True)
+@click.option("--batch-size", default=500, type=click.IntRange(min=1), show_default=True)
 def migrate(
     url: str | None,
     cache_url: str | None,
@@ -408,7 +241,7 @@ def migrate(
         raise ConfigurationError("--model migrates one namespace: give exactly one --namespace")
 
     async def work() -> None:
-        async with _store(open_database(url, cache_url)) as store:
+        async with as_store(open_database(url, cache_url)) as store:
             if model is not None:
                 targets = {namespace[0]: store.collection(model, namespace[0])}
             else:
@@ -455,42 +288,3 @@ def import_record(spec: str) -> type[Record]:
     if not (isinstance(target, type) and issubclass(target, Record) and target.KEY_FIELDS):
         raise ConfigurationError(f"{spec} is not a Record subclass with KEY_FIELDS")
     return target
-
-
-@main.command()
-@url_options
-@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
-def stats(url: str | None, cache_url: str | None, as_json: bool) -> None:
-    """Live records per namespace (on SQL one count query in the database; other stores are
-    scanned, with a progress bar), and for a tiered store whether its cache answers and which cache
-    generation is in use. Hit and miss counters belong to the running service
-    (``db.backend.stats()`` there); a new process would only show zeros.
-
-    \b
-    Example:
-      kvstore stats --json
-    """
-    console = literal_console()
-
-    async def work() -> None:
-        from backends.tiered import TieredBackend
-
-        async with _store(open_database(url, cache_url)) as store:
-            backend = await store.backend_ready()
-            counts = await _counts(backend)
-            cache: dict[str, object] | None = None
-            if isinstance(backend, TieredBackend):
-                now = backend.tier_stats()
-                cache = {"answers": now.breaker == "closed", "generation": now.generation}
-        if as_json:
-            click.echo(orjson.dumps({"records": counts, "cache": cache}).decode())
-            return
-        table = Table("namespace", "records")
-        for name, count in sorted(counts.items()):
-            table.add_row(name, f"{count:,}")
-        console.print(table)
-        if cache is not None:
-            answers = "answers" if cache["answers"] else "does not answer (breaker open)"
-            console.print(f"cache: {answers}; generation {cache['generation']}")
-
-    run(console, work)

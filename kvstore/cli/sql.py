@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import click
 
-from kvstore.cli.app import literal_console, main, run
+from kvstore.cli.app import Exit, literal_console, main, run
 from kvstore.factory import DEFAULT_SQL_URL
 from kvstore.urls import mask_url
 
 SQL_URL_HELP = "SQL URL ($KVSTORE_URL; default sqlite:///kvstore.db)."
-EXIT_BEHIND = 5
-"""Exit code of ``db current`` when the schema is behind the code's (2 is a usage error)."""
 
 
 def _sql_url(url: str | None) -> str:
@@ -58,14 +56,20 @@ def current_command(url: str | None) -> None:
         revision = await current_revision(target)
         head = head_revision()
         console.print(f"current {revision or 'none (never migrated)'}, head {head}")
-        return 0 if revision == head else EXIT_BEHIND
+        return 0 if revision == head else Exit.SCHEMA_BEHIND
 
     raise SystemExit(run(console, work))
 
 
 @main.command(name="purge-expired")
 @click.option("--url", help=SQL_URL_HELP)
-@click.option("--batch-size", default=1000, show_default=True, help="Rows per transaction.")
+@click.option(
+    "--batch-size",
+    default=1000,
+    type=click.IntRange(min=1),
+    show_default=True,
+    help="Rows per transaction.",
+)
 def purge_expired(url: str | None, batch_size: int) -> None:
     """Delete expired records from the SQL store, in batches (they are never returned
     anyway; this reclaims the space).
