@@ -38,6 +38,23 @@ MAX_POLL: Final = 0.02
 """Seconds between a waiter's turns: from :data:`FIRST_POLL`, doubling up to this."""
 
 
+def _cancel_requests() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _still_wanted(requests: int) -> None:
+    """Raise :class:`asyncio.CancelledError` if the waiting task was asked to cancel since
+    it had ``requests`` pending (a task cleaning up after a cancel may still wait).
+
+    A cancellation can be swallowed below us: Python 3.11's ``asyncio.wait_for`` (which
+    fakeredis uses to read replies) returns its inner result when the cancellation arrives
+    just as the result does. A waiter that kept waiting after its cancel would hold a
+    ticket until its timeout; ``Task.cancelling()`` still counts the request."""
+    if _cancel_requests() > requests:
+        raise asyncio.CancelledError
+
+
 class LockWakeups:
     """Wakes the waiters of this process when a lock of the same session is released."""
 
@@ -94,12 +111,14 @@ class SessionLock:
         backend = await self._backend()
         owner, name = self._lock
         give_up = self._clock.monotonic() + self._timeout
+        requests = _cancel_requests()
         ticket = await backend.lock_ticket(owner, name, hold=HOLD)
         try:
             delay = FIRST_POLL
             while True:
                 wakeup = self._wakeups.event(self._lock)
                 turn = await backend.lock_turn(owner, name, ticket, hold=HOLD, lease=self._ttl)
+                _still_wanted(requests)
                 if turn:
                     self._held = (backend, ticket)
                     return Fence(owner, name, ticket)
@@ -114,6 +133,7 @@ class SessionLock:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(delay, left)):
                         await wakeup.wait()
+                _still_wanted(requests)
                 delay = min(delay * 2, MAX_POLL)
         except BaseException:
             with contextlib.suppress(KVStoreError):  # unreleased, it expires after HOLD

@@ -7,9 +7,11 @@ real time for a lease to lapse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
+from backends.memory import MemoryBackend
 from kvstore import (
     ConflictError,
     Database,
@@ -20,6 +22,7 @@ from kvstore import (
     LockTimeoutError,
     StateRecord,
 )
+from kvstore.store import Store
 
 
 def state(name: str, user_id: str = "u1", session_id: str = "s1") -> StateRecord:
@@ -174,3 +177,39 @@ async def test_a_user_erasure_takes_their_locks(db: Database) -> None:
     async with db.lock("u1", "s1", timeout=1) as again:
         assert again.token > fence.token
         await db.save_state(state("B"), fence=again)
+
+
+class SwallowingBackend(MemoryBackend):
+    """Swallows a cancellation that arrives during a turn, as Python 3.11's
+    ``asyncio.wait_for`` can when its inner call completes at the same moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turning = asyncio.Event()
+        self.swallow = False
+
+    async def lock_turn(
+        self, owner: str, name: str, ticket: int, *, hold: float, lease: float
+    ) -> bool | None:
+        if self.swallow:
+            self.turning.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+        return await super().lock_turn(owner, name, ticket, hold=hold, lease=lease)
+
+
+async def test_a_waiter_whose_cancel_was_swallowed_below_still_stops() -> None:
+    backend = SwallowingBackend()
+    async with Store(backend) as db:
+        holder = db.lock("u1", "s1")
+        await holder.__aenter__()
+        backend.swallow = True
+        waiter = asyncio.create_task(db.lock("u1", "s1", timeout=2).__aenter__())
+        await backend.turning.wait()
+        waiter.cancel()  # lands in the turn, which swallows it
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        backend.swallow = False
+        await holder.__aexit__(None, None, None)
+        async with db.lock("u1", "s1", timeout=1):  # the cancelled waiter left the queue
+            pass
