@@ -15,19 +15,34 @@ import argparse
 import asyncio
 import sys
 
-from kvstore import DatabaseType, FencedError, StateRecord, create_database
+from kvstore import ConflictError, DatabaseType, FencedError, StateRecord, create_database
 
 USER, SESSION = "u-locks", "s-locks"
 
 
 async def count(url: str, cache_url: str, times: int) -> None:
+    """Under the lock, read and save with the fence and ``expected_version``: the cache may
+    answer with a version older than one another process saved just before (its cache
+    update timed out: staleness bounded by the change feed's lag), and the version check
+    turns that stale read into a ConflictError and a read again, never a lost update."""
     async with create_database(DatabaseType.TIERED, url, cache_url=cache_url) as db:
         for _ in range(times):
             async with db.lock(USER, SESSION, ttl=30, timeout=60) as fence:
-                current = await db.get_state(USER, SESSION)
-                value = int(current.state) if current is not None else 0
-                record = StateRecord(user_id=USER, session_id=SESSION, state=str(value + 1))
-                await db.save_state(record, fence=fence)
+                while True:
+                    current = await db.get_state(USER, SESSION)
+                    value = int(current.state) if current is not None else 0
+                    record = StateRecord(user_id=USER, session_id=SESSION, state=str(value + 1))
+                    try:
+                        await db.save_state(
+                            record,
+                            fence=fence,
+                            expected_version=current.version if current is not None else 0,
+                        )
+                        break
+                    except FencedError:
+                        raise
+                    except ConflictError:
+                        await asyncio.sleep(0.01)  # a stale read: read again
     print(f"SAVED {times}", flush=True)
 
 
