@@ -19,6 +19,8 @@ from kvstore import StateRecord
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from redis.asyncio import Redis
+
 
 def session_record(user_id: str = "user-1", session_id: str = "session-1") -> StateRecord:
     """A ~1.2 KB session state record with nested data, like the coach service keeps."""
@@ -170,3 +172,10 @@ async def throwaway_database(admin_url: str, what: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def delete_prefix(redis: Redis, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a benchmark's own keys), 1,000 per command."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+    for start in range(0, len(keys), 1000):
+        await redis.delete(*keys[start : start + 1000])

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
-from benchmarks.common import measure, throwaway_database
+from benchmarks.common import delete_prefix, measure, throwaway_database
 from kvstore import DatabaseType, StateRecord, create_database
 
 if TYPE_CHECKING:
@@ -91,9 +91,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
         for db in stores.values():
             await db.close()
         redis = Redis.from_url(redis_url)
-        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await redis.delete(*keys[start : start + 1000])
+        await delete_prefix(redis, prefix)
         await redis.aclose()
 
 

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from redis.asyncio import Redis
 
-from benchmarks.common import measure, session_record, throwaway_database
+from benchmarks.common import delete_prefix, measure, session_record, throwaway_database
 from kvstore import DatabaseType, create_database
 
 if TYPE_CHECKING:
@@ -124,9 +124,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
         for db in stores.values():
             await db.close()
         redis = Redis.from_url(redis_url)
-        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await redis.delete(*keys[start : start + 1000])
+        await delete_prefix(redis, prefix)
         await redis.aclose()
 
 

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from backends.base import utcnow
 from backends.tiered import TieredBackend
-from benchmarks.common import measure, session_record, throwaway_database
+from benchmarks.common import delete_prefix, measure, session_record, throwaway_database
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.store import Store
 
@@ -227,9 +227,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
         await db_ibw.close()
         await db_near.close()
         await db_alone.close()
-        keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await redis.delete(*keys[start : start + 500])
+        await delete_prefix(redis, prefix)
         await redis.aclose()
         await pool.close()
 
