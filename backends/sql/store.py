@@ -381,7 +381,9 @@ class SQLBackend(BulkOperations, Backend):
         unique = list(dict.fromkeys(wanted))
         now = self.clock.now()
         for start in range(0, len(unique), GET_MANY_CHUNK):
-            statement = queries.select_keys(unique[start : start + GET_MANY_CHUNK], now)
+            statement = queries.select_keys(
+                unique[start : start + GET_MANY_CHUNK], now, postgres=self._postgres
+            )
             for row in await self._query("get_many", statement):
                 found[(row.namespace, row.owner, row.key)] = queries.entry_of(row)
         return [found.get(k) for k in wanted]
