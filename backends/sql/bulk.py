@@ -1,5 +1,6 @@
-"""The SQL backend's bulk operations, for batch jobs and tools: streams in key order,
-restores, purges of expired rows, listings by recency and counts. Each is one or a few
+"""The SQL backend's reads of many rows and its bulk operations: batched reads, listings,
+streams in key order, restores, purges of expired rows, listings by recency and counts.
+Each is one or a few
 SQLAlchemy Core statements (:mod:`.queries`) run through the backend's ``_query``; none
 holds a connection while the caller works.
 """
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from backends.base import check_listing
 from backends.sql import core, queries
-from backends.sql.schema import key_parts, stored_key
+from backends.sql.schema import key_columns, key_parts, stored_key
 from kvstore.errors import InvalidRecordError
 from kvstore.keys import DEFAULT_PAGE_SIZE, check_component, check_namespace
 
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from kvstore.clock import Clock
     from kvstore.keys import Key
 
+GET_MANY_CHUNK: Final = 500
+"""Keys per statement of a batched read."""
 DEFAULT_STREAM_BATCH: Final = 1000
 TOMBSTONE_RETENTION: Final = 7 * 86400.0
 """Seconds ``purge_expired`` keeps the tombstone of a deletion: change-feed followers read
@@ -48,6 +52,44 @@ class BulkOperations:
 
     async def _write(self, action: str, statement: sa.Executable) -> Any:
         return await self._query(action, statement, write=True)
+
+    async def get(self, key: Key) -> Entry | None:
+        raise NotImplementedError
+
+    async def get_many(self, keys: Sequence[Key]) -> builtins.list[Entry | None]:
+        if not keys:
+            return []
+        if len(keys) == 1:  # the tiered store's single misses: take the hot path
+            return [await self.get(keys[0])]
+        found: dict[tuple[str, str, str], Entry] = {}
+        wanted = [key_columns(k) for k in keys]
+        unique = list(dict.fromkeys(wanted))
+        now = self.clock.now()
+        for start in range(0, len(unique), GET_MANY_CHUNK):
+            statement = queries.select_keys(
+                unique[start : start + GET_MANY_CHUNK], now, postgres=self._postgres
+            )
+            for row in await self._query("get_many", statement):
+                found[(row.namespace, row.owner, row.key)] = queries.entry_of(row)
+        return [found.get(k) for k in wanted]
+
+    async def list(
+        self,
+        namespace: str,
+        prefix: tuple[str, ...],
+        *,
+        after: tuple[str, ...] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> builtins.list[tuple[Key, Entry]]:
+        check_listing(namespace, prefix, after, limit)
+        statement = queries.select_listing(namespace, prefix, after, limit, self.clock.now())
+        if statement is None:
+            return []
+        owner = prefix[0]
+        return [
+            (stored_key(namespace, (owner, *key_parts(row[0]))), queries.entry_of(row))
+            for row in await self._query("list", statement)
+        ]
 
     async def purge_expired(
         self, batch_size: int = 1000, *, tombstones_older_than: float = TOMBSTONE_RETENTION

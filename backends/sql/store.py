@@ -5,9 +5,9 @@ One table holds every namespace (:mod:`backends.sql.schema`); Alembic keeps it c
 (:mod:`backends.sql.statements`) run on the hot path (:mod:`backends.sql.hot_path`); so are
 the change feed's and the cache generations' (:mod:`backends.sql.feed`). SQLAlchemy owns
 the engine, the pool, the schema and every other statement (:mod:`backends.sql.queries`:
-listings, ``get_many``, ``delete_owner``, purges, restore, streams), run by
-:mod:`backends.sql.core` on a pooled connection. An expired row counts as absent
-everywhere.
+listings, ``get_many``, ``delete_owner``, purges, restore, streams; the reads of many rows
+and the bulk operations are in :mod:`backends.sql.bulk`), run by :mod:`backends.sql.core`
+on a pooled connection. An expired row counts as absent everywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from backends.base import (
     Entry,
     Snapshot,
     check_fence,
-    check_listing,
     check_lock,
     fenced,
     version_conflict,
@@ -40,7 +39,7 @@ from backends.sql.hot_path import HotPath
 from backends.sql.locks import LockQueue
 from backends.sql.migrate import ensure_schema
 from backends.sql.numbers import jsonb_exact
-from backends.sql.schema import DriverTimes, key_columns, key_parts, stored_key
+from backends.sql.schema import DriverTimes, key_columns
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import (
     ConflictError,
@@ -48,7 +47,7 @@ from kvstore.errors import (
     KVStoreError,
     SerializationError,
 )
-from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_component
+from kvstore.keys import Fence, Key, check_component
 
 if TYPE_CHECKING:
     import builtins
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
     from kvstore.clock import Clock
     from kvstore.options import SQLOptions
 
-GET_MANY_CHUNK: Final = 500
 FENCED_PUTS: Final[dict[int | None, str]] = {None: "put_fenced", 0: "put_new_fenced"}
 """The fenced statement of a save without a version check, and of one that must create."""
 
@@ -370,41 +368,6 @@ class SQLBackend(BulkOperations, Backend):
             return await self._core.run_all(action, statements)
         finally:
             self._leave()
-
-    async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
-        if not keys:
-            return []
-        if len(keys) == 1:  # the tiered store's single misses: take the hot path
-            return [await self.get(keys[0])]
-        found: dict[tuple[str, str, str], Entry] = {}
-        wanted = [key_columns(k) for k in keys]
-        unique = list(dict.fromkeys(wanted))
-        now = self.clock.now()
-        for start in range(0, len(unique), GET_MANY_CHUNK):
-            statement = queries.select_keys(
-                unique[start : start + GET_MANY_CHUNK], now, postgres=self._postgres
-            )
-            for row in await self._query("get_many", statement):
-                found[(row.namespace, row.owner, row.key)] = queries.entry_of(row)
-        return [found.get(k) for k in wanted]
-
-    async def list(
-        self,
-        namespace: str,
-        prefix: tuple[str, ...],
-        *,
-        after: tuple[str, ...] | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-    ) -> list[tuple[Key, Entry]]:
-        check_listing(namespace, prefix, after, limit)
-        statement = queries.select_listing(namespace, prefix, after, limit, self.clock.now())
-        if statement is None:
-            return []
-        owner = prefix[0]
-        return [
-            (stored_key(namespace, (owner, *key_parts(row[0]))), queries.entry_of(row))
-            for row in await self._query("list", statement)
-        ]
 
     async def delete_owner(self, owner: str) -> int:
         check_component(owner, "owner")
