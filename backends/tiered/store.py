@@ -30,17 +30,13 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 from backends.base import Backend, Capabilities, Change, Entry, check_fence
 from backends.reports import Stats, TieredStats
 from backends.tiered import upkeep
-from backends.tiered.changes import DEFAULT_FEED_INTERVAL, FeedApplier
-from backends.tiered.feed import FeedFollower
-from backends.tiered.gate import CacheGate
-from backends.tiered.guard import FAILED, CacheGuard
-from backends.tiered.near import DEFAULT_MAX_LAG, NearCache
-from backends.tiered.reads import ReadThrough
-from backends.tiered.repair import REPAIR_CHUNK, DirtyKeys, Repairer
-from backends.tiered.update import CacheUpdater
-from backends.tiered.writes import WritesInFlight
+from backends.tiered.changes import DEFAULT_FEED_INTERVAL
+from backends.tiered.guard import FAILED
+from backends.tiered.near import DEFAULT_MAX_LAG
+from backends.tiered.parts import TierSettings, assemble
+from backends.tiered.repair import REPAIR_CHUNK
 from kvstore.clock import SYSTEM_CLOCK
-from kvstore.errors import BackendUnavailableError, ConfigurationError
+from kvstore.errors import BackendUnavailableError
 from kvstore.keys import DEFAULT_PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -48,6 +44,7 @@ if TYPE_CHECKING:
 
     from backends.cache_base import VersionedCache
     from backends.reports import VerifyReport, WarmReport
+    from backends.tiered.feed import FeedFollower
     from kvstore.clock import Clock
     from kvstore.keys import Fence, Key
 
@@ -67,9 +64,6 @@ class TieredBackend(Backend):
     kind: ClassVar[str] = "tiered"
     system = "tiered"
     capabilities = Capabilities(persistent=True, shared=True)
-    _feed: FeedApplier
-    _repairer: Repairer
-    _dirty: DirtyKeys
 
     def __init__(
         self,
@@ -92,12 +86,18 @@ class TieredBackend(Backend):
         """``near_entries`` > 0 puts a near cache of that many entries in the process
         (:mod:`.near`); it needs the change feed (``follow`` and a system of record that
         has one)."""
-        if cache_ttl <= 0 or cache_timeout <= 0 or lease_ttl <= 0 or feed_interval <= 0:
-            raise ConfigurationError(
-                "cache_ttl, cache_timeout, lease_ttl and feed_interval must be > 0"
-            )
-        if near_entries < 0 or near_max_lag <= 0:
-            raise ConfigurationError("near_cache_entries must be >= 0 and near_cache_max_lag > 0")
+        settings = TierSettings(
+            cache_ttl,
+            cache_timeout,
+            lease_ttl,
+            breaker_threshold,
+            breaker_reset_after,
+            follow,
+            feed_interval,
+            cache_name,
+            near_entries,
+            near_max_lag,
+        )
         self.record = record
         self.cache = cache
         self.cache_ttl = cache_ttl
@@ -111,72 +111,11 @@ class TieredBackend(Backend):
             bulk=record.capabilities.bulk,
             cache=True,
         )
-        self._guard = CacheGuard(
-            cache,
-            record,
-            cache_timeout=cache_timeout,
-            breaker_threshold=breaker_threshold,
-            breaker_reset_after=breaker_reset_after,
-            cache_name=cache_name,
-            clock=clock,
-        )
-        follower = FeedFollower(record, clock) if follow and record.capabilities.feed else None
-        if near_entries and follower is None:
-            raise ConfigurationError(
-                "the near cache is kept coherent by the change feed: it needs a SQL system "
-                "of record and follow_changes=True"
-            )
-        self._near = NearCache(near_entries, clock, max_lag=near_max_lag) if near_entries else None
-        self._gate = CacheGate(
-            self._guard,
-            cache,
-            cache_timeout=cache_timeout,
-            apply_feed=lambda: self._feed.apply(),
-            healed=lambda: self._repairer.soon() if self._dirty else None,
-        )
-        self._feed = FeedApplier(
-            follower,
-            cache,
-            self._guard,
-            usable=lambda: self._gate.usable(writing=True),
-            cache_ttl=cache_ttl,
-            interval=feed_interval,
-            near=self._near,
-        )
+        self._parts = parts = assemble(record, cache, settings, clock)
+        self._guard, self._gate, self._feed = parts.guard, parts.gate, parts.feed
+        self._dirty, self._writes, self._repairer = parts.dirty, parts.writes, parts.repairer
+        self._read, self._update, self._near = parts.read, parts.update, parts.near
         self._follow_task: asyncio.Task[None] | None = None
-        self._dirty = DirtyKeys()
-        self._writes = WritesInFlight(self._dirty)
-        self._repairer = Repairer(
-            self._dirty,
-            self._writes,
-            record,
-            cache,
-            self._guard,
-            head=lambda: follower.cursor if follower is not None else 0,
-            ttl_for=self._ttl_for,
-            cache_ttl=cache_ttl,
-        )
-        self._read = ReadThrough(
-            record,
-            cache,
-            self._guard,
-            self._gate,
-            self._dirty,
-            lease_ttl=lease_ttl,
-            ttl_for=self._ttl_for,
-            repair_soon=self._repairer.soon,
-            clock=clock,
-            near=self._near,
-        )
-        self._update = CacheUpdater(
-            cache,
-            self._guard,
-            self._gate,
-            self._dirty,
-            cache_ttl=cache_ttl,
-            ttl_for=self._ttl_for,
-            landed=self._feed.landed,
-        )
 
     def __repr__(self) -> str:
         state = self._guard.breaker.state.value
@@ -217,29 +156,7 @@ class TieredBackend(Backend):
 
     def tier_stats(self) -> TieredStats:
         """The cache tier's counters now."""
-        guard, feed, read = self._guard, self._feed, self._read
-        return TieredStats(
-            reads=read.reads,
-            hits=read.hits,
-            misses=read.misses,
-            bypassed=read.bypassed,
-            fills=read.fills,
-            fill_dropped=read.fill_dropped,
-            cache_errors=guard.cache_errors,
-            busy_timeouts=guard.busy_timeouts,
-            breaker=guard.breaker.state,
-            breaker_open_seconds=guard.breaker.open_seconds(),
-            dirty=len(self._dirty),
-            generation=guard.generation.number if guard.generation else 0,
-            generation_changes=guard.generation_changes,
-            feed_changes=feed.applied,
-            feed_own=feed.own,
-            feed_backlog=len(feed.backlog),
-            feed_errors=feed.errors,
-            near_hits=read.near_hits,
-            near_entries=len(self._near) if self._near is not None else 0,
-            near_serving=self._near is not None and self._near.serving,
-        )
+        return self._parts.stats()
 
     @property
     def feed(self) -> FeedFollower | None:
@@ -400,12 +317,6 @@ class TieredBackend(Backend):
             if self._near is not None:
                 self._near.forget(key)
             raise
-
-    def _ttl_for(self, entry: Entry) -> float:
-        if entry.expires_at is None:
-            return self.cache_ttl
-        remaining = (entry.expires_at - self.clock.now()).total_seconds()
-        return max(0.001, min(self.cache_ttl, remaining))
 
     # -- warm and verify (backends.tiered.upkeep) ---------------------------------------------
 
