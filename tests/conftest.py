@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kvstore import Database, DatabaseType, create_database
-from tests import pg_servers, postgres
+from tests import pg_servers, postgres, telemetry_audit
 from tests.redis_servers import REDIS_CLI, REDIS_SERVER, RedisClusterServers, RedisServer
 from tests.services import REQUIRED, unavailable
 
@@ -119,10 +119,18 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_db(request: pytest.FixtureRequest, backend_name: str) -> MakeDb:
-    """A factory of databases on the backend under test."""
+def make_db(request: pytest.FixtureRequest, backend_name: str) -> Iterator[MakeDb]:
+    """A factory of databases on the backend under test. With
+    ``KVSTORE_TEST_TELEMETRY_AUDIT=1`` each is traced into an SDK of the test's own, and the
+    test fails if anything it exported is outside kvstore's vocabulary (user data)."""
     factory: MakeDb = request.getfixturevalue(f"make_db_{backend_name}")
-    return factory
+    if not telemetry_audit.AUDIT:
+        yield factory
+        return
+    telemetry = telemetry_audit.Telemetry()
+    yield lambda **options: factory(**(telemetry.options() | options))
+    if found := telemetry_audit.findings(telemetry):
+        pytest.fail("telemetry carries user data:\n" + "\n".join(found[:20]), pytrace=False)
 
 
 @pytest.fixture

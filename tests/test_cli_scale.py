@@ -1,10 +1,12 @@
-"""The command-line scale benchmark runs end to end (with 20,000 records here; the README's
-table is its 1,000,000-record run): every bulk command of the CLI as a process on a tiered
-store, each covering every record."""
+"""The command-line scale benchmark runs end to end: every bulk command of the CLI as a
+process on a tiered store, each covering every record. The suite runs it with 20,000
+records; ``KVSTORE_CLI_SCALE_RECORDS=1000000`` runs the README's million-record case, which
+``.ci/run`` does once after the suite."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -17,10 +19,12 @@ from tests.services import unavailable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
-RECORDS = 20_000
+RECORDS = int(os.environ.get("KVSTORE_CLI_SCALE_RECORDS", "20000"))
+TIMEOUT = 300 + RECORDS // 250  # 20k: 6 min; 1M: 72 min (it takes ~12 here)
 ROW = re.compile(r"^\| `(kvstore [^`]+)` \| [\d.]+ \| ([\d,]+|-) \| (\d+) \| (.*) \|$")
 
 
+@pytest.mark.timeout(TIMEOUT + 60)
 def test_every_bulk_command_covers_every_record() -> None:
     if not asyncio.run(postgres.server_available()):
         unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
@@ -30,7 +34,7 @@ def test_every_bulk_command_covers_every_record() -> None:
         [sys.executable, "-m", "benchmarks.cli_scale", "--records", str(RECORDS)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=TIMEOUT,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -7,59 +7,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from kvstore import ConflictError, DatabaseType, StateRecord, create_database
 from tests import postgres
+from tests.telemetry_audit import Telemetry, findings
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from kvstore import Database
     from tests.conftest import MakeDb
     from tests.redis_servers import RedisServer
-
-
-class Telemetry:
-    """An SDK of this test's own: spans kept in memory, metrics read on demand."""
-
-    def __init__(self) -> None:
-        self.spans = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def options(self) -> dict[str, Any]:
-        return {"tracer_provider": self.tracer_provider, "meter_provider": self.meter_provider}
-
-    def finished(self) -> tuple[ReadableSpan, ...]:
-        return self.spans.get_finished_spans()
-
-    def points(self) -> Iterator[tuple[str, dict[str, Any], Any]]:
-        """Every data point now: (metric name, attributes, the point)."""
-        data = self.reader.get_metrics_data()
-        for resource in data.resource_metrics if data is not None else ():
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    for point in metric.data.data_points:
-                        yield metric.name, dict(point.attributes or {}), point
-
-    def value(self, name: str) -> float:
-        values = [p.value for n, _, p in self.points() if n == name]
-        assert values, f"no {name} recorded"
-        return float(values[0])
-
-    def durations(self) -> list[dict[str, Any]]:
-        """The attributes of every ``db.client.operation.duration`` series."""
-        return [a for n, a, _ in self.points() if n == "db.client.operation.duration"]
 
 
 def series(system: str, tier: str, operation: str, **more: str) -> dict[str, str]:
@@ -188,6 +147,49 @@ async def test_no_id_value_or_secret_reaches_telemetry(make_db: MakeDb) -> None:
     assert telemetry.finished(), "nothing was traced"
     assert telemetry.durations(), "nothing was measured"
     assert leaks(telemetry, (SECRET_USER, SECRET_SESSION, SECRET_VALUE)) == []
+
+
+def test_the_audit_finds_anything_outside_the_vocabulary() -> None:
+    """What ``KVSTORE_TEST_TELEMETRY_AUDIT=1`` checks after every conformance test: planted
+    ids, values, secrets and unknown attributes are each found."""
+    telemetry = Telemetry()
+    tracer = telemetry.tracer_provider.get_tracer("planted")
+    clean = {"db.operation.name": "get", "db.collection.name": "state", "kvstore.tier": "store"}
+    with tracer.start_as_current_span("get state", attributes=clean):
+        pass
+    planted = [
+        ("get " + SECRET_USER, {}),
+        ("get state", {"user_id": SECRET_USER}),
+        ("put state", {"db.collection.name": "Session " + SECRET_SESSION}),
+        ("put state", {"error.type": f"value {SECRET_VALUE}"}),
+        ("delete state", {"db.system.name": "postgresql://u:pw-3c8d1f0e@host/db"}),
+    ]
+    for name, attributes in planted:
+        with tracer.start_as_current_span(name, attributes=attributes) as span:
+            span.add_event("saved", {"value": SECRET_VALUE})
+    histogram = telemetry.meter_provider.get_meter("planted").create_histogram("h")
+    histogram.record(1.0, {"db.operation.name": SECRET_VALUE})
+
+    found = findings(telemetry)
+    assert sum("event 'saved'" in f for f in found) == len(planted)
+    for expected in (
+        f"span 'get {SECRET_USER}': the name is outside the vocabulary",
+        "span 'get state': unknown attribute 'user_id'",
+        f"db.collection.name='Session {SECRET_SESSION}' is outside the vocabulary",
+        f"error.type='value {SECRET_VALUE}' is outside the vocabulary",
+        "db.system.name='postgresql://u:pw-3c8d1f0e@host/db' is outside the vocabulary",
+        f"metric h: db.operation.name='{SECRET_VALUE}' is outside the vocabulary",
+    ):
+        assert any(expected in f for f in found), (expected, found)
+    assert not any("'get state': kvstore.tier" in f for f in found)  # the clean span
+
+
+async def test_a_traced_database_exports_only_the_vocabulary(make_db: MakeDb) -> None:
+    telemetry = Telemetry()
+    async with make_db(**telemetry.options()) as db:
+        await exercise(db)
+    assert telemetry.finished()
+    assert findings(telemetry) == []
 
 
 async def test_no_password_reaches_telemetry(postgres_url: str) -> None:
