@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from backends.telemetry import DURATION
 from kvstore import ConflictError, DatabaseType, StateRecord, create_database
 from tests import postgres
 from tests.telemetry_audit import Telemetry, findings
@@ -241,3 +242,67 @@ def test_the_grafana_dashboard_queries_only_metrics_kvstore_exports() -> None:
     labels = {"db_system_name", "db_operation_name", "db_collection_name", "kvstore_tier"}
     assert queried - labels
     assert queried - labels <= prometheus, queried - labels - prometheus
+
+
+REDIS_POOL_METRICS = """
+import asyncio, json, sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from redis.observability import MetricGroup, OTelConfig, get_observability_instance
+
+from kvstore import DatabaseType, StateRecord, create_database
+
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+get_observability_instance().init(
+    OTelConfig(metric_groups=[MetricGroup.CONNECTION_BASIC, MetricGroup.CONNECTION_ADVANCED])
+)
+
+
+def points():
+    return [
+        [metric.name, dict(point.attributes or {}), getattr(point, "value", None)]
+        for resource in reader.get_metrics_data().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    ]
+
+
+async def main():
+    async with create_database(DatabaseType.REDIS, sys.argv[1], telemetry=True) as db:
+        await asyncio.gather(*(
+            db.save_state(StateRecord(user_id=f"u{n}", session_id="s", state="A"))
+            for n in range(50)
+        ))
+        await asyncio.gather(*(db.get_state(f"u{n}", "s") for n in range(50)))
+        print(json.dumps(points()))  # every command answered: no connection in use
+
+
+asyncio.run(main())
+"""
+
+
+def test_redis_pool_metrics_come_from_redis_py_itself(redis_server: RedisServer) -> None:
+    """redis-py (8.x) measures its own pool: connections in use and idle, and how long a
+    command waited for a connection. kvstore's Redis paths take connections through the
+    pool's public calls, so an application that turns redis-py's metrics on sees them."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", REDIS_POOL_METRICS, redis_server.url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    points = json.loads(done.stdout.splitlines()[-1])
+    names = {name for name, _, _ in points}
+    assert {"db.client.connection.count", "db.client.connection.wait_time"} <= names, names
+    assert DURATION in names  # kvstore's own, beside redis-py's
+    count = {a["db.client.connection.state"]: v for n, a, v in points if n.endswith(".count")}
+    assert count["used"] == 0, count  # every connection taken was given back, and counted
+    assert count["idle"] >= 1, count

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote
 
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.observability import get_observability_instance
 
 from kvstore.errors import ConfigurationError
 from kvstore.urls import check_query_names, mask_url, split_url
@@ -80,14 +81,24 @@ class ConnectionSettings:
         return settings
 
 
+_REDIS_METRICS: Final = get_observability_instance()
+"""redis-py's OpenTelemetry switch (process-wide; the application turns it on)."""
+
+
 class WaitingPool(BlockingConnectionPool):
     """redis-py's :class:`BlockingConnectionPool` (callers wait for a free connection, up to
     ``pool_wait_timeout``) with a fast path: while a connection is idle and nobody waits,
     take and return it without the pool's condition variable, timeout and event dispatch,
-    which cost about a fifth of a GET here. Everything else goes the regular way."""
+    which cost about a fifth of a GET here. Everything else goes the regular way, and so
+    does everything while redis-py's own metrics are on (its pool counts and wait times are
+    recorded only on the regular way)."""
 
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
-        if self._available_connections and not getattr(self, "_in_maintenance", False):
+        if (
+            self._available_connections
+            and not getattr(self, "_in_maintenance", False)
+            and not _REDIS_METRICS.is_enabled()
+        ):
             connection = self._available_connections.pop()
             self._in_use_connections.add(connection)
             try:
@@ -104,6 +115,7 @@ class WaitingPool(BlockingConnectionPool):
             or getattr(self, "_in_maintenance", False)
             or connection.should_reconnect()
             or self.connection_kwargs.get("credential_provider") is not None
+            or _REDIS_METRICS.is_enabled()
         ):
             await super().release(connection)
             return
