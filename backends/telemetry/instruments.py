@@ -71,10 +71,13 @@ class _Operation:
             self._name, kind=SpanKind.CLIENT, attributes=self._attributes
         )
         self._span = span
-        # a span that records nothing (no SDK) need not become current: its children would
-        # record nothing either
+        # the span becomes current so the tiers' spans are its children, sampled with it: a
+        # sampled-out span too (children left without it would be sampled as roots of their
+        # own). Only the API's no-op span (no SDK: an invalid context) is not worth it.
         self._token = (
-            context.attach(trace.set_span_in_context(span)) if span.is_recording() else None
+            context.attach(trace.set_span_in_context(span))
+            if span.get_span_context().is_valid
+            else None
         )
 
     def __exit__(
