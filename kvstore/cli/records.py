@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 def _as_json(store: Store, namespace: str, entry: Entry) -> Any:
     collection = store.built_in.get(namespace)
     if collection is None:
-        return orjson.loads(entry.value)
+        return store.serializer.loads(entry.value)
     return collection.decode(entry).model_dump(mode="json")
 
 
