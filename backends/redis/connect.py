@@ -81,10 +81,6 @@ class ConnectionSettings:
         return settings
 
 
-_REDIS_METRICS: Final = get_observability_instance()
-"""redis-py's OpenTelemetry switch (process-wide; the application turns it on)."""
-
-
 class WaitingPool(BlockingConnectionPool):
     """redis-py's :class:`BlockingConnectionPool` (callers wait for a free connection, up to
     ``pool_wait_timeout``) with a fast path: while a connection is idle and nobody waits,
@@ -97,7 +93,7 @@ class WaitingPool(BlockingConnectionPool):
         if (
             self._available_connections
             and not getattr(self, "_in_maintenance", False)
-            and not _REDIS_METRICS.is_enabled()
+            and not get_observability_instance().is_enabled()
         ):
             connection = self._available_connections.pop()
             self._in_use_connections.add(connection)
@@ -115,7 +111,7 @@ class WaitingPool(BlockingConnectionPool):
             or getattr(self, "_in_maintenance", False)
             or connection.should_reconnect()
             or self.connection_kwargs.get("credential_provider") is not None
-            or _REDIS_METRICS.is_enabled()
+            or get_observability_instance().is_enabled()
         ):
             await super().release(connection)
             return
