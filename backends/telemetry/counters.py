@@ -35,35 +35,29 @@ class _Observed:
 
             return callback
 
-        for field, description in TIER_COUNTERS.items():
-            meter.create_observable_counter(
-                f"kvstore.cache.{field}",
-                callbacks=[observe(_tier_field(field), sum)],
-                description=description,
-            )
-        for field, description in TIER_GAUGES.items():
-            meter.create_observable_gauge(
-                f"kvstore.cache.{field}",
-                callbacks=[observe(_tier_field(field), max if field == "generation" else sum)],
-                description=description,
-            )
+        parts = (
+            ("cache", "tier", TIER_COUNTERS, TIER_GAUGES),
+            ("sql", "sql", SQL_COUNTERS, SQL_GAUGES),
+        )
+        for prefix, part, counters, gauges in parts:
+            for field, description in counters.items():
+                meter.create_observable_counter(
+                    f"kvstore.{prefix}.{field}",
+                    callbacks=[observe(_field(part, field), sum)],
+                    description=description,
+                )
+            for field, description in gauges.items():
+                combine = max if field == "generation" else sum  # one generation, not a sum
+                meter.create_observable_gauge(
+                    f"kvstore.{prefix}.{field}",
+                    callbacks=[observe(_field(part, field), combine)],
+                    description=description,
+                )
         meter.create_observable_gauge(
             "kvstore.cache.breaker.open",
             callbacks=[observe(_breaker_open, max)],
             description="1 while a circuit breaker keeps reads off the cache, else 0.",
         )
-        for field, description in SQL_COUNTERS.items():
-            meter.create_observable_counter(
-                f"kvstore.sql.{field}",
-                callbacks=[observe(_sql_field(field), sum)],
-                description=description,
-            )
-        for field, description in SQL_GAUGES.items():
-            meter.create_observable_gauge(
-                f"kvstore.sql.{field}",
-                callbacks=[observe(_sql_field(field), sum)],
-                description=description,
-            )
 
     def live(self) -> builtins.list[Stats]:
         alive = [(source, source()) for source in self.sources]
@@ -85,16 +79,12 @@ def observe_stats(instruments: Instruments, stats: Callable[[], Stats]) -> None:
     observed.sources.append(weakref.WeakMethod(stats))
 
 
-def _tier_field(field: str) -> Callable[[Stats], float | None]:
+def _field(part: str, field: str) -> Callable[[Stats], float | None]:
+    """Read ``stats.<part>.<field>`` (``None`` where the store has no such part)."""
+
     def read(stats: Stats) -> float | None:
-        return None if stats.tier is None else float(getattr(stats.tier, field))
-
-    return read
-
-
-def _sql_field(field: str) -> Callable[[Stats], float | None]:
-    def read(stats: Stats) -> float | None:
-        return None if stats.sql is None else float(getattr(stats.sql, field))
+        counters = getattr(stats, part)
+        return None if counters is None else float(getattr(counters, field))
 
     return read
 
