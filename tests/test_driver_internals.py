@@ -5,7 +5,8 @@ a release changes one of them, this file fails loudly, before production does.
 * ``backends/redis/connect.py`` (``WaitingPool``): takes and returns an idle connection of
   redis-py's ``BlockingConnectionPool`` without its condition variable (about a fifth of a
   cache-hit GET here): ``_available_connections``, ``_in_use_connections``, ``_condition``
-  with its ``_waiters``.
+  with its ``_waiters``, ``_in_maintenance`` (a pool being handed over during server
+  maintenance goes the regular way).
 * ``backends/redis/connect.py`` (``install_cluster_connect_hook``): redis-py's asyncio
   ``RedisCluster`` takes no ``redis_connect_func``; kvstore puts it in
   ``nodes_manager.connection_kwargs`` and each known node's ``connection_kwargs``, from
@@ -37,7 +38,9 @@ def test_redis_pool_internals_the_waiting_pool_reads() -> None:
     assert isinstance(pool._in_use_connections, set)
     assert isinstance(pool._condition, asyncio.Condition)
     assert hasattr(pool._condition, "_waiters")
+    assert pool._in_maintenance is False
     assert callable(pool.ensure_connection)
+    assert callable(pool.connection_class.should_reconnect)
 
 
 async def test_redis_cluster_internals_the_connect_hook_uses() -> None:
@@ -82,6 +85,7 @@ PRIVATE_DETAILS = {
     "_available_connections": "backends/redis/connect.py",
     "_in_use_connections": "backends/redis/connect.py",
     "._condition.": "backends/redis/connect.py",
+    "_in_maintenance": "backends/redis/connect.py",
     "nodes_manager": "backends/redis/connect.py",
 }
 """Each private driver detail kvstore uses, and the one module allowed to use it."""

@@ -92,7 +92,7 @@ class WaitingPool(BlockingConnectionPool):
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         if (
             self._available_connections
-            and not getattr(self, "_in_maintenance", False)
+            and not self._in_maintenance
             and not get_observability_instance().is_enabled()
         ):
             connection = self._available_connections.pop()
@@ -108,7 +108,7 @@ class WaitingPool(BlockingConnectionPool):
     async def release(self, connection: Any) -> None:
         if (
             self._condition._waiters
-            or getattr(self, "_in_maintenance", False)
+            or self._in_maintenance
             or connection.should_reconnect()
             or self.connection_kwargs.get("credential_provider") is not None
             or get_observability_instance().is_enabled()
