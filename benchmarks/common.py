@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
+from redis.asyncio import Redis
 
 from backends.sql.migrate import upgrade
 from kvstore import StateRecord
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
-    from redis.asyncio import Redis
+    from kvstore import Database
 
 
 def session_record(user_id: str = "user-1", session_id: str = "session-1") -> StateRecord:
@@ -172,6 +173,18 @@ async def throwaway_database(admin_url: str, what: str) -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def close_stores(stores: Iterable[Database], redis_url: str, prefix: str) -> None:
+    """Close ``stores`` (their change-feed followers write to the cache until then), then
+    delete the benchmark's keys under ``prefix`` from the Redis at ``redis_url``."""
+    for db in stores:
+        await db.close()
+    redis = Redis.from_url(redis_url)
+    try:
+        await delete_prefix(redis, prefix)
+    finally:
+        await redis.aclose()
 
 
 async def delete_prefix(redis: Redis, prefix: str) -> None:

@@ -19,9 +19,7 @@ import itertools
 import uuid
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-
-from benchmarks.common import delete_prefix, measure, throwaway_database
+from benchmarks.common import close_stores, measure, throwaway_database
 from kvstore import DatabaseType, StateRecord, create_database
 
 if TYPE_CHECKING:
@@ -88,11 +86,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
             8,
         )
     finally:
-        for db in stores.values():
-            await db.close()
-        redis = Redis.from_url(redis_url)
-        await delete_prefix(redis, prefix)
-        await redis.aclose()
+        await close_stores(stores.values(), redis_url, prefix)
 
 
 async def main() -> None:

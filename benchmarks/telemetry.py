@@ -23,9 +23,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from redis.asyncio import Redis
 
-from benchmarks.common import delete_prefix, measure, session_record, throwaway_database
+from benchmarks.common import close_stores, measure, session_record, throwaway_database
 from kvstore import DatabaseType, create_database
 
 if TYPE_CHECKING:
@@ -121,11 +120,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                 tasks,
             )
     finally:
-        for db in stores.values():
-            await db.close()
-        redis = Redis.from_url(redis_url)
-        await delete_prefix(redis, prefix)
-        await redis.aclose()
+        await close_stores(stores.values(), redis_url, prefix)
 
 
 async def main() -> None:
