@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from kvstore.errors import InvalidRecordError
 from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_namespace
-from kvstore.models.base import METADATA_FIELDS, Record, stamp
+from kvstore.models.base import METADATA_FIELDS, STORED, Record, stamp
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -189,11 +189,12 @@ class Collection(Generic[R]):
     def decode(self, entry: Entry) -> R:
         """Turn a stored entry back into a record, upgrading older schema versions."""
         serializer, model = self.store.serializer, self.model
-        if serializer.schema_version(entry.value) in (model.SCHEMA_VERSION, None):
+        version = serializer.schema_version(entry.value)  # a hint; the validator checks it
+        if version == model.SCHEMA_VERSION or (version is None and model.SCHEMA_VERSION == 1):
             try:
-                record = serializer.load_model(entry.value, model)
+                record = serializer.load_model(entry.value, model, context=STORED)
             except ValidationError:
-                record = self._decode_upgrading(entry)  # an older shape, or a fooled fast path
+                record = self._decode_upgrading(entry)  # an older shape, or a fooled hint
         else:
             record = self._decode_upgrading(entry)
         stamp(record, entry.version, entry.created_at, entry.updated_at, entry.revision)

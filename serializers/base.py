@@ -40,7 +40,10 @@ class Serializer(Protocol):
         full parse), or ``None`` if it cannot tell."""
         ...
 
-    def load_model(self, data: bytes, model: type[M]) -> M:
-        """Validate ``data`` into ``model``, ignoring ``schema_version``; raises pydantic's
+    def load_model(
+        self, data: bytes, model: type[M], *, context: dict[str, Any] | None = None
+    ) -> M:
+        """Validate ``data`` into ``model`` (``context``: pydantic's validation context, for
+        the model's validators to check ``schema_version``); raises pydantic's
         ``ValidationError`` if the data does not fit the model."""
         ...

@@ -70,8 +70,9 @@ class JSONSerializer:
 
         The record's computed field is written last, and PostgreSQL's JSONB also puts it
         after the shorter top-level keys, so the last occurrence is the top-level one in
-        practice; if a nested key fools it, ``load_model`` fails validation and the caller
-        falls back to the full parse.
+        practice. It is a hint for choosing the fast path: the record's validator checks the
+        real top-level version, and where a nested key fools the search, validation fails and
+        the caller falls back to the full parse.
         """
         start = data.rfind(b'"schema_version":')
         if start < 0:
@@ -79,10 +80,12 @@ class JSONSerializer:
         match = _NUMBER.match(data, start + len(b'"schema_version":'))
         return int(match.group(1)) if match else None
 
-    def load_model(self, data: bytes, model: type[M]) -> M:
+    def load_model(
+        self, data: bytes, model: type[M], *, context: dict[str, Any] | None = None
+    ) -> M:
         """Validate JSON bytes straight into ``model`` (pydantic-core's JSON parser: faster
         than ``orjson.loads`` + ``model_validate`` for models with ``JsonValue`` fields)."""
-        return model.model_validate_json(data, extra="ignore")
+        return model.model_validate_json(data, extra="ignore", context=context)
 
     def loads(self, data: bytes) -> dict[str, Any]:
         """Decode a JSON object."""

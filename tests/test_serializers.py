@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -15,6 +16,7 @@ from backends.base import Entry
 from kvstore import (
     ContextRecord,
     DatabaseType,
+    Id,
     IdentityRecord,
     Record,
     SerializationError,
@@ -113,6 +115,47 @@ async def test_decoding_survives_reordered_keys_and_nested_schema_versions() -> 
         record = db.states.decode(Entry(value, 3, now, now))
         assert (record.user_id, record.state, record.version) == ("u", "A", 3)
         assert record.data["z" if value is stored else "schema_version"] is not None
+    await db.close()
+
+
+class Words(Record):
+    """Version 2 of a note whose version 1 had no word count: version 1 data validates as
+    version 2 too (``words`` has a default), so only the version tells them apart."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "note_id")
+    user_id: Id
+    note_id: Id
+    body: str
+    words: int = 0
+    meta: JsonValue = None
+
+
+@Words.upgrade(from_version=1)
+def _count_words(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "words": len(str(data["body"]).split())}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"user_id": "u", "note_id": "n", "body": "two words"}',
+        b'{"user_id":"u","note_id":"n","body":"two words","meta":{"schema_version":2}}',
+        b'{"user_id":"u","note_id":"n","body":"two words","schema_version":1,'
+        b'"meta":{"schema_version":2}}',
+    ],
+    ids=["no version (a batch job's row)", "only a nested version", "nested after v1"],
+)
+async def test_data_without_a_top_level_current_version_is_upgraded_on_every_path(
+    value: bytes,
+) -> None:
+    """Stored data without ``schema_version`` is version 1 on the fast path as in
+    ``from_stored``; a nested ``"schema_version"`` that looks current does not make it so."""
+    db = create_database(DatabaseType.MEMORY)
+    now = datetime.now(UTC)
+    record = db.collection(Words, "words").decode(Entry(value, 1, now, now))
+    assert (record.body, record.words) == ("two words", 2)
+    assert Words.from_stored(orjson.loads(value)).words == 2
     await db.close()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Self
 
 from pydantic import (
     AfterValidator,
@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
     computed_field,
     model_validator,
 )
@@ -22,6 +23,10 @@ from kvstore.keys import MAX_COMPONENT_LENGTH, check_component
 
 if TYPE_CHECKING:
     from datetime import datetime
+
+
+STORED: Final[dict[str, Any]] = {"kvstore_stored": True}
+"""The validation context for stored data: there a missing ``schema_version`` means 1."""
 
 
 def _valid_id(value: str) -> str:
@@ -81,19 +86,27 @@ class Record(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _own_schema_version(cls, data: Any) -> Any:
+    def _own_schema_version(cls, data: Any, info: ValidationInfo) -> Any:
         """A record's own dump carries ``schema_version`` (a computed field): take it back
         when it is this class's, so ``model_validate(record.model_dump())`` and the JSON
         round trip work. Another version is refused: data of an older shape is read with
-        :meth:`from_stored`, which upgrades it."""
-        if isinstance(data, dict) and "schema_version" in data:
+        :meth:`from_stored`, which upgrades it. In the :data:`STORED` context, data
+        without a top-level ``schema_version`` is version 1, as :meth:`from_stored` reads
+        it: refused here unless that is this class's version."""
+        if not isinstance(data, dict):
+            return data
+        if "schema_version" in data:
             data = dict(data)
             version = data.pop("schema_version")
-            if version != cls.SCHEMA_VERSION:
-                raise ValueError(
-                    f"schema_version {version!r} is not {cls.__name__}'s "
-                    f"({cls.SCHEMA_VERSION}); read data of an older shape with from_stored()"
-                )
+        elif info.context is STORED:
+            version = 1
+        else:
+            return data
+        if version != cls.SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {version!r} is not {cls.__name__}'s "
+                f"({cls.SCHEMA_VERSION}); read data of an older shape with from_stored()"
+            )
         return data
 
     @computed_field  # type: ignore[prop-decorator]
