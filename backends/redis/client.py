@@ -24,6 +24,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
+from backends.coalesce import CoalescedReads
 from backends.deadline import deadline
 from backends.redis import lua
 from backends.redis.connect import Closer, ConnectionSettings, connect
@@ -106,6 +107,8 @@ class RedisClient:
         """On a Cluster: the ``run_id`` each node gave on its newest connection (or when
         :meth:`RedisCache.incarnation <backends.redis.cache.RedisCache.incarnation>` asked)."""
         self._pipe: AutoPipeline | None = None
+        self._coalesced: dict[bool, CoalescedReads[Key, bytes | None]] = {}
+        """Coalesced single-key reads, without and with the generation marker."""
         self._closers: list[Closer] = []
         self._closed = False
         self.description = mask_url(url) if url is not None else "injected client"
@@ -136,6 +139,8 @@ class RedisClient:
         if self._closed:
             return
         self._closed = True
+        for reads in self._coalesced.values():
+            await reads.aclose()
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             await pipe.aclose()
@@ -248,7 +253,20 @@ class RedisClient:
         """The raw values of ``keys``. ``marked``: also check the generation marker (a cache
         on a standalone server) and raise :class:`CacheLostError` if it is gone, or if the
         generation changed while the read was in flight (a retry may then have read the old
-        generation's keys from a new server incarnation)."""
+        generation's keys from a new server incarnation).
+
+        Single-key reads of concurrent tasks are coalesced into one read (:mod:`backends.coalesce`)
+        unless autopipelining is off."""
+        if len(keys) == 1 and self._autopipeline:
+            reads = self._coalesced.get(marked)
+            if reads is None:
+                reads = self._coalesced[marked] = CoalescedReads(
+                    lambda keys: self._read_values(keys, marked=marked)
+                )
+            return [await reads.get(keys[0])]
+        return await self._read_values(keys, marked=marked)
+
+    async def _read_values(self, keys: Sequence[Key], *, marked: bool) -> list[bytes | None]:
         layout = self.layout
         names = [layout.record(key) for key in keys]
         pipe = self.ready()

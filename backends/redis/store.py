@@ -83,9 +83,8 @@ class RedisStore(Backend):
     # -- reads -----------------------------------------------------------------------------
 
     async def get(self, key: Key) -> Entry | None:
-        name = self.redis.layout.record(key)
-        pipe = self.redis.ready()
-        data = await self.redis.idempotent("get", lambda: pipe.call("GET", name))
+        """Concurrent gets share one ``MGET`` (see :meth:`RedisClient.read_values`)."""
+        (data,) = await self.redis.read_values((key,))
         return self._current(data)
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:

@@ -73,6 +73,7 @@ def build_tiered_backend(
         cache_name=options.get("key_prefix", "kv:"),
         near_entries=options.get("near_cache_entries", 0),
         near_max_lag=options.get("near_cache_max_lag", DEFAULT_MAX_LAG),
+        coalesce_reads=instruments is None,  # traced: every read keeps its own lookup span
         clock=clock,
     )
     return backend, f"tiered({record_description} + {cache_description})"

@@ -44,6 +44,7 @@ class TierSettings:
     cache_name: str
     near_entries: int
     near_max_lag: float
+    coalesce_reads: bool
 
     def __post_init__(self) -> None:
         if (
@@ -172,6 +173,7 @@ def assemble(
         repair_soon=repairer.soon,
         clock=clock,
         near=near,
+        coalesce=settings.coalesce_reads,
     )
     update = CacheUpdater(
         cache,

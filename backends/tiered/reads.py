@@ -5,12 +5,17 @@ valid lease is dropped by the cache).
 Keys marked dirty are read from the system of record until repaired; a cache that is out of
 use (breaker open, lost) is bypassed. Every key read is counted once: as a hit, a miss or a
 bypass.
+
+Single-key reads of concurrent tasks share one cache lookup (:mod:`backends.coalesce`):
+one deadline, one call through the guard and one ``MGET`` for all of them. Not when the
+cache is traced: each read then keeps a lookup span of its own under its caller's span.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from backends.coalesce import CoalescedReads
 from backends.tiered.guard import FAILED
 from kvstore.errors import BackendUnavailableError
 
@@ -18,9 +23,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from backends.base import Backend, Entry
-    from backends.cache_base import VersionedCache
+    from backends.cache_base import CacheLookup, VersionedCache
     from backends.tiered.gate import CacheGate
-    from backends.tiered.guard import CacheGuard
+    from backends.tiered.guard import CacheGuard, _Failed
     from backends.tiered.near import NearCache
     from backends.tiered.repair import DirtyKeys
     from kvstore.clock import Clock
@@ -43,8 +48,11 @@ class ReadThrough:
         repair_soon: Callable[[], None],
         clock: Clock,
         near: NearCache | None = None,
+        coalesce: bool = True,
     ) -> None:
+        """``coalesce``: concurrent single-key reads share one lookup (see the module)."""
         self._near = near
+        self._coalesced = CoalescedReads(self._lookup_each) if coalesce else None
         self._record = record
         self._cache = cache
         self._guard = guard
@@ -93,14 +101,7 @@ class ReadThrough:
         self.bypassed += len(keys) - len(cached)
         if not cached:
             return await self._record.get_many(keys)
-        wanted = [keys[i] for i in cached]
-        guard = self._guard
-        busy = guard.busy_timeouts
-        lookups = await guard.call(self._cache.lookup(wanted, lease_ttl=self._lease_ttl))
-        if lookups is FAILED and guard.busy_timeouts > busy:
-            # it timed out while the cache answered others: the caller is what is behind,
-            # so ask the cache once more rather than add reads to the system of record
-            lookups = await guard.call(self._cache.lookup(wanted, lease_ttl=self._lease_ttl))
+        lookups = await self._lookup([keys[i] for i in cached])
         if lookups is FAILED:
             self.bypassed += len(cached)
             return await self._record.get_many(keys)
@@ -139,15 +140,14 @@ class ReadThrough:
             if key in dirty:
                 self.bypassed += 1
                 return (await self._record.get_many((key,)))[0]
-        guard = self._guard
-        busy = guard.busy_timeouts
-        lookups = await guard.call(self._cache.lookup((key,), lease_ttl=self._lease_ttl))
-        if lookups is FAILED and guard.busy_timeouts > busy:
-            lookups = await guard.call(self._cache.lookup((key,), lease_ttl=self._lease_ttl))
-        if lookups is FAILED:
+        if self._coalesced is not None:
+            answer = await self._coalesced.get(key)
+        else:
+            lookups = await self._lookup((key,))
+            answer = FAILED if lookups is FAILED else lookups[0]
+        if answer is FAILED:
             self.bypassed += 1
             return (await self._record.get_many((key,)))[0]
-        answer = lookups[0]
         entry = answer.entry
         if entry is not None and (entry.expires_at is None or entry.expires_at > self._clock.now()):
             self.hits += 1
@@ -157,6 +157,31 @@ class ReadThrough:
         if entry is not None and answer.lease is not None:
             await self.fill([(key, entry, answer.lease)])
         return entry
+
+    async def _lookup(
+        self, keys: Sequence[Key], *, callers: int = 1
+    ) -> list[CacheLookup] | _Failed:
+        """One cache lookup of ``keys`` for ``callers`` callers, through the guard; asked
+        once more if it timed out while the cache answered others: the caller is then what
+        is behind, and reading the system of record instead would add load where there is
+        too much already."""
+        guard = self._guard
+        busy = guard.busy_timeouts
+        lookup, lease_ttl = self._cache.lookup, self._lease_ttl
+        lookups = await guard.call(lookup(keys, lease_ttl=lease_ttl), callers=callers)
+        if lookups is FAILED and guard.busy_timeouts > busy:
+            lookups = await guard.call(lookup(keys, lease_ttl=lease_ttl), callers=callers)
+        return lookups
+
+    async def _lookup_each(self, keys: Sequence[Key]) -> list[CacheLookup | _Failed]:
+        """A coalesced lookup: one key per caller, each answered or ``FAILED``."""
+        lookups = await self._lookup(keys, callers=len(keys))
+        return [FAILED] * len(keys) if lookups is FAILED else list(lookups)
+
+    async def close(self) -> None:
+        """Wait for the coalesced lookups already sent."""
+        if self._coalesced is not None:
+            await self._coalesced.aclose()
 
     async def fill(self, items: list[tuple[Key, Entry, str]]) -> int | None:
         """Fill ``items`` through their leases; how many landed, ``None`` if the cache

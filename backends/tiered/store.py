@@ -81,11 +81,13 @@ class TieredBackend(Backend):
         cache_name: str = "kv:",
         near_entries: int = 0,
         near_max_lag: float = DEFAULT_MAX_LAG,
+        coalesce_reads: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """``near_entries`` > 0 puts a near cache of that many entries in the process
         (:mod:`.near`); it needs the change feed (``follow`` and a system of record that
-        has one)."""
+        has one). ``coalesce_reads``: concurrent single-key reads share one cache lookup
+        (:mod:`.reads`)."""
         settings = TierSettings(
             cache_ttl,
             cache_timeout,
@@ -97,6 +99,7 @@ class TieredBackend(Backend):
             cache_name,
             near_entries,
             near_max_lag,
+            coalesce_reads,
         )
         self.record = record
         self.cache = cache
@@ -140,7 +143,7 @@ class TieredBackend(Backend):
         self._feed.stop()
         if task is not None:
             task.cancel()
-        await asyncio.gather(self._repairer.close(), self._guard.close())
+        await asyncio.gather(self._repairer.close(), self._guard.close(), self._read.close())
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -1,0 +1,227 @@
+"""Coalesced reads: concurrent single-key reads share one read of many keys, each caller
+gets its own answer, and a cancelled or failing read affects only whom it must. First the
+coalescer alone (a read function the test controls), then the Redis store and the tiered
+store on a ``redis-server`` of the test's own, whose command counts show the sharing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+from redis.asyncio import Redis
+
+from backends.breaker import BreakerState
+from backends.coalesce import MAX_KEYS, CoalescedReads
+from backends.tiered import TieredBackend
+from kvstore import BackendUnavailableError, DatabaseType, StateRecord, create_database
+from kvstore.store import Store
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tests.redis_servers import RedisServer
+
+
+class Reads:
+    """A read function that records each call's keys and answers when let go."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.go = asyncio.Event()
+        self.go.set()
+        self.error: Exception | None = None
+
+    async def __call__(self, keys: Sequence[str]) -> list[str]:
+        self.calls.append(list(keys))
+        await self.go.wait()
+        if self.error is not None:
+            raise self.error
+        return [f"value of {key}" for key in keys]
+
+
+async def test_a_lone_read_goes_alone_and_at_once() -> None:
+    reads = Reads()
+    coalesced = CoalescedReads(reads)
+    assert await coalesced.get("a") == "value of a"
+    assert await coalesced.get("b") == "value of b"
+    assert reads.calls == [["a"], ["b"]]
+
+
+async def test_reads_that_meet_a_read_in_flight_share_the_next_one() -> None:
+    reads = Reads()
+    reads.go.clear()
+    coalesced = CoalescedReads(reads)
+    first = asyncio.create_task(coalesced.get("a"))
+    await asyncio.sleep(0)  # "a" is in flight, alone
+    rest = [asyncio.create_task(coalesced.get(key)) for key in ("b", "c", "b")]
+    await asyncio.sleep(0)
+    reads.go.set()
+    assert await first == "value of a"
+    assert await asyncio.gather(*rest) == ["value of b", "value of c", "value of b"]
+    assert reads.calls == [["a"], ["b", "c", "b"]]
+    assert (coalesced.reads, coalesced.keys) == (2, 4)
+
+
+async def test_a_caller_cancelled_while_queued_is_left_out() -> None:
+    reads = Reads()
+    reads.go.clear()
+    coalesced = CoalescedReads(reads)
+    first = asyncio.create_task(coalesced.get("a"))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(coalesced.get("gone"))
+    kept = asyncio.create_task(coalesced.get("kept"))
+    await asyncio.sleep(0)  # both queued; the flush comes at the next iteration
+    gone.cancel()
+    reads.go.set()
+    assert await kept == "value of kept"
+    assert await first == "value of a"
+    assert gone.cancelled()
+    assert reads.calls == [["a"], ["kept"]]
+
+
+async def test_a_caller_cancelled_in_flight_does_not_cut_the_others_off() -> None:
+    reads = Reads()
+    reads.go.clear()
+    coalesced = CoalescedReads(reads)
+    first = asyncio.create_task(coalesced.get("a"))
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(coalesced.get("gone"))
+    kept = asyncio.create_task(coalesced.get("kept"))
+    for _ in range(3):  # until the shared read of "gone" and "kept" is in flight
+        await asyncio.sleep(0)
+    assert reads.calls[-1] == ["gone", "kept"]
+    gone.cancel()
+    await asyncio.sleep(0)
+    reads.go.set()
+    assert await kept == "value of kept"
+    assert await first == "value of a"
+    assert gone.cancelled()
+    await coalesced.aclose()
+
+
+async def test_a_failing_read_fails_every_caller_it_carried_and_no_other() -> None:
+    reads = Reads()
+    reads.go.clear()
+    coalesced = CoalescedReads(reads)
+    first = asyncio.create_task(coalesced.get("a"))
+    await asyncio.sleep(0)
+    shared = [asyncio.create_task(coalesced.get(key)) for key in ("b", "c")]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    reads.error = BackendUnavailableError("the server went away")
+    reads.go.set()
+    outcomes = await asyncio.gather(first, *shared, return_exceptions=True)
+    assert all(isinstance(outcome, BackendUnavailableError) for outcome in outcomes)
+    reads.error = None
+    assert await coalesced.get("d") == "value of d"  # the next read is a fresh one
+
+
+async def test_a_read_carries_at_most_max_keys() -> None:
+    reads = Reads()
+    reads.go.clear()
+    coalesced = CoalescedReads(reads)
+    first = asyncio.create_task(coalesced.get("first"))
+    await asyncio.sleep(0)
+    keys = [f"k{n}" for n in range(MAX_KEYS + 10)]
+    rest = [asyncio.create_task(coalesced.get(key)) for key in keys]
+    await asyncio.sleep(0)
+    reads.go.set()
+    assert await asyncio.gather(first, *rest) == [f"value of {k}" for k in ["first", *keys]]
+    assert [len(call) for call in reads.calls] == [1, MAX_KEYS, 10]
+
+
+# -- on a real server ---------------------------------------------------------------------
+
+
+async def mget_calls(url: str) -> int:
+    """How many MGET commands the server has run since it started."""
+    async with Redis.from_url(url) as client:
+        stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+TASKS = 64
+
+
+@pytest.mark.redis
+async def test_concurrent_gets_on_the_redis_store_share_mgets(redis_server: RedisServer) -> None:
+    async with create_database(DatabaseType.REDIS, redis_server.url) as db:
+        users = [f"user-{n}" for n in range(TASKS)]
+        for user in users:
+            await db.save_state(StateRecord(user_id=user, session_id="s", state=user))
+        before = await mget_calls(redis_server.url)
+        for _ in range(5):
+            found = await asyncio.gather(*(db.get_state(user, "s") for user in users))
+            assert [record.state if record else None for record in found] == users
+        sent = await mget_calls(redis_server.url) - before
+        assert 0 < sent < 5 * TASKS / 4, sent  # about one MGET per loop iteration
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_concurrent_tiered_gets_share_cache_lookups(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """Each of 64 concurrent readers gets its own record (or ``None`` for a missing one,
+    whose lease and fill still work); the reads took a fraction of one MGET each."""
+    db = create_database(
+        DatabaseType.TIERED, postgres_url, cache_url=redis_server.url, follow_changes=False
+    )
+    assert isinstance(db, Store)
+    async with db:
+        users = [f"coalesce-{n}" for n in range(TASKS)]
+        for user in users[: TASKS // 2]:
+            await db.save_state(StateRecord(user_id=user, session_id="s", state=user))
+        expected = [user if n < TASKS // 2 else None for n, user in enumerate(users)]
+        before = await mget_calls(redis_server.url)
+        for _ in range(5):
+            found = await asyncio.gather(*(db.get_state(user, "s") for user in users))
+            assert [record.state if record else None for record in found] == expected
+        sent = await mget_calls(redis_server.url) - before
+        assert 0 < sent < 5 * TASKS / 4, sent
+        backend = db.backend
+        assert isinstance(backend, TieredBackend)
+        stats = backend.tier_stats()
+        assert stats.hits >= 5 * TASKS // 2 - TASKS // 2  # at most the first round missed
+        for user in users:
+            await db.delete_user(user)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_a_frozen_cache_fails_coalesced_readers_over_to_sql_and_opens_the_breaker(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """Every caller of a shared lookup that times out counts toward the breaker, as its
+    own lookup would have: 16 concurrent readers of a frozen cache open it at once."""
+    db = create_database(
+        DatabaseType.TIERED,
+        postgres_url,
+        cache_url=redis_server.url,
+        follow_changes=False,
+        cache_timeout=0.1,
+        breaker_threshold=16,
+        breaker_reset_after=30.0,
+    )
+    assert isinstance(db, Store)
+    assert redis_server.process is not None
+    async with db:
+        users = [f"frozen-{n}" for n in range(16)]
+        for user in users:
+            await db.save_state(StateRecord(user_id=user, session_id="s", state=user))
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(10):  # a hang guard
+                found = await asyncio.gather(*(db.get_state(user, "s") for user in users))
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert [record.state if record else None for record in found] == users
+        backend = db.backend
+        assert isinstance(backend, TieredBackend)
+        stats = backend.tier_stats()
+        assert stats.breaker is BreakerState.OPEN, stats
+        assert stats.bypassed >= len(users), stats
+        for user in users:
+            await db.delete_user(user)
