@@ -1,12 +1,21 @@
 """Redis backend vs raw redis-py and peer libraries, on the same ~1.2 KB record.
 
-Run: ``python -m benchmarks.redis_backend`` (a few seconds; ``--seconds`` for longer runs).
-It starts a private ``redis-server`` on a free loopback port (or uses ``--url``, which must
-name a database of its own: it is flushed) and prints ops/s and ratios to raw redis-py with
-default settings doing the same GET / SET of the same serialized record, and pydantic on
-the caller side: 1 task and 32 concurrent tasks. The kvstore rows run with their timeouts
-on (``socket_timeout`` 1 s as one deadline per operation). Rounds alternate between the
-contenders so drift hits all alike; the best round counts.
+Run: ``python -m benchmarks.redis_backend [--seconds 1]``. It starts a private
+``redis-server`` on a free loopback port (or uses ``--url``, which must name a database of
+its own: it is flushed) and compares, with 1 task and 32 concurrent tasks:
+
+* bytes: the backend's ``get`` / ``put`` vs raw redis-py ``GET`` / ``SET`` of the same
+  serialized record;
+* records: the ``Database`` (pydantic models in and out) vs raw redis-py with
+  ``model_validate_json`` / ``model_dump_json`` on the caller's side, and the peers
+  (litestar's RedisStore, aiocache, cashews: ``pip install -e '.[bench]'``) storing the
+  same JSON;
+* ``get_many`` of 100 keys vs 100 single gets, one task.
+
+The raw baseline is redis-py at its fastest: hiredis and ``socket_timeout=None`` (no
+``asyncio.wait_for`` per call); the kvstore rows keep their deadline (``socket_timeout`` 1 s,
+one per operation). Contenders are timed in interleaved slices (:func:`benchmarks.common.
+measure`): median ops/s with its range, p50/p99, CPU per operation, and the load average.
 """
 
 from __future__ import annotations
@@ -15,7 +24,6 @@ import argparse
 import asyncio
 import shutil
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +32,7 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 
 from backends.redis import build_redis_backend
+from benchmarks.common import measure
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.keys import Key
 from tests.redis_servers import RedisServer
@@ -32,8 +41,9 @@ if TYPE_CHECKING:
     from backends.redis import RedisBackend
 
 Op = Callable[[int], Awaitable[Any]]
+Contender = tuple[str, Op, Op]
+"""A name, its get of key index i and its save of key index i."""
 TASKS = 32
-BASE = "raw redis-py (defaults)"
 KEYS = 256
 
 
@@ -56,33 +66,16 @@ def dump(record: StateRecord) -> bytes:
     return record.model_dump_json(exclude={"schema_version"}).encode()
 
 
-async def rate(op: Op, tasks: int, seconds: float) -> float:
-    """Operations per second of ``op`` run by ``tasks`` concurrent loops."""
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def loop(worker: int) -> None:
-        nonlocal done
-        i = worker
-        while time.perf_counter() < stop:
-            await op(i % KEYS)
-            i += tasks
-            done += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(loop(w) for w in range(tasks)))
-    return done / (time.perf_counter() - start)
+def fastest_redis(url: str) -> Redis:
+    """redis-py at its best settings: hiredis (installed) and no per-call timeout."""
+    return Redis.from_url(url, socket_timeout=None)
 
 
-Table = dict[str, tuple[Op, Op]]
-
-
-async def byte_contenders(url: str, closers: list[Any]) -> Table:
+async def byte_contenders(url: str, closers: list[Any]) -> list[Contender]:
     """The backend on bytes vs raw redis-py GET / SET of the same bytes."""
     payload = sample_record().model_dump_json().encode()
-    raw = Redis.from_url(url)
+    raw = fastest_redis(url)
     closers.append(raw.aclose)
-    table: Table = {}
 
     async def raw_get(i: int) -> Any:
         return await raw.get(f"raw:{i}")
@@ -90,16 +83,13 @@ async def byte_contenders(url: str, closers: list[Any]) -> Table:
     async def raw_set(i: int) -> Any:
         return await raw.set(f"raw:{i}", payload)
 
-    table[BASE] = (raw_get, raw_set)
+    contenders: list[Contender] = [("raw redis-py GET / SET", raw_get, raw_set)]
     for name, autopipeline in (("RedisBackend", True), ("RedisBackend, no autopipeline", False)):
         backend = build_redis_backend(url, {"autopipeline": autopipeline, "key_prefix": name[-4:]})
         closers.append(backend.close)
         keys = [Key("state", ("user-123", f"s{i}")) for i in range(KEYS)]
-        table[name] = _backend_ops(backend, keys, payload)
-    for _, save in table.values():
-        for i in range(KEYS):
-            await save(i)
-    return table
+        contenders.append((name, *_backend_ops(backend, keys, payload)))
+    return contenders
 
 
 def _backend_ops(backend: RedisBackend, keys: list[Key], payload: bytes) -> tuple[Op, Op]:
@@ -112,11 +102,11 @@ def _backend_ops(backend: RedisBackend, keys: list[Key], payload: bytes) -> tupl
     return get, put
 
 
-async def record_contenders(url: str, closers: list[Any]) -> Table:
-    """name -> (get op, save op) on records: raw redis-py + pydantic, kvstore, peers."""
+async def record_contenders(url: str, closers: list[Any]) -> list[Contender]:
+    """Records in and out: raw redis-py + pydantic, the kvstore Database, the peers."""
     record = sample_record()
     model = StateRecord
-    raw = Redis.from_url(url)
+    raw = fastest_redis(url)
     closers.append(raw.aclose)
 
     async def raw_get(i: int) -> Any:
@@ -125,7 +115,6 @@ async def record_contenders(url: str, closers: list[Any]) -> Table:
     async def raw_set(i: int) -> Any:
         return await raw.set(f"rawrec:{i}", dump(record))
 
-    table: Table = {BASE: (raw_get, raw_set)}
     kv = create_database(DatabaseType.REDIS, url, key_prefix="db:")
     closers.append(kv.close)
     records = [record.model_copy(update={"session_id": f"s{i}"}) for i in range(KEYS)]
@@ -136,36 +125,37 @@ async def record_contenders(url: str, closers: list[Any]) -> Table:
     async def kv_save(i: int) -> Any:
         return await kv.save_state(records[i])
 
-    table["kvstore Database (Redis)"] = (kv_get, kv_save)
-    table.update(await peers(url, record, closers))
-    for _, save in table.values():
-        for i in range(KEYS):
-            await save(i)
-    return table
+    return [
+        ("raw redis-py + pydantic", raw_get, raw_set),
+        ("kvstore Database (Redis)", kv_get, kv_save),
+        *peers(url, record, closers),
+    ]
 
 
-async def peers(db_url: str, record: StateRecord, closers: list[Any]) -> Table:
-    """aiocache, cashews and litestar's RedisStore storing the same JSON bytes."""
-    from aiocache import RedisCache
-    from aiocache.serializers import NullSerializer
-    from cashews import Cache
-    from litestar.stores.redis import RedisStore
-
+def peers(db_url: str, record: StateRecord, closers: list[Any]) -> list[Contender]:
+    """litestar's RedisStore, aiocache and cashews storing the same JSON bytes (none if
+    the bench extra is not installed)."""
+    try:
+        from aiocache import RedisCache
+        from aiocache.serializers import NullSerializer
+        from cashews import Cache
+        from litestar.stores.redis import RedisStore
+    except ImportError:
+        print("(peers left out: pip install -e '.[bench]' to compare them)")
+        return []
     model = StateRecord
     parts = urlsplit(db_url)
     db_number = int(parts.path.strip("/") or 0)
-    table: Table = {}
 
-    litestar = RedisStore(Redis.from_url(db_url), namespace="lit")
-    closers.append(litestar._redis.aclose)
+    litestar_client = fastest_redis(db_url)
+    litestar = RedisStore(litestar_client, namespace="lit")
+    closers.append(litestar_client.aclose)
 
     async def lit_get(i: int) -> Any:
         return model.model_validate_json(await litestar.get(f"{i}"))  # type: ignore[arg-type]
 
     async def lit_set(i: int) -> Any:
         return await litestar.set(f"{i}", dump(record))
-
-    table["litestar RedisStore"] = (lit_get, lit_set)
 
     aio = RedisCache(
         serializer=NullSerializer(), endpoint=parts.hostname, port=parts.port, db=db_number
@@ -178,8 +168,6 @@ async def peers(db_url: str, record: StateRecord, closers: list[Any]) -> Table:
     async def aio_set(i: int) -> Any:
         return await aio.set(f"aio:{i}", dump(record))
 
-    table["aiocache RedisCache"] = (aio_get, aio_set)
-
     cashews = Cache()
     cashews.setup(db_url)
     closers.append(cashews.close)
@@ -190,13 +178,43 @@ async def peers(db_url: str, record: StateRecord, closers: list[Any]) -> Table:
     async def cash_set(i: int) -> Any:
         return await cashews.set(f"cash:{i}", dump(record))
 
-    table["cashews"] = (cash_get, cash_set)
-    return table
+    return [
+        ("litestar RedisStore", lit_get, lit_set),
+        ("aiocache RedisCache", aio_get, aio_set),
+        ("cashews", cash_get, cash_set),
+    ]
 
 
-async def get_many_ratios(url: str, seconds: float, rounds: int) -> dict[str, tuple[float, float]]:
-    """Keys per second, one task: a batch of 100 keys vs single gets, as bytes through the
-    backend and as records through the Database."""
+def cycling(op: Op) -> Callable[[], Awaitable[Any]]:
+    """``op`` over the key indexes in turn, one index per call (shared by the tasks)."""
+    state = {"next": 0}
+
+    def call() -> Awaitable[Any]:
+        index = state["next"]
+        state["next"] = (index + 1) % KEYS
+        return op(index)
+
+    return call
+
+
+async def compare(what: str, contenders: list[Contender], seconds: float) -> None:
+    """One table per operation and task count; the first contender is the baseline."""
+    for _, _, save in contenders:
+        for i in range(KEYS):
+            await save(i)
+    for tasks in (1, TASKS):
+        for op_name, saving in (("get", False), ("save", True)):
+            await measure(
+                f"{what} {op_name}, {tasks} task(s)",
+                seconds,
+                [(name, cycling(save if saving else get)) for name, get, save in contenders],
+                tasks,
+            )
+
+
+async def get_many(url: str, seconds: float) -> None:
+    """One task reading 100 keys: one ``get_many`` vs 100 single gets, as bytes through
+    the backend and as records through the Database (the ratio is keys/s to keys/s)."""
     payload = sample_record().model_dump_json().encode()
     backend = build_redis_backend(url, {"key_prefix": "many:"})
     keys = [Key("state", ("user-123", f"s{i}")) for i in range(100)]
@@ -207,48 +225,40 @@ async def get_many_ratios(url: str, seconds: float, rounds: int) -> dict[str, tu
             await backend.put(key, payload)
             await db.save_state(sample_record(f"s{i}"))
 
-        async def backend_many(_i: int) -> Any:
+        async def backend_many() -> Any:
             return await backend.get_many(keys)
 
-        async def backend_one(i: int) -> Any:
-            return await backend.get(keys[i % 100])
+        one = cycling(lambda i: backend.get(keys[i % 100]))
 
-        async def db_many(_i: int) -> Any:
+        async def backend_hundred() -> Any:
+            for _ in range(100):
+                await one()
+
+        async def db_many() -> Any:
             return await db.states.get_many(ids)  # type: ignore[attr-defined]
 
-        async def db_one(i: int) -> Any:
-            return await db.get_state("user-123", f"s{i % 100}")
+        async def db_hundred() -> Any:
+            for i in range(100):
+                await db.get_state("user-123", f"s{i}")
 
-        pairs = {
-            "backend, bytes": (backend_many, backend_one),
-            "Database, records": (db_many, db_one),
-        }
-        best = dict.fromkeys(pairs, (0.0, 0.0))
-        for _ in range(rounds):
-            for name, (many, one) in pairs.items():
-                batch = await rate(many, 1, seconds) * 100
-                single = await rate(one, 1, seconds)
-                best[name] = (max(best[name][0], batch), max(best[name][1], single))
+        await measure(
+            "100 keys, one task: get_many vs 100 single gets (bytes, the backend)",
+            seconds,
+            [("100 single gets", backend_hundred), ("get_many of 100", backend_many)],
+            1,
+        )
+        await measure(
+            "100 keys, one task: get_many vs 100 single gets (records, the Database)",
+            seconds,
+            [("100 single gets", db_hundred), ("get_many of 100", db_many)],
+            1,
+        )
     finally:
         await backend.close()
         await db.close()
-    return best
 
 
-async def measure(table: Table, seconds: float, rounds: int) -> dict[tuple[str, str, int], float]:
-    """Best ops/s per (contender, op, tasks) over alternating short rounds."""
-    best: dict[tuple[str, str, int], float] = {}
-    for _ in range(rounds):
-        for tasks in (1, TASKS):
-            for op_name, pick in (("get", 0), ("save", 1)):
-                for name, ops in table.items():
-                    ops_s = await rate(ops[pick], tasks, seconds)
-                    key = (name, op_name, tasks)
-                    best[key] = max(best.get(key, 0.0), ops_s)
-    return best
-
-
-async def main(url: str | None, seconds: float, rounds: int) -> None:
+async def main(url: str | None, seconds: float) -> None:
     server = None
     if url is None:
         if shutil.which("redis-server") is None:
@@ -259,11 +269,9 @@ async def main(url: str | None, seconds: float, rounds: int) -> None:
     await admin.flushdb()
     closers: list[Any] = []
     try:
-        bytes_table = await byte_contenders(url, closers)
-        bytes_best = await measure(bytes_table, seconds, rounds)
-        records_table = await record_contenders(url, closers)
-        records_best = await measure(records_table, seconds, rounds)
-        many = await get_many_ratios(url, seconds, rounds)
+        await compare("bytes", await byte_contenders(url, closers), seconds)
+        await compare("records", await record_contenders(url, closers), seconds)
+        await get_many(url, seconds)
     finally:
         for close in closers:
             await close()
@@ -271,37 +279,14 @@ async def main(url: str | None, seconds: float, rounds: int) -> None:
         await admin.aclose()
         if server is not None:
             server.stop()
-    print("\nBytes: the backend vs raw redis-py GET / SET of the same serialized record\n")
-    report(bytes_table, bytes_best)
-    print("\nRecords: pydantic model in and out, vs raw redis-py + pydantic\n")
-    report(records_table, records_best)
-    print("\n| get_many of 100 keys, one task | batch keys/s | single gets keys/s | ratio |")
-    print("|---|---|---|---|")
-    for name, (batch, one) in many.items():
-        print(f"| {name} | {batch:,.0f} | {one:,.0f} | {batch / one:.1f}x |")
-
-
-def report(table: Table, best: dict[tuple[str, str, int], float]) -> None:
-    """Print the ratio table as markdown."""
-    columns = [(op, tasks) for tasks in (1, TASKS) for op in ("get", "save")]
-    header = " | ".join(f"{op} x{tasks}" for op, tasks in columns)
-    print(f"| ratio to raw redis-py (ops/s) | {header} |")
-    print("|---" * (len(columns) + 1) + "|")
-    for name in table:
-        cells = []
-        for op, tasks in columns:
-            value = best[(name, op, tasks)]
-            cells.append(f"{value / best[(BASE, op, tasks)]:.2f} ({value:,.0f})")
-        print(f"| {name} | {' | '.join(cells)} |")
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--url", help="a Redis database of the benchmark's own (it is flushed)")
-    parser.add_argument("--seconds", type=float, default=0.1, help="per measurement")
-    parser.add_argument("--rounds", type=int, default=8, help="best of this many")
+    parser.add_argument("--seconds", type=float, default=1.0, help="per contender and table")
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.seconds, args.rounds))
+    asyncio.run(main(args.url, args.seconds))
 
 
 if __name__ == "__main__":

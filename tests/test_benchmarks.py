@@ -81,3 +81,25 @@ async def test_the_tiered_benchmark_compares_every_contender(private_redis: Redi
         "tiered get_state",
         "tiered get_state, near cache",
     ]
+
+
+@pytest.mark.redis
+async def test_the_redis_benchmark_compares_every_contender(private_redis: RedisServer) -> None:
+    own_database = private_redis.url.removesuffix("/0") + "/7"  # the benchmark flushes it
+    found = await asyncio.to_thread(
+        tables, "benchmarks.redis_backend", "--seconds", "0.1", "--url", own_database
+    )
+    assert len(found) == 10
+    assert found["bytes get, 32 task(s)"] == [
+        "raw redis-py GET / SET",
+        "RedisBackend",
+        "RedisBackend, no autopipeline",
+    ]
+    assert found["records save, 1 task(s)"][:2] == [
+        "raw redis-py + pydantic",
+        "kvstore Database (Redis)",
+    ]
+    assert found["100 keys, one task: get_many vs 100 single gets (records, the Database)"] == [
+        "100 single gets",
+        "get_many of 100",
+    ]
