@@ -4,6 +4,7 @@ cross-process bound is ``tests/test_history.py::test_11_near_caches_in_every_wor
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -222,6 +223,29 @@ async def test_reads_your_writes_from_the_near_cache(near_db: Store) -> None:
         assert after.near_entries >= 1
         assert await db.delete_state(user, "s1") is True
         assert await db.get_state(user, "s1") is None
+
+
+async def test_readers_of_near_cached_records_take_turns(near_db: Store) -> None:
+    """A near-cache hit needs no I/O; reads still yield now and then, so 32 tasks reading
+    in loops all make progress (each within 2x of the others), not the first one alone."""
+    user = f"near-{uuid.uuid4().hex[:8]}"
+    async with near_db as db:
+        await near_serving(db)
+        await db.save_state(StateRecord(user_id=user, session_id="s1", state="A"))
+        assert await db.get_state(user, "s1") is not None
+        before = tier(db).tier_stats()
+        reads = [0] * 32
+        total = 32 * 200
+
+        async def reader(index: int) -> None:
+            while sum(reads) < total:
+                assert await db.get_state(user, "s1") is not None
+                reads[index] += 1
+
+        await asyncio.gather(*(reader(index) for index in range(32)))
+        assert tier(db).tier_stats().near_hits - before.near_hits == sum(reads)
+        assert min(reads) * 2 >= max(reads), reads
+        await db.delete_user(user)
 
 
 async def test_delete_user_leaves_nothing_in_the_near_cache(near_db: Store) -> None:

@@ -6,6 +6,11 @@ Keys marked dirty are read from the system of record until repaired; a cache tha
 use (breaker open, lost) is bypassed. Every key read is counted once: as a hit, a miss or a
 bypass.
 
+A near-cache hit needs no I/O, so it would never give the event loop a turn: a task that
+reads in a loop would starve every other. The reads yield to the loop once every
+:data:`NEAR_HITS_PER_TURN` near-cache hits (a few microseconds in all), so concurrent
+readers take turns.
+
 Single-key reads of concurrent tasks share one cache lookup (:mod:`backends.coalesce`):
 one deadline, one call through the guard and one ``MGET`` for all of them. Not when the
 cache is traced: each read then keeps a lookup span of its own under its caller's span.
@@ -13,7 +18,8 @@ cache is traced: each read then keeps a lookup span of its own under its caller'
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Final
 
 from backends.coalesce import CoalescedReads
 from backends.tiered.guard import FAILED
@@ -30,6 +36,10 @@ if TYPE_CHECKING:
     from backends.tiered.repair import DirtyKeys
     from kvstore.clock import Clock
     from kvstore.keys import Key
+
+
+NEAR_HITS_PER_TURN: Final = 16
+"""Near-cache hits served before the reads yield to the event loop once."""
 
 
 class ReadThrough:
@@ -52,6 +62,7 @@ class ReadThrough:
     ) -> None:
         """``coalesce``: concurrent single-key reads share one lookup (see the module)."""
         self._near = near
+        self._near_hits_this_turn = 0
         self._coalesced = CoalescedReads(self._lookup_each) if coalesce else None
         self._record = record
         self._cache = cache
@@ -78,12 +89,17 @@ class ReadThrough:
         self.reads += hits
         self.hits += hits
         self.near_hits += hits
-        if rest:
-            fetched = await self._shared([keys[i] for i in rest])
-            for i, entry in zip(rest, fetched, strict=True):
-                found[i] = entry
-                if entry is not None:
-                    near.offer(keys[i], entry, stamp)
+        if not rest:
+            self._near_hits_this_turn += hits
+            if self._near_hits_this_turn >= NEAR_HITS_PER_TURN:
+                self._near_hits_this_turn = 0
+                await asyncio.sleep(0)  # let other tasks run (see the module docstring)
+            return found
+        fetched = await self._shared([keys[i] for i in rest])
+        for i, entry in zip(rest, fetched, strict=True):
+            found[i] = entry
+            if entry is not None:
+                near.offer(keys[i], entry, stamp)
         return found
 
     async def _shared(self, keys: Sequence[Key]) -> list[Entry | None]:
