@@ -181,6 +181,38 @@ async def test_a_sampled_out_operation_takes_its_tiers_spans_with_it(tmp_path: P
     assert len(by_tier["record"]) == len(by_tier["cache"]) == len(by_tier["store"])
 
 
+async def test_concurrent_traced_reads_keep_their_own_lookup_spans(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Concurrent single-key reads share one cache lookup, except those whose span is
+    recorded: each of those shows its own lookup span under its own operation, and no
+    lookup span is left without one."""
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5)))
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    db = create_database(
+        DatabaseType.TIERED,
+        f"sqlite:///{tmp_path / 'shared.db'}",
+        cache_url=redis_server.url,
+        follow_changes=False,
+        tracer_provider=tracer_provider,
+    )
+    users = [f"u{n}" for n in range(64)]
+    async with db:
+        for user in users:
+            await db.save_state(StateRecord(user_id=user, session_id="s", state=user))
+        spans.clear()
+        for _ in range(3):
+            found = await asyncio.gather(*(db.get_state(user, "s") for user in users))
+            assert [record.state if record else None for record in found] == users
+    finished = spans.get_finished_spans()
+    gets = {s.context.span_id: s for s in finished if s.name == "get state"}
+    lookups = [s for s in finished if s.name == "lookup state"]
+    assert 0 < len(gets) < 3 * len(users)  # some sampled, some not
+    assert sorted(s.parent.span_id for s in lookups if s.parent) == sorted(gets)
+    assert all(s.parent is not None for s in lookups)
+
+
 def test_the_audit_finds_anything_outside_the_vocabulary() -> None:
     """What ``KVSTORE_TEST_TELEMETRY_AUDIT=1`` checks after every conformance test: planted
     ids, values, secrets and unknown attributes are each found."""

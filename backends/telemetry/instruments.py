@@ -49,6 +49,11 @@ class Instruments:
         span_name = name if namespace is None else f"{name} {namespace}"
         return _Operation(self, span_name, attributes)
 
+    @staticmethod
+    def not_recording() -> bool:
+        """Whether the current span is not being recorded (no SDK, or sampled out)."""
+        return not trace.get_current_span().is_recording()
+
 
 _ATTRIBUTE_SETS: Final = 4096
 """Attribute dicts kept for reuse (one per system, tier, operation and namespace)."""

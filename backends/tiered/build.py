@@ -73,7 +73,8 @@ def build_tiered_backend(
         cache_name=options.get("key_prefix", "kv:"),
         near_entries=options.get("near_cache_entries", 0),
         near_max_lag=options.get("near_cache_max_lag", DEFAULT_MAX_LAG),
-        coalesce_reads=instruments is None,  # traced: every read keeps its own lookup span
+        # a read whose span is recorded does its own lookup, to show its own lookup span
+        coalesce_reads=True if instruments is None else instruments.not_recording,
         clock=clock,
     )
     return backend, f"tiered({record_description} + {cache_description})"

@@ -25,6 +25,8 @@ from backends.tiered.writes import WritesInFlight
 from kvstore.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from backends.base import Backend, Entry
     from backends.cache_base import VersionedCache
     from kvstore.clock import Clock
@@ -44,7 +46,7 @@ class TierSettings:
     cache_name: str
     near_entries: int
     near_max_lag: float
-    coalesce_reads: bool
+    coalesce_reads: bool | Callable[[], bool]
 
     def __post_init__(self) -> None:
         if (

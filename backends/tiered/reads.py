@@ -12,8 +12,9 @@ reads in a loop would starve every other. The reads yield to the loop once every
 readers take turns.
 
 Single-key reads of concurrent tasks share one cache lookup (:mod:`backends.coalesce`):
-one deadline, one call through the guard and one ``MGET`` for all of them. Not when the
-cache is traced: each read then keeps a lookup span of its own under its caller's span.
+one deadline, one call through the guard and one ``MGET`` for all of them. A read whose
+caller's span is being recorded (telemetry) does its own lookup, so that its trace shows
+its own lookup span.
 """
 
 from __future__ import annotations
@@ -58,12 +59,14 @@ class ReadThrough:
         repair_soon: Callable[[], None],
         clock: Clock,
         near: NearCache | None = None,
-        coalesce: bool = True,
+        coalesce: bool | Callable[[], bool] = True,
     ) -> None:
-        """``coalesce``: concurrent single-key reads share one lookup (see the module)."""
+        """``coalesce``: whether concurrent single-key reads share one lookup (see the
+        module); a function is asked per read."""
         self._near = near
         self._near_hits_this_turn = 0
         self._coalesced = CoalescedReads(self._lookup_each) if coalesce else None
+        self._may_share = None if isinstance(coalesce, bool) else coalesce
         self._record = record
         self._cache = cache
         self._guard = guard
@@ -156,8 +159,9 @@ class ReadThrough:
             if key in dirty:
                 self.bypassed += 1
                 return (await self._record.get_many((key,)))[0]
-        if self._coalesced is not None:
-            answer = await self._coalesced.get(key)
+        coalesced = self._coalesced
+        if coalesced is not None and (self._may_share is None or self._may_share()):
+            answer = await coalesced.get(key)
         else:
             lookups = await self._lookup((key,))
             answer = FAILED if lookups is FAILED else lookups[0]

@@ -81,13 +81,13 @@ class TieredBackend(Backend):
         cache_name: str = "kv:",
         near_entries: int = 0,
         near_max_lag: float = DEFAULT_MAX_LAG,
-        coalesce_reads: bool = True,
+        coalesce_reads: bool | Callable[[], bool] = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """``near_entries`` > 0 puts a near cache of that many entries in the process
         (:mod:`.near`); it needs the change feed (``follow`` and a system of record that
-        has one). ``coalesce_reads``: concurrent single-key reads share one cache lookup
-        (:mod:`.reads`)."""
+        has one). ``coalesce_reads``: whether concurrent single-key reads share one cache
+        lookup (:mod:`.reads`); a function is asked per read."""
         settings = TierSettings(
             cache_ttl,
             cache_timeout,
