@@ -269,13 +269,20 @@ async def test_a_record_is_absent_from_its_expiry_on_the_stores_clock(make_db: M
         assert await notes.list("u1") == []
 
 
-async def test_a_timedelta_ttl_is_taken_as_its_seconds(db: Database) -> None:
-    notes = db.collection(Note, "notes", ttl=timedelta(milliseconds=300))
-    await notes.save(Note(user_id="u1", note_id="short", text="x"))
-    await notes.save(Note(user_id="u1", note_id="long", text="x"), ttl=timedelta(minutes=1))
-    await asyncio.sleep(1.1)
-    assert await notes.get("u1", "short") is None
-    assert await notes.get("u1", "long") is not None
+async def test_a_timedelta_ttl_is_taken_as_its_seconds(make_db: MakeDb) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    async with make_db(clock=clock) as db:
+        notes = db.collection(Note, "notes", ttl=timedelta(seconds=30))
+        await notes.save(Note(user_id="u1", note_id="short", text="x"))
+        await notes.save(Note(user_id="u1", note_id="long", text="x"), ttl=timedelta(minutes=2))
+        clock.advance(29.999)
+        assert await notes.get("u1", "short") is not None
+        clock.advance(0.001)
+        assert await notes.get("u1", "short") is None
+        clock.advance(89.999)
+        assert await notes.get("u1", "long") is not None
+        clock.advance(0.001)
+        assert await notes.get("u1", "long") is None
 
 
 BAD_TTLS = [float("nan"), float("inf"), -1, 0, 0.0, 1e12, 10**400, True, "60", timedelta(0)]
