@@ -41,6 +41,16 @@ class Reads:
         return [f"value of {key}" for key in keys]
 
 
+async def one_in_flight() -> tuple[Reads, CoalescedReads[str, str], asyncio.Task[str]]:
+    """A coalescer whose first read (of "a") is in flight, held until ``go`` is set."""
+    reads = Reads()
+    reads.go.clear()
+    coalesced: CoalescedReads[str, str] = CoalescedReads(reads)
+    first = asyncio.create_task(coalesced.get("a"))
+    await asyncio.sleep(0)
+    return reads, coalesced, first
+
+
 async def test_a_lone_read_goes_alone_and_at_once() -> None:
     reads = Reads()
     coalesced = CoalescedReads(reads)
@@ -50,11 +60,7 @@ async def test_a_lone_read_goes_alone_and_at_once() -> None:
 
 
 async def test_reads_that_meet_a_read_in_flight_share_the_next_one() -> None:
-    reads = Reads()
-    reads.go.clear()
-    coalesced = CoalescedReads(reads)
-    first = asyncio.create_task(coalesced.get("a"))
-    await asyncio.sleep(0)  # "a" is in flight, alone
+    reads, coalesced, first = await one_in_flight()
     rest = [asyncio.create_task(coalesced.get(key)) for key in ("b", "c", "b")]
     await asyncio.sleep(0)
     reads.go.set()
@@ -65,11 +71,7 @@ async def test_reads_that_meet_a_read_in_flight_share_the_next_one() -> None:
 
 
 async def test_a_caller_cancelled_while_queued_is_left_out() -> None:
-    reads = Reads()
-    reads.go.clear()
-    coalesced = CoalescedReads(reads)
-    first = asyncio.create_task(coalesced.get("a"))
-    await asyncio.sleep(0)
+    reads, coalesced, first = await one_in_flight()
     gone = asyncio.create_task(coalesced.get("gone"))
     kept = asyncio.create_task(coalesced.get("kept"))
     await asyncio.sleep(0)  # both queued; the flush comes at the next iteration
@@ -82,11 +84,7 @@ async def test_a_caller_cancelled_while_queued_is_left_out() -> None:
 
 
 async def test_a_caller_cancelled_in_flight_does_not_cut_the_others_off() -> None:
-    reads = Reads()
-    reads.go.clear()
-    coalesced = CoalescedReads(reads)
-    first = asyncio.create_task(coalesced.get("a"))
-    await asyncio.sleep(0)
+    reads, coalesced, first = await one_in_flight()
     gone = asyncio.create_task(coalesced.get("gone"))
     kept = asyncio.create_task(coalesced.get("kept"))
     for _ in range(3):  # until the shared read of "gone" and "kept" is in flight
@@ -101,12 +99,8 @@ async def test_a_caller_cancelled_in_flight_does_not_cut_the_others_off() -> Non
     await coalesced.aclose()
 
 
-async def test_a_failing_read_fails_every_caller_it_carried_and_no_other() -> None:
-    reads = Reads()
-    reads.go.clear()
-    coalesced = CoalescedReads(reads)
-    first = asyncio.create_task(coalesced.get("a"))
-    await asyncio.sleep(0)
+async def test_a_failing_read_fails_every_caller_it_carried() -> None:
+    reads, coalesced, first = await one_in_flight()
     shared = [asyncio.create_task(coalesced.get(key)) for key in ("b", "c")]
     for _ in range(3):
         await asyncio.sleep(0)
@@ -119,16 +113,12 @@ async def test_a_failing_read_fails_every_caller_it_carried_and_no_other() -> No
 
 
 async def test_a_read_carries_at_most_max_keys() -> None:
-    reads = Reads()
-    reads.go.clear()
-    coalesced = CoalescedReads(reads)
-    first = asyncio.create_task(coalesced.get("first"))
-    await asyncio.sleep(0)
+    reads, coalesced, first = await one_in_flight()
     keys = [f"k{n}" for n in range(MAX_KEYS + 10)]
     rest = [asyncio.create_task(coalesced.get(key)) for key in keys]
     await asyncio.sleep(0)
     reads.go.set()
-    assert await asyncio.gather(first, *rest) == [f"value of {k}" for k in ["first", *keys]]
+    assert await asyncio.gather(first, *rest) == [f"value of {k}" for k in ["a", *keys]]
     assert [len(call) for call in reads.calls] == [1, MAX_KEYS, 10]
 
 
