@@ -78,7 +78,11 @@ class CoalescedReads(Generic[K, V]):
             values = await self._read([key for key, _ in queued])
         except BaseException as exc:
             for _, future in queued:
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):  # the store is closing
+                    future.cancel()
+                else:
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
