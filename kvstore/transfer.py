@@ -25,6 +25,7 @@ from backends.base import Backend, Entry
 from kvstore.errors import ConfigurationError, KVStoreError, SerializationError
 from kvstore.keys import Key
 from kvstore.models import ContextRecord, IdentityRecord, Record, StateRecord, UserRecord
+from serializers import JSONSerializer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -61,10 +62,20 @@ class BadLineError(KVStoreError):
     """An import line that is not a valid exported record."""
 
 
+_JSON = JSONSerializer()
+
+
 def line_to_entry(line: bytes) -> tuple[Key, Entry]:
-    """Parse and validate one export line; raise :class:`BadLineError` saying why not."""
+    """Parse and validate one export line; raise :class:`BadLineError` saying why not.
+
+    The line is checked first for what the stored format cannot carry (the parser would
+    turn an integer outside 64 bits into a float; PostgreSQL refuses NUL characters), so
+    a value is stored as written or not at all."""
     try:
+        _JSON.check(line, "value")
         data = orjson.loads(line)
+    except SerializationError as exc:
+        raise BadLineError(str(exc)) from None
     except orjson.JSONDecodeError as exc:
         raise BadLineError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):

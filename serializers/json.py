@@ -56,14 +56,22 @@ class JSONSerializer:
             data = type(record).__pydantic_serializer__.to_json(record, exclude=set(exclude))
         except PydanticSerializationError as exc:
             raise SerializationError(f"cannot encode {type(record).__name__}: {exc}") from exc
+        self.check(data, f"cannot encode {type(record).__name__}")
+        return data
+
+    def check(self, data: bytes, what: str) -> None:
+        """Raise :class:`SerializationError` (its message starting with ``what``) if the
+        JSON bytes ``data`` hold what the stored format cannot carry faithfully: NaN,
+        infinities, integers outside ``[-2**63, 2**64)`` (a parser would make floats of
+        them), NUL characters. For JSON from elsewhere (an import file) before it is
+        parsed, and for what :meth:`dumps` wrote."""
         if (
             b"NaN" in data
             or b"Infinity" in data
             or b"\\u0000" in data
             or _LONG_NUMBER in data.translate(_DIGITS_ONLY)
         ):
-            _check_faithful(data, type(record).__name__)
-        return data
+            _check_faithful(data, what)
 
     def schema_version(self, data: bytes) -> int | None:
         """Read the top-level ``"schema_version": N`` without parsing the document.
@@ -103,19 +111,20 @@ def _check_faithful(data: bytes, what: str) -> None:
     NUL characters (which PostgreSQL's jsonb cannot store, so no backend takes them)."""
 
     def refuse_constant(name: str) -> Any:
-        raise SerializationError(f"cannot encode {what}: {name} is not valid JSON")
+        raise SerializationError(f"{what}: {name} is not valid JSON")
 
     def check_int(text: str) -> int:
         number = int(text)
         if not _INT_MIN <= number <= _INT_MAX:
-            raise SerializationError(
-                f"cannot encode {what}: integer {text[:24]}... is outside [-2**63, 2**64)"
-            )
+            raise SerializationError(f"{what}: integer {text[:24]}... is outside [-2**63, 2**64)")
         return number
 
-    parsed = json.loads(data, parse_constant=refuse_constant, parse_int=check_int)
+    try:
+        parsed = json.loads(data, parse_constant=refuse_constant, parse_int=check_int)
+    except ValueError as exc:  # not JSON at all: the caller's parser says where
+        raise SerializationError(f"{what}: not valid JSON ({exc})") from None
     if _holds_nul(parsed):
-        raise SerializationError(f"cannot encode {what}: strings must not contain NUL")
+        raise SerializationError(f"{what}: strings must not contain NUL")
 
 
 def _holds_nul(value: Any) -> bool:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 
 from kvstore import ContextRecord, DatabaseType, Record, StateRecord, create_database
+from kvstore.keys import Key
 from kvstore.store import Store
 from kvstore.transfer import export_lines, import_lines, open_text
 
@@ -112,3 +115,42 @@ async def test_export_of_one_user_or_namespace() -> None:
     states = [orjson.loads(x) async for x in export_lines(source.backend, namespace="state")]
     assert len(states) == 12
     assert all(d["namespace"] == "state" and d["version"] == 2 for d in states)
+
+
+def note_line(owner: str, note: str, value: bytes) -> bytes:
+    """An export line of a record of a namespace of the application's own, value as given."""
+    return (
+        b'{"namespace":"notes","key":["%s","%s"],"version":1,'
+        b'"created_at":"2026-01-01T00:00:00+00:00","updated_at":"2026-01-01T00:00:00+00:00",'
+        b'"expires_at":null,"value":%s}\n' % (owner.encode(), note.encode(), value)
+    )
+
+
+@pytest.mark.postgres
+async def test_a_value_the_store_cannot_hold_exactly_is_a_rejected_line(
+    postgres_url: str,
+) -> None:
+    """A NUL character (PostgreSQL's jsonb refuses it) or an integer outside 64 bits (a
+    JSON parser makes a float of it) in a value of any namespace: that line is rejected
+    with the reason, the others are written exactly."""
+    owner = f"import-{uuid.uuid4().hex[:8]}"
+    lines = [
+        note_line(owner, "n1", b'{"text":"fine"}'),
+        note_line(owner, "n2", b'{"text":"a\\u0000b"}'),
+        note_line(owner, "n3", b'{"count":18446744073709551616}'),
+        note_line(owner, "n4", b'{"count":18446744073709551615,"low":-9223372036854775808}'),
+    ]
+    async with create_database(DatabaseType.SQL, postgres_url) as db:
+        assert isinstance(db, Store)
+        report = await import_lines(db.backend, iter(lines))
+        assert [number for number, _ in report.rejected] == [2, 3]
+        assert "NUL" in report.rejected[0][1]
+        assert "outside [-2**63, 2**64)" in report.rejected[1][1]
+        assert report.written == 2
+        stored = await db.backend.get(Key("notes", (owner, "n4")))
+        assert stored is not None
+        assert orjson.loads(stored.value) == {
+            "count": 18446744073709551615,
+            "low": -9223372036854775808,
+        }
+        await db.delete_user(owner)
