@@ -5,13 +5,19 @@ connections, with the retry policy of :mod:`.errors`, and the loops built on the
 Reads run without a write lock (autocommit on PostgreSQL, read-only on SQLite) and are
 retried when the connection was lost; writes commit, and are retried on serialization
 failures and other transient errors.
+
+A write transaction on SQLite is not cut off by a cancellation of its caller: it runs to
+its end (commit or rollback) and the cancellation is raised after. Cut off mid-way, its
+connection would be dropped without a rollback and hold the file's write lock until it
+is garbage-collected, so every other writer of the file would wait out its busy timeout
+and fail. (On PostgreSQL the server rolls back a transaction whose connection goes.)
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from backends.sql import queries
 from backends.sql.config import READ_ONLY
@@ -29,6 +35,9 @@ if TYPE_CHECKING:
     from backends.base import Entry
     from kvstore.clock import Clock
     from kvstore.keys import Key
+
+
+T = TypeVar("T")
 
 
 class CoreRunner:
@@ -83,6 +92,13 @@ class CoreRunner:
     async def _retrying(
         self, action: str, write: bool, body: Callable[[AsyncConnection], Awaitable[Any]]
     ) -> Any:
+        if write and not self._postgres:
+            return await _to_the_end(self._attempts(action, write, body))
+        return await self._attempts(action, write, body)
+
+    async def _attempts(
+        self, action: str, write: bool, body: Callable[[AsyncConnection], Awaitable[Any]]
+    ) -> Any:
         engine = await self._engine()
         await self._before()
         attempt = 1
@@ -109,6 +125,23 @@ class CoreRunner:
                     raise translate(exc, action, self._where) from exc
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """``work`` run to its end even if the caller is cancelled meanwhile (the cancellation
+    is raised once it has ended)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is told of its cancellation instead
+        raise asyncio.CancelledError
+    return task.result()
 
 
 async def stream_pages(
