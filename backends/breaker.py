@@ -81,10 +81,9 @@ class CircuitBreaker:
         if self.state is BreakerState.OPEN:
             self._opened_at = float("-inf")
 
-    def failed(self, exc: BaseException, calls: int = 1) -> None:
-        """``calls`` calls failed (one coalesced call may serve many callers); the
-        ``threshold``-th failure in a row opens the breaker."""
-        self._failures += calls
+    def failed(self, exc: BaseException) -> None:
+        """A call failed; the ``threshold``-th failure in a row opens the breaker."""
+        self._failures += 1
         if self.closed and self._failures >= self.threshold:
             self._open()
             self._logger.warning(

@@ -102,27 +102,24 @@ class CacheGuard:
 
     # -- calls ---------------------------------------------------------------------------------
 
-    async def call(
-        self, operation: Awaitable[T], *, count: bool = True, callers: int = 1
-    ) -> T | _Failed:
+    async def call(self, operation: Awaitable[T], *, count: bool = True) -> T | _Failed:
         """``operation`` under the cache deadline; ``FAILED`` if it failed or timed out (the
-        failure is counted toward the breaker unless ``count`` is false, once per caller
-        the operation served: ``callers`` for a coalesced read; a lost cache starts a new
-        generation instead). Cancellation propagates."""
+        failure is counted toward the breaker unless ``count`` is false; a lost cache
+        starts a new generation instead). Cancellation propagates."""
         generation = self.generation
         answered = self.answered
         try:
             async with self.deadline():
                 result = await operation
         except CacheLostError:
-            self.cache_errors += callers
+            self.cache_errors += 1
             self.mark_lost(generation)
             return FAILED
         except Exception as exc:  # noqa: BLE001 - a failing cache never fails the store
             if count:
-                self.failure(exc, generation, answered, callers=callers)
+                self.failure(exc, generation, answered)
             else:
-                self.cache_errors += callers
+                self.cache_errors += 1
             return FAILED
         self.succeeded()
         return result
@@ -137,21 +134,18 @@ class CacheGuard:
         self.answered += 1
         self.breaker.succeeded()
 
-    def failure(
-        self, exc: Exception, generation: Generation | None, answered: int, *, callers: int = 1
-    ) -> None:
-        """Count a failed cache call made in ``generation`` (once per caller it served). A
-        call that timed out while the cache answered other calls (``answered`` is the count
-        of answers when it began) met a saturated caller, not a failing cache: it does not
-        count toward the breaker."""
+    def failure(self, exc: Exception, generation: Generation | None, answered: int) -> None:
+        """Count a failed cache call made in ``generation``. A call that timed out while
+        the cache answered other calls (``answered`` is the count of answers when it began)
+        met a saturated caller, not a failing cache: it does not count toward the breaker."""
         if isinstance(exc, CacheLostError):
             self.mark_lost(generation)
             return
-        self.cache_errors += callers
+        self.cache_errors += 1
         if isinstance(exc, TimeoutError) and self.answered > answered:
-            self.busy_timeouts += callers
+            self.busy_timeouts += 1
             return
-        self.breaker.failed(exc, callers)
+        self.breaker.failed(exc)
 
     def _answers(self) -> int:
         return self.answered

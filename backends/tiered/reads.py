@@ -178,24 +178,23 @@ class ReadThrough:
             await self.fill([(key, entry, answer.lease)])
         return entry
 
-    async def _lookup(
-        self, keys: Sequence[Key], *, callers: int = 1
-    ) -> list[CacheLookup] | _Failed:
-        """One cache lookup of ``keys`` for ``callers`` callers, through the guard; asked
-        once more if it timed out while the cache answered others: the caller is then what
-        is behind, and reading the system of record instead would add load where there is
-        too much already."""
+    async def _lookup(self, keys: Sequence[Key]) -> list[CacheLookup] | _Failed:
+        """One cache lookup of ``keys`` through the guard (a failure counts once toward
+        the breaker, however many callers it served: one saturated shared lookup must not
+        look like hundreds of failed ones); asked once more if it timed out while the cache
+        answered others: the caller is then what is behind, and reading the system of
+        record instead would add load where there is too much already."""
         guard = self._guard
         busy = guard.busy_timeouts
         lookup, lease_ttl = self._cache.lookup, self._lease_ttl
-        lookups = await guard.call(lookup(keys, lease_ttl=lease_ttl), callers=callers)
+        lookups = await guard.call(lookup(keys, lease_ttl=lease_ttl))
         if lookups is FAILED and guard.busy_timeouts > busy:
-            lookups = await guard.call(lookup(keys, lease_ttl=lease_ttl), callers=callers)
+            lookups = await guard.call(lookup(keys, lease_ttl=lease_ttl))
         return lookups
 
     async def _lookup_each(self, keys: Sequence[Key]) -> list[CacheLookup | _Failed]:
         """A coalesced lookup: one key per caller, each answered or ``FAILED``."""
-        lookups = await self._lookup(keys, callers=len(keys))
+        lookups = await self._lookup(keys)
         return [FAILED] * len(keys) if lookups is FAILED else list(lookups)
 
     async def close(self) -> None:
