@@ -56,21 +56,17 @@ class JSONSerializer:
             data = type(record).__pydantic_serializer__.to_json(record, exclude=set(exclude))
         except PydanticSerializationError as exc:
             raise SerializationError(f"cannot encode {type(record).__name__}: {exc}") from exc
-        self.check(data, f"cannot encode {type(record).__name__}")
+        if _suspicious(data):  # the message is built only when it may be needed
+            _check_faithful(data, f"cannot encode {type(record).__name__}")
         return data
 
     def check(self, data: bytes, what: str) -> None:
         """Raise :class:`SerializationError` (its message starting with ``what``) if the
         JSON bytes ``data`` hold what the stored format cannot carry faithfully: NaN,
         infinities, integers outside ``[-2**63, 2**64)`` (a parser would make floats of
-        them), NUL characters. For JSON from elsewhere (an import file) before it is
-        parsed, and for what :meth:`dumps` wrote."""
-        if (
-            b"NaN" in data
-            or b"Infinity" in data
-            or b"\\u0000" in data
-            or _LONG_NUMBER in data.translate(_DIGITS_ONLY)
-        ):
+        them), NUL characters: the check :meth:`dumps` runs on what it wrote, for JSON
+        from elsewhere (an import file) before it is parsed."""
+        if _suspicious(data):
             _check_faithful(data, what)
 
     def schema_version(self, data: bytes) -> int | None:
@@ -104,6 +100,17 @@ class JSONSerializer:
         if not isinstance(value, dict):
             raise SerializationError("stored value is not a JSON object")
         return value
+
+
+def _suspicious(data: bytes) -> bool:
+    """Whether JSON bytes may hold NaN, infinities, an integer outside 64 bits or a NUL
+    character (~3 µs for a 1.3 KB record; only then is it parsed strictly)."""
+    return (
+        b"NaN" in data
+        or b"Infinity" in data
+        or b"\\u0000" in data
+        or _LONG_NUMBER in data.translate(_DIGITS_ONLY)
+    )
 
 
 def _check_faithful(data: bytes, what: str) -> None:
