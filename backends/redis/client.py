@@ -16,6 +16,7 @@ values of many keys (slot by slot on a Cluster) and erasing an owner through its
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
@@ -107,7 +108,10 @@ class RedisClient:
         """On a Cluster: the ``run_id`` each node gave on its newest connection (or when
         :meth:`RedisCache.incarnation <backends.redis.cache.RedisCache.incarnation>` asked)."""
         self._pipe: AutoPipeline | None = None
-        self._coalesced: dict[bool, CoalescedReads[Key, bytes | None]] = {}
+        self._coalesced: dict[bool, CoalescedReads[Key, bytes | None]] = {
+            marked: CoalescedReads(partial(self._read_values, marked=marked))
+            for marked in (False, True)
+        }
         """Coalesced single-key reads, without and with the generation marker."""
         self._closers: list[Closer] = []
         self._closed = False
@@ -258,12 +262,7 @@ class RedisClient:
         Single-key reads of concurrent tasks are coalesced into one read (:mod:`backends.coalesce`)
         unless autopipelining is off."""
         if len(keys) == 1 and self._autopipeline:
-            reads = self._coalesced.get(marked)
-            if reads is None:
-                reads = self._coalesced[marked] = CoalescedReads(
-                    lambda keys: self._read_values(keys, marked=marked)
-                )
-            return [await reads.get(keys[0])]
+            return [await self._coalesced[marked].get(keys[0])]
         return await self._read_values(keys, marked=marked)
 
     async def _read_values(self, keys: Sequence[Key], *, marked: bool) -> list[bytes | None]:
