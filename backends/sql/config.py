@@ -192,7 +192,7 @@ class _DeferredConnect:
 
 def _deferred_connect(*args: Any, **kwargs: Any) -> _DeferredConnect:
     """SQLAlchemy's asyncpg dialect builds the connect coroutine before it knows whether
-    it may await it. The backend's greenlet-free checkout (``SQLBackend._checkout_now``)
+    it may await it. The backend's greenlet-free checkout (``HotPath._checkout_now``)
     backs off when a pooled connection needs reconnecting, and an unstarted
     ``asyncpg.connect`` coroutine would then warn "never awaited"; this one never starts."""
     return _DeferredConnect(args, kwargs)
