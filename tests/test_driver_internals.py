@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from backends.redis.connect import WaitingPool, install_cluster_connect_hook
@@ -74,6 +76,34 @@ async def test_sqlalchemy_pool_internals_the_hot_path_uses() -> None:
         assert fairy.driver_connection is not None
         await greenlet_spawn(fairy.close)  # the release path of the hot statements
         assert callable(engine.sync_engine.raw_connection)
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlalchemy_checks_out_an_idle_connection_without_io_and_refuses_io(
+    tmp_path: Path,
+) -> None:
+    """What the hot path's checkout and check-in rely on, in a running event loop: the
+    synchronous ``raw_connection()`` raises ``MissingGreenlet`` when it would have to
+    connect (and leaves the pool usable), returns an idle pooled connection without I/O,
+    and a synchronous ``close()`` checks it back in while the pool has room."""
+    engine = create_async_engine(
+        f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}", pool_size=2, max_overflow=0
+    )
+    try:
+        pool = engine.pool
+        assert isinstance(pool, QueuePool)
+        with pytest.raises(sa.exc.MissingGreenlet):
+            engine.sync_engine.raw_connection()  # nothing idle: connecting needs I/O
+        assert (pool.checkedin(), pool.checkedout()) == (0, 0)
+        fairy = await engine.raw_connection()
+        await greenlet_spawn(fairy.close)
+        assert pool.checkedin() == 1
+        idle = engine.sync_engine.raw_connection()  # idle: taken without a greenlet switch
+        assert idle.driver_connection is not None
+        assert (pool.checkedin(), pool.checkedout()) == (0, 1)
+        idle.close()  # the pool has room: back in without I/O
+        assert (pool.checkedin(), pool.checkedout()) == (1, 0)
     finally:
         await engine.dispose()
 
