@@ -147,6 +147,51 @@ async def test_the_feed_does_not_write_again_what_this_process_wrote(
         await db.delete_user(user)
 
 
+async def test_the_feed_waits_for_a_write_it_reads_before_its_cache_update(
+    postgres_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feed can read a save's row between its commit and its cache update: the change
+    is held back until the save says it landed, and is then counted as this process's own
+    instead of written to the cache a second time."""
+    db = tiered(postgres_url, redis_server.url)
+    user = new_user()
+    async with db:
+        backend = backend_of(db)
+        feed = backend.feed
+        assert feed is not None
+        committed = asyncio.Event()
+        release = asyncio.Event()
+        write = backend.cache.write
+
+        async def write_after_release(*args: object, **kwargs: object) -> object:
+            committed.set()
+            await release.wait()
+            return await write(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(backend.cache, "write", write_after_release)
+        save = asyncio.create_task(
+            db.save_state(StateRecord(user_id=user, session_id="s", state="A"))
+        )
+        await asyncio.wait_for(committed.wait(), DEADLINE)
+        head = (await backend.record.head())[0]
+
+        async def read_by_the_feed() -> bool:
+            return feed.cursor >= head and backend.tier_stats().feed_backlog == 1
+
+        await eventually(read_by_the_feed)
+        assert (backend.tier_stats().feed_own, backend.tier_stats().feed_changes) == (0, 0)
+        release.set()
+        saved = await asyncio.wait_for(save, DEADLINE)
+        assert saved.revision == head
+
+        async def counted_as_own() -> bool:
+            return backend.tier_stats().feed_own == 1
+
+        await eventually(counted_as_own)
+        assert backend.tier_stats().feed_changes == 0
+        await db.delete_user(user)
+
+
 async def _is(value: Awaitable[str | None], expected: str | None) -> bool:
     return await value == expected
 

@@ -5,7 +5,9 @@ tombstone of its revision in the cache ("anything older is stale"; a no-op where
 holds that revision or newer): a process that died between commit and cache update, a
 writer cut off from the cache, or a batch job's plain SQL leaves nothing stale for longer
 than the feed's lag. Changes this process already wrote to the cache in the same generation
-are skipped.
+are skipped. A change of a key this process is writing meanwhile is held back (at most
+:data:`HOLD_MAX` seconds) until that write has told whether it put the revision in the cache
+itself: between its commit and its cache update the feed may read it first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from backends.tiered.feed import FeedFollower
     from backends.tiered.guard import CacheGuard
     from backends.tiered.near import NearCache
+    from kvstore.clock import Clock
+    from kvstore.keys import Key
 
 logger = logging.getLogger("kvstore.tiered")
 
@@ -34,6 +38,9 @@ DEFAULT_FEED_INTERVAL = 0.05
 LANDED_MAX: Final = 100_000
 """Revisions this process wrote to the cache that it remembers, so the change feed does not
 write them again (past that the memory is dropped: the feed then writes them, a no-op)."""
+HOLD_MAX: Final = 1.0
+"""Seconds a change of a key with a write of this process in flight is held back, at most
+(the write's cache update normally follows its commit within the cache's deadline)."""
 FEED_BACKLOG_MAX = 100_000
 """Changes held for a cache that does not answer; past that the cache is presumed to have
 missed them and a new generation begins when it answers again."""
@@ -49,18 +56,23 @@ class FeedApplier:
         guard: CacheGuard,
         *,
         usable: Callable[[], Awaitable[bool]],
+        writing: Callable[[Key], bool],
+        clock: Clock,
         cache_ttl: float,
         interval: float = DEFAULT_FEED_INTERVAL,
         near: NearCache | None = None,
     ) -> None:
         """``usable`` says whether a writer may use the cache now (it may run the breaker's
-        probe, which calls :meth:`apply`). ``near``, if given, learns of every change
-        first, whether the shared cache answers or not."""
+        probe, which calls :meth:`apply`); ``writing`` whether a write of a key is in flight
+        in this process. ``near``, if given, learns of every change first, whether the
+        shared cache answers or not."""
         self.follower = follower
         self._near = near
         self._cache = cache
         self._guard = guard
         self._usable = usable
+        self._writing = writing
+        self._clock = clock
         self._cache_ttl = cache_ttl
         self._interval = interval
         self.backlog: list[Change] = []
@@ -68,6 +80,8 @@ class FeedApplier:
         self._lock = asyncio.Lock()
         self._landed: dict[int, Generation] = {}
         """Revisions whose cache update this process made, and in which generation."""
+        self.held: list[tuple[float, Change]] = []
+        """Changes of keys being written by this process, and since when they wait."""
         self.applied = 0
         self.own = 0
         self.errors = 0
@@ -141,13 +155,25 @@ class FeedApplier:
     def _news(self, changes: Sequence[Change], watermark: int) -> Sequence[Change]:
         """The changes the cache may not hold yet: not those this process wrote to the
         cache itself in the current generation (the cache holds that revision or a newer
-        one). Forgets what the feed will not deliver again (at or below ``watermark``)."""
+        one). A change of a key this process is writing is held back until that write
+        ends (or :data:`HOLD_MAX` passes). Forgets what the feed will not deliver again (at
+        or below ``watermark``)."""
         landed = self._landed
-        if not landed:
+        if not landed and not self.held and not changes:
             return changes
         generation = self._guard.generation
-        news = [c for c in changes if landed.pop(c.revision, None) is not generation]
-        self.own += len(changes) - len(news)
+        writing = self._writing
+        now = self._clock.monotonic()
+        waiting = [*self.held, *((now, change) for change in changes)]
+        self.held = []
+        news: list[Change] = []
+        for since, change in waiting:
+            if landed and landed.pop(change.revision, None) is generation:
+                self.own += 1
+            elif writing(change.key) and now - since < HOLD_MAX:
+                self.held.append((since, change))
+            else:
+                news.append(change)
         if landed and min(landed) <= watermark:
             for revision in [r for r in landed if r <= watermark]:
                 del landed[revision]

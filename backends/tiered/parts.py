@@ -95,7 +95,7 @@ class TierParts:
             generation_changes=guard.generation_changes,
             feed_changes=feed.applied,
             feed_own=feed.own,
-            feed_backlog=len(feed.backlog),
+            feed_backlog=len(feed.backlog) + len(feed.held),
             feed_errors=feed.errors,
             near_hits=read.near_hits,
             near_entries=len(near) if near is not None else 0,
@@ -144,16 +144,18 @@ def assemble(
         apply_feed=lambda: feed.apply(),
         healed=lambda: repairer.soon() if dirty else None,
     )
+    writes = WritesInFlight(dirty)
     feed = FeedApplier(
         follower,
         cache,
         guard,
         usable=lambda: gate.usable(writing=True),
+        writing=writes.__contains__,
+        clock=clock,
         cache_ttl=settings.cache_ttl,
         interval=settings.feed_interval,
         near=near,
     )
-    writes = WritesInFlight(dirty)
     repairer = Repairer(
         dirty,
         writes,
