@@ -161,9 +161,16 @@ class RedisClient:
                 raise self.unavailable("close", exc) from exc
 
     async def ping(self) -> None:
-        """Build the client if needed and check the server answers."""
+        """Build the client if needed and check the server answers, under a deadline of
+        ``socket_connect_timeout`` plus ``socket_timeout``: the first call connects (to
+        every node of a cluster, after reading its topology)."""
         pipe = self.ready()
-        await self.idempotent("ping", lambda: pipe.client.ping())
+        budget = self._settings.socket_connect_timeout + self.timeout
+        try:
+            async with deadline(budget, progress=pipe.replies):
+                await self._retry.call_with_retry(lambda: pipe.client.ping(), _ignore)
+        except DRIVER_ERRORS as exc:
+            raise self.unavailable("ping", exc) from exc
 
     @property
     def cluster(self) -> bool:
