@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from backends.breaker import BreakerState
-from backends.deadline import deadline
+from backends.deadline import TICK, _Watch, deadline
 from backends.tiered import TieredBackend
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.store import Store
@@ -50,17 +50,17 @@ async def test_a_call_that_never_answers_times_out_on_a_free_loop() -> None:
 async def test_a_nested_deadline_due_later_is_covered_by_the_enclosing_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The inner deadline sets no timer of its own; the enclosing one still ends the block.
-    An inner deadline due sooner keeps its own timer."""
+    """The inner deadline is not watched; the enclosing one still ends the block. An inner
+    deadline due sooner is watched too."""
     loop = asyncio.get_running_loop()
-    timers: list[float] = []
-    call_at = loop.call_at
+    watched: list[deadline] = []
+    add = _Watch.add
 
-    def counted(when: float, callback: Callable[..., object], *args: object) -> Any:
-        timers.append(when)
-        return call_at(when, callback, *args)
+    def counted(watch: _Watch, item: deadline, due: float) -> None:
+        watched.append(item)
+        add(watch, item, due)
 
-    monkeypatch.setattr(loop, "call_at", counted)
+    monkeypatch.setattr(_Watch, "add", counted)
 
     async def nested() -> None:
         async with deadline(0.05), deadline(5.0):
@@ -68,12 +68,82 @@ async def test_a_nested_deadline_due_later_is_covered_by_the_enclosing_one(
 
     with pytest.raises(TimeoutError):
         await nested()
-    assert len(timers) == 1
+    assert len(watched) == 1
     async with deadline(5.0):
         with pytest.raises(TimeoutError):
             async with deadline(0.05):
                 await loop.create_future()
-    assert len(timers) == 3
+    assert len(watched) == 3
+
+
+class _ManualLoop:
+    """What a watch uses of its loop: the time, set by hand, and timers, recorded."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[asyncio.TimerHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[..., object]) -> asyncio.TimerHandle:
+        handle = asyncio.TimerHandle(when, callback, (), self)  # type: ignore[arg-type]
+        self.timers.append(handle)
+        return handle
+
+    def get_debug(self) -> bool:
+        return False
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass
+
+
+def test_a_deadline_due_before_the_next_tick_moves_the_check_up() -> None:
+    loop = _ManualLoop()
+    watch = _Watch(loop)  # type: ignore[arg-type]
+    watch.add(deadline(5.0), 105.0)
+    assert [t.when() for t in loop.timers] == [100.0 + TICK]
+    watch.add(deadline(TICK / 10), 100.0 + TICK / 10)
+    assert [t.when() for t in loop.timers] == [100.0 + TICK, 100.0 + TICK / 10]
+    assert loop.timers[0].cancelled()
+    watch.add(deadline(1.0), 101.0)
+    assert len(loop.timers) == 2  # due after the next check: that check covers it
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
+    """Only the deadline's own cancellation becomes a TimeoutError."""
+    started = asyncio.Event()
+
+    async def waiting() -> None:
+        async with deadline(5.0):
+            started.set()
+            await asyncio.get_running_loop().create_future()
+
+    task = asyncio.create_task(waiting())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_many_deadlines_in_flight_expire_and_answer_independently() -> None:
+    """One watch serves every deadline of the loop: those whose call answers leave it, those
+    whose call never answers time out."""
+    loop = asyncio.get_running_loop()
+
+    async def call(answer_after: float | None) -> str:
+        reply: asyncio.Future[str] = loop.create_future()
+        if answer_after is not None:
+            loop.call_later(answer_after, reply.set_result, "answered")
+        try:
+            async with deadline(0.05):
+                return await reply
+        except TimeoutError:
+            return "timed out"
+
+    plan = [None if n % 3 == 0 else 0.001 * n for n in range(30)]
+    results = await asyncio.gather(*(call(after) for after in plan))
+    assert results == ["timed out" if after is None else "answered" for after in plan]
 
 
 async def test_a_task_started_inside_a_deadline_keeps_its_own_deadlines() -> None:
