@@ -9,7 +9,7 @@ import asyncio
 import signal
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
