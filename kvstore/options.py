@@ -45,6 +45,9 @@ class SQLOptions(TypedDict, total=False):
     statement_timeout: float
     echo: bool
     group_commit: bool
+    partitions: int
+    """PostgreSQL: hash-partition a new ``kv_records`` by owner into this many parts
+    (``kvstore db partition`` converts an existing one)."""
 
 
 class RedisOptions(TypedDict, total=False):

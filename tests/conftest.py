@@ -44,6 +44,7 @@ BACKENDS = [
     "memory",
     "sqlite",
     "postgres",
+    "postgres_partitioned",
     "fakeredis",
     "redis",
     "redis_cluster",
@@ -56,6 +57,7 @@ BACKENDS = [
 ]
 _MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
     "postgres": (pytest.mark.postgres,),
+    "postgres_partitioned": (pytest.mark.postgres,),
     "redis": (pytest.mark.redis,),
     "redis_cluster": (pytest.mark.redis_cluster,),
     "tiered_postgres_redis": (pytest.mark.postgres, pytest.mark.redis),
@@ -156,14 +158,29 @@ def make_db_sqlite(tmp_path: Path) -> MakeDb:
 def postgres_url() -> Iterator[str]:
     """A database of this test session on the local PostgreSQL, migrated to the current
     schema; dropped at the end. Skips (fails in CI) when the server is not there."""
+    yield from _session_database("test")
+
+
+PARTITIONS = 4
+"""Hash partitions of ``kv_records`` in the ``postgres_partitioned`` configuration."""
+
+
+@pytest.fixture(scope="session")
+def postgres_partitioned_url() -> Iterator[str]:
+    """Like ``postgres_url``, with ``kv_records`` hash-partitioned by owner into
+    :data:`PARTITIONS` parts."""
+    yield from _session_database("partitioned", f"?partitions={PARTITIONS}")
+
+
+def _session_database(purpose: str, options: str = "") -> Iterator[str]:
     if not _blocking(postgres.server_available()):
         unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
     from backends.sql.migrate import upgrade
 
-    name = postgres.unique_name("test")
+    name = postgres.unique_name(purpose)
     url = _blocking(postgres.create_database(name))
     try:
-        _blocking(upgrade(url))
+        _blocking(upgrade(url + options))
         yield url
     finally:
         _blocking(postgres.drop_database(name))
@@ -180,6 +197,16 @@ async def make_db_postgres(postgres_url: str) -> MakeDb:
     """Databases on the session's PostgreSQL database, emptied for each test."""
     await postgres.empty(postgres_url)
     return lambda **options: create_database(DatabaseType.SQL, postgres_url, **options)
+
+
+@pytest.fixture
+async def make_db_postgres_partitioned(postgres_partitioned_url: str) -> MakeDb:
+    """Databases on the session's partitioned PostgreSQL database, emptied for each test."""
+    await postgres.empty(postgres_partitioned_url)
+    url = postgres_partitioned_url
+    return lambda **options: create_database(
+        DatabaseType.SQL, url, **({"partitions": PARTITIONS} | options)
+    )
 
 
 @pytest.fixture

@@ -61,6 +61,9 @@ DRIVER_PARAMETERS: Final[dict[Dialect, frozenset[str]]] = {
 """URL query parameters that go to the driver, per dialect."""
 _ALIASES: Final[dict[str, str]] = {"sslmode": "ssl"}
 """libpq's spelling -> asyncpg's (which takes the same mode names)."""
+MAX_PARTITIONS: Final = 1024
+"""The most hash partitions of ``kv_records`` (plans slow down with thousands; a deployment
+that needs more needs more servers: docs/scale.md)."""
 READ_ONLY: Final = "kvstore_read_only"
 """Execution option: on SQLite, open the transaction with a plain ``BEGIN`` (no write lock)."""
 
@@ -84,6 +87,9 @@ class SQLConfig:
     group_commit: bool = True
     """PostgreSQL: saves that queue for a connection go as one statement per round
     (:mod:`backends.sql.batch`)."""
+    partitions: int | None = None
+    """PostgreSQL: the hash partitions by owner a new ``kv_records`` is created with
+    (:mod:`backends.sql.partition`); ``None`` takes the table as it is."""
 
     @property
     def masked_url(self) -> str:
@@ -146,7 +152,7 @@ def _coerce(name: str, raw: str) -> object:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
+        if isinstance(default, int) or name == "partitions":
             return int(raw)
         return float(raw)
     except ValueError:
@@ -167,6 +173,23 @@ def _validate(config: SQLConfig) -> None:
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
         raise ConfigurationError(f"invalid SQL option value for: {', '.join(bad)}")
+    if config.partitions is not None:
+        if config.dialect != "postgresql":
+            raise ConfigurationError("partitions is a PostgreSQL option")
+        check_partitions(config.partitions)
+
+
+def check_partitions(partitions: object) -> int:
+    """``partitions`` if it is a valid partition count, else :class:`ConfigurationError`."""
+    if (
+        not isinstance(partitions, int)
+        or isinstance(partitions, bool)
+        or not 2 <= partitions <= MAX_PARTITIONS
+    ):
+        raise ConfigurationError(
+            f"partitions must be a whole number from 2 to {MAX_PARTITIONS}, got {partitions!r}"
+        )
+    return partitions
 
 
 def _positive(value: object) -> bool:

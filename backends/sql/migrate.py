@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
-from backends.sql.config import create_engine, parse_sql_url
+from backends.sql.config import check_partitions, create_engine, parse_sql_url
 from backends.sql.errors import DRIVER_ERRORS, translate
 from backends.sql.schema import VERSION_TABLE
+from kvstore.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -100,13 +101,20 @@ async def _revision(connection: AsyncConnection) -> str | None:
     return revision
 
 
-async def ensure_schema(engine: AsyncEngine, target: str = "head") -> str | None:
+async def ensure_schema(
+    engine: AsyncEngine, target: str = "head", *, partitions: int | None = None
+) -> str | None:
     """Upgrade the database behind ``engine`` to ``target`` unless it is there already;
-    return the revision it is at afterwards. Idempotent and safe to run concurrently."""
+    return the revision it is at afterwards. Idempotent and safe to run concurrently.
+
+    ``partitions`` (PostgreSQL): ``kv_records`` must have that many hash partitions by
+    owner; an empty plain table is partitioned now, one holding records is refused
+    (:class:`ConfigurationError`: ``kvstore db partition`` converts it), as is one
+    partitioned otherwise."""
     if engine.dialect.name == "sqlite":
         async with _file_lock(engine.url.database or ""):
-            return await _ensure(engine, target)
-    return await _ensure(engine, target)
+            return await _ensure(engine, target, None)
+    return await _ensure(engine, target, partitions)
 
 
 @asynccontextmanager
@@ -128,7 +136,7 @@ async def _file_lock(database: str) -> AsyncIterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-async def _ensure(engine: AsyncEngine, target: str) -> str | None:
+async def _ensure(engine: AsyncEngine, target: str, partitions: int | None) -> str | None:
     wanted = code_head() if target == "head" else target
     async with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
@@ -136,20 +144,88 @@ async def _ensure(engine: AsyncEngine, target: str) -> str | None:
             raw = await connection.get_raw_connection()
             driver: Any = raw.driver_connection
             await driver.execute("PRAGMA journal_mode=WAL")
-        if await _revision(connection) == wanted:
+        current = await _revision(connection)
+        if current == wanted and (partitions is None or await _partitioned(connection, partitions)):
             return wanted
         postgres = engine.dialect.name == "postgresql"
         if postgres:
             await connection.execute(sa.select(sa.func.pg_advisory_lock(_LOCK_ID)))
             await connection.commit()
         try:
-            await connection.run_sync(_upgrade, target)
-            await connection.commit()
+            if await _revision(connection) != wanted:
+                await connection.run_sync(_upgrade, target)
+                await connection.commit()
+            if partitions is not None and not await _partitioned(connection, partitions):
+                await _partition_empty(connection, partitions)
+                await connection.commit()
             return await _revision(connection)
         finally:
             if postgres:
                 await connection.execute(sa.select(sa.func.pg_advisory_unlock(_LOCK_ID)))
                 await connection.commit()
+
+
+async def _partitioned(connection: AsyncConnection, partitions: int) -> bool:
+    """Whether ``kv_records`` has ``partitions`` partitions (``False``: a plain table);
+    :class:`ConfigurationError` if it has another number."""
+    from backends.sql.partition import partition_count
+
+    count = await partition_count(connection)
+    await connection.rollback()
+    if count and count != partitions:
+        raise ConfigurationError(
+            f"kv_records has {count} partitions, the partitions option asks for {partitions}"
+        )
+    return count == partitions
+
+
+async def _partition_empty(connection: AsyncConnection, partitions: int) -> None:
+    """Partition a plain ``kv_records`` that holds no records; refuse one that does (a copy
+    that makes writes wait is for ``kvstore db partition`` to start, not a restart)."""
+    from backends.sql.partition import partition_records
+
+    holds = await connection.scalar(sa.text("SELECT EXISTS (SELECT 1 FROM kv_records)"))
+    if holds:
+        await connection.rollback()
+        raise ConfigurationError(
+            "kv_records holds records and is not partitioned: `kvstore db partition "
+            f"--partitions {partitions}` converts it (writes wait during the copy; see "
+            "docs/scale.md)"
+        )
+    await partition_records(connection, partitions)
+
+
+async def partition(url: str, partitions: int) -> int | None:
+    """Hash-partition the ``kv_records`` of the PostgreSQL database at ``url`` by owner
+    into ``partitions`` parts, copying its rows (:mod:`backends.sql.partition`); return how
+    many rows were copied, ``None`` if it was partitioned so already (another number of
+    partitions is a :class:`ConfigurationError`). The schema is brought to head first."""
+    config = parse_sql_url(url)
+    if config.dialect != "postgresql":
+        raise ConfigurationError("partitioning is for PostgreSQL databases")
+    check_partitions(partitions)
+    engine = create_engine(config)
+    try:
+        await ensure_schema(engine)
+        async with engine.connect() as connection:
+            await connection.execute(sa.select(sa.func.pg_advisory_lock(_LOCK_ID)))
+            await connection.commit()
+            try:
+                from backends.sql.partition import partition_records
+
+                if await _partitioned(connection, partitions):
+                    return None
+                copied = await partition_records(connection, partitions)
+                await connection.commit()
+                return copied
+            finally:
+                await connection.rollback()
+                await connection.execute(sa.select(sa.func.pg_advisory_unlock(_LOCK_ID)))
+                await connection.commit()
+    except DRIVER_ERRORS as exc:
+        raise translate(exc, "partition", config.masked_url) from exc
+    finally:
+        await engine.dispose()
 
 
 async def upgrade(url: str, target: str = "head") -> str | None:
@@ -158,7 +234,7 @@ async def upgrade(url: str, target: str = "head") -> str | None:
     config = parse_sql_url(url)
     engine = create_engine(config)
     try:
-        return await ensure_schema(engine, target)
+        return await ensure_schema(engine, target, partitions=config.partitions)
     except DRIVER_ERRORS as exc:
         raise translate(exc, "upgrade", config.masked_url) from exc
     finally:

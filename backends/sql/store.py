@@ -134,7 +134,7 @@ class SQLBackend(BulkOperations, Backend):
             if self._engine is None:
                 self._engine = create_engine(self.config)
             try:
-                await ensure_schema(self._engine)
+                await ensure_schema(self._engine, partitions=self.config.partitions)
             except DRIVER_ERRORS as exc:
                 raise translate(exc, "initialize", self._where) from exc
             self._ready = True

@@ -1,6 +1,9 @@
-"""``kvstore db upgrade|current`` and ``kvstore purge-expired``: the SQL store's upkeep."""
+"""``kvstore db upgrade|current|partition`` and ``kvstore purge-expired``: the SQL store's
+upkeep."""
 
 from __future__ import annotations
+
+import time
 
 import click
 
@@ -59,6 +62,42 @@ def current_command(url: str | None) -> None:
         return 0 if revision == head else Exit.SCHEMA_BEHIND
 
     raise SystemExit(run(console, work))
+
+
+@db.command(name="partition")
+@click.option("--url", help=SQL_URL_HELP)
+@click.option(
+    "--partitions",
+    required=True,
+    type=click.IntRange(min=2, max=1024),
+    help="Hash partitions by owner.",
+)
+def partition_command(url: str | None, partitions: int) -> None:
+    """Hash-partition the records table of a PostgreSQL store by owner, copying its rows
+    in one transaction: reads go on, writes wait until it commits (docs/scale.md).
+
+    \b
+    Example:
+      KVSTORE_URL=postgresql://coach@db/coach kvstore db partition --partitions 16
+    """
+    console = literal_console()
+    target = _sql_url(url)
+
+    async def work() -> None:
+        from backends.sql.migrate import partition
+
+        started = time.perf_counter()
+        copied = await partition(target, partitions)
+        done = (
+            "already"
+            if copied is None
+            else f"{copied} records copied in {time.perf_counter() - started:.1f} s"
+        )
+        console.print(
+            f"{mask_url(target)}: kv_records is in {partitions} partitions by owner ({done})"
+        )
+
+    run(console, work)
 
 
 @main.command(name="purge-expired")
