@@ -23,7 +23,14 @@ from backends.sql.migrate import partition, upgrade
 from backends.sql.partition import build_copy, partition_count, swap_in_copy
 from backends.sql.statements import POSTGRES_SQL
 from backends.tiered.feed import FeedFollower
-from kvstore import ConfigurationError, Database, DatabaseType, StateRecord, create_database
+from kvstore import (
+    BackendUnavailableError,
+    ConfigurationError,
+    Database,
+    DatabaseType,
+    StateRecord,
+    create_database,
+)
 from kvstore.cli.app import main
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.keys import Key
@@ -280,3 +287,26 @@ async def test_expiry_and_erasure_work_across_partitions(postgres_partitioned_ur
         assert await backend.delete_owner(user) == 1
     finally:
         await backend.close()
+
+
+async def test_a_conversion_that_cannot_lock_the_table_gives_up_and_changes_nothing(
+    fresh_url: str,
+) -> None:
+    """A transaction left open on the table holds its lock: the conversion gives up after
+    its lock timeout (statements queue behind a waiting lock, so it must not wait long)
+    with BackendUnavailableError, and the plain table is as it was."""
+    async with create_database(DatabaseType.SQL, fresh_url) as db:
+        await db.save_state(StateRecord(user_id="locked", session_id="s", state="A"))
+    before = await _rows(fresh_url)
+    holder = await asyncpg.connect(fresh_url)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("UPDATE kv_records SET version = version")
+        with pytest.raises(BackendUnavailableError, match="LockNotAvailableError"):
+            await partition(fresh_url, 4, lock_timeout=0.2)
+        await transaction.rollback()
+    finally:
+        await holder.close()
+    assert await _rows(fresh_url) == before
+    assert await partition(fresh_url, 4) == 1

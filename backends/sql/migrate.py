@@ -195,11 +195,14 @@ async def _partition_empty(connection: AsyncConnection, partitions: int) -> None
     await partition_records(connection, partitions)
 
 
-async def partition(url: str, partitions: int) -> int | None:
+async def partition(url: str, partitions: int, *, lock_timeout: float | None = None) -> int | None:
     """Hash-partition the ``kv_records`` of the PostgreSQL database at ``url`` by owner
     into ``partitions`` parts, copying its rows (:mod:`backends.sql.partition`); return how
     many rows were copied, ``None`` if it was partitioned so already (another number of
-    partitions is a :class:`ConfigurationError`). The schema is brought to head first."""
+    partitions is a :class:`ConfigurationError`). The schema is brought to head first.
+    A lock on the table not granted within ``lock_timeout`` seconds (default
+    :data:`~backends.sql.partition.LOCK_TIMEOUT`) ends it with nothing changed
+    (:class:`BackendUnavailableError`)."""
     config = parse_sql_url(url)
     if config.dialect != "postgresql":
         raise ConfigurationError("partitioning is for PostgreSQL databases")
@@ -211,11 +214,13 @@ async def partition(url: str, partitions: int) -> int | None:
             await connection.execute(sa.select(sa.func.pg_advisory_lock(_LOCK_ID)))
             await connection.commit()
             try:
-                from backends.sql.partition import partition_records
+                from backends.sql.partition import LOCK_TIMEOUT, partition_records
 
                 if await _partitioned(connection, partitions):
                     return None
-                copied = await partition_records(connection, partitions)
+                copied = await partition_records(
+                    connection, partitions, lock_timeout=lock_timeout or LOCK_TIMEOUT
+                )
                 await connection.commit()
                 return copied
             finally:

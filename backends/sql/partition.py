@@ -16,7 +16,8 @@ transaction. Reads go on during the copy; writes wait for it (up to their
 retried), and every statement waits for the short swap at the end. See docs/scale.md.
 
 No statement here is built from input: the names are constants and the one number, the
-partition count, is an ``int`` checked by :func:`~backends.sql.config.check_partitions`.
+partition count, is an ``int`` checked by :func:`~backends.sql.config.check_partitions`
+(the lock timeout a ``float`` rendered as whole milliseconds).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from kvstore.errors import ConfigurationError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+LOCK_TIMEOUT: Final = 5.0
+"""Seconds the conversion waits for a lock on ``kv_records`` before giving up. While it
+waits, every statement that needs a lock after it queues behind it: a transaction left
+open elsewhere must not turn the wait into an outage."""
 _NEW: Final = "kv_records_partitioned"
 _INDEXES: Final = (
     # (name, definition): the indexes of backends.sql.schema.kv_records
@@ -78,27 +83,34 @@ async def partition_count(connection: AsyncConnection) -> int:
     return 0
 
 
-async def partition_records(connection: AsyncConnection, partitions: int) -> int:
+async def partition_records(
+    connection: AsyncConnection, partitions: int, *, lock_timeout: float = LOCK_TIMEOUT
+) -> int:
     """Make ``kv_records`` a table hash-partitioned by owner into ``partitions`` parts,
     keeping every row (and its revision) as it is; return how many rows were copied.
 
     Runs in the caller's transaction, which must commit it: :func:`build_copy`, then
     :func:`swap_in_copy`. Refuses a table that is already partitioned
     (:class:`ConfigurationError`)."""
-    copied = await build_copy(connection, partitions)
+    copied = await build_copy(connection, partitions, lock_timeout=lock_timeout)
     await swap_in_copy(connection)
     return copied
 
 
-async def build_copy(connection: AsyncConnection, partitions: int) -> int:
+async def build_copy(
+    connection: AsyncConnection, partitions: int, *, lock_timeout: float = LOCK_TIMEOUT
+) -> int:
     """The first phase: lock ``kv_records`` against writes (reads go on), copy it into a
     new partitioned table and build that table's indexes; return how many rows were
-    copied."""
+    copied. Each lock is waited for at most ``lock_timeout`` seconds (the driver's
+    ``LockNotAvailableError`` then; nothing changed), the copy itself as long as it takes."""
     partitions = check_partitions(partitions)
     existing = await partition_count(connection)
     if existing:
         raise ConfigurationError(f"{TABLE_NAME} is already partitioned ({existing} partitions)")
     run = connection.exec_driver_sql
+    await run("SET LOCAL statement_timeout = 0")
+    await run(f"SET LOCAL lock_timeout = {round(lock_timeout * 1000)}")
     await run(f"LOCK TABLE {TABLE_NAME} IN SHARE ROW EXCLUSIVE MODE")
     await run(
         f"CREATE TABLE {_NEW} (LIKE {TABLE_NAME} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
