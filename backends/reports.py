@@ -103,6 +103,13 @@ class SQLStats:
     """Hot statements that found every connection taken and waited their turn."""
     connection_wait_seconds: float = 0.0
     """Time those waits took in all."""
+    replica_reads: int = 0
+    """Listings, exports and counts the replica answered."""
+    replica_fallbacks: int = 0
+    """Of those meant for the replica, read on the primary: the replica had not replayed
+    this process's own writes within ``replica_wait``."""
+    replica_errors: int = 0
+    """Of those meant for the replica, read on the primary: the replica failed."""
 
 
 @dataclass(frozen=True, slots=True)

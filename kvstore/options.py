@@ -48,6 +48,10 @@ class SQLOptions(TypedDict, total=False):
     partitions: int
     """PostgreSQL: hash-partition a new ``kv_records`` by owner into this many parts
     (``kvstore db partition`` converts an existing one)."""
+    replica_url: str
+    """PostgreSQL: a streaming replica for listings, exports and counts; this process's
+    own writes are waited for there (``replica_wait``), else the primary answers."""
+    replica_wait: float
 
 
 class RedisOptions(TypedDict, total=False):

@@ -45,6 +45,7 @@ BACKENDS = [
     "sqlite",
     "postgres",
     "postgres_partitioned",
+    "postgres_replica",
     "fakeredis",
     "redis",
     "redis_cluster",
@@ -58,6 +59,7 @@ BACKENDS = [
 _MARKS: dict[str, tuple[pytest.MarkDecorator, ...]] = {
     "postgres": (pytest.mark.postgres,),
     "postgres_partitioned": (pytest.mark.postgres,),
+    "postgres_replica": (pytest.mark.postgres,),
     "redis": (pytest.mark.redis,),
     "redis_cluster": (pytest.mark.redis_cluster,),
     "tiered_postgres_redis": (pytest.mark.postgres, pytest.mark.redis),
@@ -206,6 +208,39 @@ async def make_db_postgres_partitioned(postgres_partitioned_url: str) -> MakeDb:
     url = postgres_partitioned_url
     return lambda **options: create_database(
         DatabaseType.SQL, url, **({"partitions": PARTITIONS} | options)
+    )
+
+
+@pytest.fixture(scope="session")
+def replicated_postgres() -> Iterator[tuple[pg_servers.PostgresServer, pg_servers.PostgresServer]]:
+    """A private primary (migrated) and a streaming replica of it, for the whole session."""
+    if why := pg_servers.available():
+        unavailable(why)
+    from backends.sql.migrate import upgrade
+
+    primary = pg_servers.PostgresServer()
+    replica = pg_servers.PostgresServer()
+    try:
+        primary.start()
+        replica.start_replica_of(primary)
+        _blocking(upgrade(primary.url))
+        yield primary, replica
+    finally:
+        for server in (replica, primary):
+            server.stop()
+            server.remove()
+
+
+@pytest.fixture
+async def make_db_postgres_replica(
+    replicated_postgres: tuple[pg_servers.PostgresServer, pg_servers.PostgresServer],
+) -> MakeDb:
+    """SQL databases on the private primary whose listings, exports and counts read from
+    its streaming replica (emptied for each test)."""
+    primary, replica = replicated_postgres
+    await postgres.empty(primary.url)
+    return lambda **options: create_database(
+        DatabaseType.SQL, primary.url, **({"replica_url": replica.url} | options)
     )
 
 

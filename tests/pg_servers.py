@@ -141,6 +141,19 @@ class PostgresServer:
         self._run("pg_ctl", "start", *self._pg_ctl_options, "-o", options)
         return self
 
+    def start_replica_of(self, primary: PostgresServer) -> PostgresServer:
+        """Make this cluster a streaming replica of ``primary`` (``pg_basebackup -R``:
+        a base backup, ``standby.signal`` and the connection to the primary) and start it."""
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(RUN_AS)
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+        self._run(
+            "pg_basebackup",
+            *("-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"),
+            *("-D", str(self.data), "-R", "-X", "stream", "--no-sync"),
+        )
+        return self.start()
+
     def restart(self, mode: str = "fast") -> None:
         """``pg_ctl restart -m <mode>``: sessions are cut; committed data stays."""
         self._run("pg_ctl", "restart", *self._pg_ctl_options, "-m", mode)

@@ -50,6 +50,9 @@ class BulkOperations:
     ) -> Any:
         raise NotImplementedError
 
+    async def _read(self, action: str, statement: sa.Executable) -> Any:
+        raise NotImplementedError
+
     async def _write(self, action: str, statement: sa.Executable) -> Any:
         return await self._query(action, statement, write=True)
 
@@ -88,7 +91,7 @@ class BulkOperations:
         owner = prefix[0]
         return [
             (stored_key(namespace, (owner, *key_parts(row[0]))), queries.entry_of(row))
-            for row in await self._query("list", statement)
+            for row in await self._read("list", statement)
         ]
 
     async def purge_expired(
@@ -115,13 +118,13 @@ class BulkOperations:
         statement = queries.select_recent(namespace, owner, limit, self.clock.now())
         return [
             (stored_key(row[0], (row[1], *key_parts(row[2]))), queries.entry_of(row))
-            for row in await self._query("recent", statement)
+            for row in await self._read("recent", statement)
         ]
 
     async def count(self) -> dict[str, int]:
         """Live records per namespace: one ``GROUP BY namespace`` query counted in the
         database (no value leaves it; what ``kvstore stats`` shows)."""
-        rows = await self._query("count", queries.count_live(self.clock.now()))
+        rows = await self._read("count", queries.count_live(self.clock.now()))
         return {str(name): int(number) for name, number in rows}
 
     def scan(
@@ -165,5 +168,5 @@ class BulkOperations:
         if owner is not None:
             check_component(owner, "owner")
         pages = queries.StreamPages(namespace, owner, updated_since, updated_before)
-        async for item in core.stream_pages(self._query, pages, batch_size, self.clock):
+        async for item in core.stream_pages(self._read, pages, batch_size, self.clock):
             yield item

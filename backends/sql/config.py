@@ -90,6 +90,12 @@ class SQLConfig:
     partitions: int | None = None
     """PostgreSQL: the hash partitions by owner a new ``kv_records`` is created with
     (:mod:`backends.sql.partition`); ``None`` takes the table as it is."""
+    replica_url: str | None = None
+    """PostgreSQL: a streaming replica for listings, exports and counts
+    (:mod:`backends.sql.replica`)."""
+    replica_wait: float = 1.0
+    """Seconds a replica read waits for the replica to replay this process's own writes
+    before it goes to the primary instead."""
 
     @property
     def masked_url(self) -> str:
@@ -152,6 +158,8 @@ def _coerce(name: str, raw: str) -> object:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
                 raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes", "on")
+        if name == "replica_url":
+            return raw
         if isinstance(default, int) or name == "partitions":
             return int(raw)
         return float(raw)
@@ -169,6 +177,8 @@ def _validate(config: SQLConfig) -> None:
         "pool_pre_ping": isinstance(config.pool_pre_ping, bool),
         "echo": isinstance(config.echo, bool),
         "group_commit": isinstance(config.group_commit, bool),
+        "replica_url": config.replica_url is None or isinstance(config.replica_url, str),
+        "replica_wait": _positive(config.replica_wait),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
@@ -177,6 +187,8 @@ def _validate(config: SQLConfig) -> None:
         if config.dialect != "postgresql":
             raise ConfigurationError("partitions is a PostgreSQL option")
         check_partitions(config.partitions)
+    if config.replica_url is not None and config.dialect != "postgresql":
+        raise ConfigurationError("replica_url is a PostgreSQL option")
 
 
 def check_partitions(partitions: object) -> int:

@@ -17,6 +17,8 @@ import contextlib
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import sqlalchemy as sa
+
 from backends.base import (
     Backend,
     Capabilities,
@@ -39,6 +41,7 @@ from backends.sql.hot_path import HotPath
 from backends.sql.locks import LockQueue
 from backends.sql.migrate import ensure_schema
 from backends.sql.numbers import jsonb_exact
+from backends.sql.replica import ReplicaReads, replica_config
 from backends.sql.schema import DriverTimes, key_columns
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import (
@@ -53,7 +56,6 @@ if TYPE_CHECKING:
     import builtins
     from collections.abc import Sequence
 
-    import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from kvstore.clock import Clock
@@ -94,6 +96,14 @@ class SQLBackend(BulkOperations, Backend):
         self._saves = GroupCommit(
             self._hot, self._hot.turns, together=self._postgres and config.group_commit
         )
+        self._replica = (
+            ReplicaReads(replica_config(config), self._primary_position, wait=config.replica_wait)
+            if config.replica_url is not None
+            else None
+        )
+        self._writes = 0
+        """Writes that have ended (acknowledged or not): a replica read after one waits for
+        the replica to replay it."""
         self._active = 0
         """Statements in flight (hot path and SQLAlchemy): ``close`` waits for them."""
         self._drained: asyncio.Event | None = None
@@ -103,13 +113,16 @@ class SQLBackend(BulkOperations, Backend):
 
     def sql_stats(self) -> SQLStats:
         """The counters now."""
-        hot = self._hot
+        hot, replica = self._hot, self._replica
         return SQLStats(
             saves=self._saves.saves,
             save_statements=self._saves.statements,
             connections_in_use=hot.in_use,
             connection_waits=hot.waits,
             connection_wait_seconds=hot.wait_seconds,
+            replica_reads=replica.reads if replica else 0,
+            replica_fallbacks=replica.fallbacks if replica else 0,
+            replica_errors=replica.errors if replica else 0,
         )
 
     def stats(self) -> Stats:
@@ -158,6 +171,8 @@ class SQLBackend(BulkOperations, Backend):
         engine, self._engine = self._engine, None
         await self._saves.close()
         await self._hot.close()
+        if self._replica is not None:
+            await self._replica.close()
         if engine is not None and self._owns_engine:
             await engine.dispose()
 
@@ -177,6 +192,8 @@ class SQLBackend(BulkOperations, Backend):
         try:
             return await self._hot.run(action, name, args, idempotent=idempotent)
         finally:
+            if not idempotent:
+                self._writes += 1
             self._leave()
 
     # -- the hot path: one fixed statement per operation -----------------------------------
@@ -216,6 +233,7 @@ class SQLBackend(BulkOperations, Backend):
                 )
                 saved = (rows[0][0], rows[0][1], rows[0][2]) if rows else None
         finally:
+            self._writes += 1
             self._leave()
         if saved is None:
             raise await self._refused(key, expected_version or 0, fence)
@@ -357,7 +375,29 @@ class SQLBackend(BulkOperations, Backend):
         try:
             return await self._core.run(action, statement, write=write, parameters=parameters)
         finally:
+            if write:
+                self._writes += 1
             self._leave()
+
+    async def _read(self, action: str, statement: sa.Executable) -> Any:
+        """Run a batch-style read: on the replica if there is one and it has this backend's
+        writes (:mod:`backends.sql.replica`), else on the primary."""
+        replica = self._replica
+        if replica is not None:
+            self._enter()
+            try:
+                rows = await replica.rows(statement, self._writes)
+            finally:
+                self._leave()
+            if rows is not None:
+                return rows
+        return await self._query(action, statement)
+
+    async def _primary_position(self) -> str:
+        """The primary's WAL position now: at or past every commit acknowledged so far."""
+        position = sa.cast(sa.func.pg_current_wal_lsn(), sa.Text)
+        rows = await self._query("read the WAL position", sa.select(position))
+        return str(rows[0][0])
 
     async def _transaction(
         self, action: str, statements: Sequence[tuple[sa.Executable, dict[str, Any]]]
@@ -367,6 +407,7 @@ class SQLBackend(BulkOperations, Backend):
         try:
             return await self._core.run_all(action, statements)
         finally:
+            self._writes += 1
             self._leave()
 
     async def delete_owner(self, owner: str) -> int:

@@ -119,6 +119,9 @@ SQL_COUNTERS: Final = {
     "save_statements": "Statements that carried them (fewer with group commit).",
     "connection_waits": "Statements that found every pooled connection taken and waited.",
     "connection_wait_seconds": "Time those waits took in all.",
+    "replica_reads": "Listings, exports and counts the replica answered.",
+    "replica_fallbacks": "Replica reads sent to the primary: the replica lagged.",
+    "replica_errors": "Replica reads sent to the primary: the replica failed.",
 }
 SQL_GAUGES: Final = {
     "connections_in_use": "Statements running on pooled connections now.",

@@ -87,7 +87,7 @@ async def verify(
     made of part of the keys."""
     report = _Tally()
     async for chunk in newest(record, namespace, owner, limit):
-        await _compare(cache, guard, chunk, report, repair=repair)
+        await _compare(record, cache, guard, chunk, report, repair=repair)
         if progress is not None:
             progress(len(chunk))
     if cache.lists_keys:
@@ -100,7 +100,9 @@ async def verify(
             some = scanned[start : start + CHUNK]
             held = await record.get_many(some)
             gone = [key for key, entry in zip(some, held, strict=True) if entry is None]
-            await _compare(cache, guard, [(key, None) for key in gone], report, repair=repair)
+            await _compare(
+                record, cache, guard, [(key, None) for key in gone], report, repair=repair
+            )
     return VerifyReport(
         checked=report.checked,
         stale=report.stale,
@@ -119,6 +121,7 @@ class _Tally:
 
 
 async def _compare(
+    record: Backend,
     cache: VersionedCache,
     guard: CacheGuard,
     chunk: Sequence[tuple[Key, Entry | None]],
@@ -127,7 +130,9 @@ async def _compare(
     repair: bool,
 ) -> None:
     """Compare one chunk (at most :data:`CHUNK` keys, with what the system of record holds
-    for each) with the cache in one call; with ``repair``, invalidate what differs."""
+    for each) with the cache in one call; with ``repair``, invalidate what differs. A cache
+    entry newer than the chunk's (written after the chunk was read, or the chunk came from
+    a lagging replica) is checked again against the system of record's ``get_many``."""
     if not chunk:
         return
     keys = [key for key, _ in chunk]
@@ -140,6 +145,7 @@ async def _compare(
 
     lookups = await _patiently(lookup, tally.checked)
     wrong: list[Key] = []
+    ahead: list[tuple[Key, int]] = []
     for (key, stored), answer in zip(chunk, lookups, strict=True):
         cached = answer.entry
         if cached is None:
@@ -147,9 +153,17 @@ async def _compare(
         elif stored is None:
             tally.extra.append(key)
             wrong.append(key)
+        elif cached.revision > stored.revision:
+            ahead.append((key, cached.revision))
         elif cached.revision != stored.revision:
             tally.stale.append(key)
             wrong.append(key)
+    if ahead:
+        now = await record.get_many([key for key, _ in ahead])
+        for (key, revision), entry in zip(ahead, now, strict=True):
+            if entry is None or entry.revision != revision:
+                tally.stale.append(key)
+                wrong.append(key)
     if repair and wrong:
 
         async def invalidate() -> None:
