@@ -218,17 +218,9 @@ def replicated_postgres() -> Iterator[tuple[pg_servers.PostgresServer, pg_server
         unavailable(why)
     from backends.sql.migrate import upgrade
 
-    primary = pg_servers.PostgresServer()
-    replica = pg_servers.PostgresServer()
-    try:
-        primary.start()
-        replica.start_replica_of(primary)
+    with pg_servers.primary_and_replica() as (primary, replica):
         _blocking(upgrade(primary.url))
         yield primary, replica
-    finally:
-        for server in (replica, primary):
-            server.stop()
-            server.remove()
 
 
 @pytest.fixture

@@ -17,6 +17,10 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 from tests.redis_servers import free_port
 
@@ -61,6 +65,21 @@ def available() -> str | None:
         if shutil.which("runuser") is None:
             return "running as root, and runuser is missing"
     return None
+
+
+@contextlib.contextmanager
+def primary_and_replica() -> Iterator[tuple[PostgresServer, PostgresServer]]:
+    """A primary and a streaming replica of it, both stopped and removed afterwards."""
+    primary = PostgresServer()
+    replica = PostgresServer()
+    try:
+        primary.start()
+        replica.start_replica_of(primary)
+        yield primary, replica
+    finally:
+        for server in (replica, primary):
+            server.stop()
+            server.remove()
 
 
 @dataclass

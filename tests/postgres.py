@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 ADMIN_URL = os.environ.get(
     "KVSTORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 """A server where the tests may create databases (trust auth on this machine)."""
+
+
+@asynccontextmanager
+async def fresh_database(purpose: str) -> AsyncIterator[str]:
+    """A new, empty database of one test (its URL), dropped afterwards; the test is skipped
+    (failed in CI) when the server is not there."""
+    if not await server_available():
+        from tests.services import unavailable  # pytest's, not for the benchmarks' imports
+
+        unavailable(f"no PostgreSQL at {ADMIN_URL}")
+    name = unique_name(purpose)
+    url = await create_database(name)
+    try:
+        yield url
+    finally:
+        await drop_database(name)
 
 
 def database_url(name: str) -> str:

@@ -36,7 +36,6 @@ from kvstore.clock import SYSTEM_CLOCK
 from kvstore.keys import Key
 from tests import postgres
 from tests.conftest import PARTITIONS
-from tests.services import unavailable
 from tests.waiting import DEADLINE, eventually
 
 if TYPE_CHECKING:
@@ -51,14 +50,8 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 async def fresh_url() -> AsyncIterator[str]:
     """A new database of this test, not migrated."""
-    if not await postgres.server_available():
-        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
-    name = postgres.unique_name("partitions")
-    url = await postgres.create_database(name)
-    try:
+    async with postgres.fresh_database("partitions") as url:
         yield url
-    finally:
-        await postgres.drop_database(name)
 
 
 async def _cli(*args: str) -> Result:

@@ -34,16 +34,8 @@ def pair() -> Iterator[Pair]:
     """A primary (migrated by the first store) and its streaming replica, for this module."""
     if why := pg_servers.available():
         unavailable(why)
-    primary = pg_servers.PostgresServer()
-    replica = pg_servers.PostgresServer()
-    try:
-        primary.start()
-        replica.start_replica_of(primary)
-        yield primary, replica
-    finally:
-        for server in (replica, primary):
-            server.stop()
-            server.remove()
+    with pg_servers.primary_and_replica() as servers:
+        yield servers
 
 
 def store(primary: str, replica: str | None = None, **options: float) -> Store:

@@ -17,7 +17,6 @@ from backends.sql.schema import sqlite_time
 from kvstore import BackendUnavailableError
 from kvstore.keys import Key
 from tests import postgres
-from tests.services import unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -32,14 +31,8 @@ async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    if not await postgres.server_available():
-        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
-    name = postgres.unique_name("migrate")
-    url = await postgres.create_database(name)
-    try:
+    async with postgres.fresh_database("migrate") as url:
         yield url
-    finally:
-        await postgres.drop_database(name)
 
 
 async def test_upgrade_from_empty_reaches_head_and_is_idempotent(empty_url: str) -> None:
