@@ -79,6 +79,14 @@ class ReadThrough:
         self.reads = self.hits = self.misses = self.bypassed = 0
         self.fills = self.fill_dropped = self.near_hits = 0
 
+    async def get(self, key: Key) -> Entry | None:
+        """The entry of one key: :meth:`get_many` without its lists (the request path's
+        common case)."""
+        guard = self._guard
+        if self._near is None and guard.breaker.closed and not guard.lost:
+            return await self._one(key)
+        return (await self.get_many((key,)))[0]
+
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         """Entries of ``keys`` (``None`` where absent): from the near cache, then the shared
         cache, misses from the system of record (and filled)."""

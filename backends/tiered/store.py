@@ -174,7 +174,7 @@ class TieredBackend(Backend):
     # -- reads -----------------------------------------------------------------------------
 
     async def get(self, key: Key) -> Entry | None:
-        return (await self.get_many((key,)))[0]
+        return await self._read.get(key)
 
     async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
         if not keys:
