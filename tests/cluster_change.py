@@ -114,7 +114,9 @@ def kill_master(servers: RedisClusterServers, master: Master) -> None:
     node.process.wait()
     node.process = None
     give_up = time.monotonic() + 60
-    while not any(m.slots == master.slots for m in masters(servers)):
+    while not any(
+        m.slots == master.slots and m.node_id != master.node_id for m in masters(servers)
+    ):
         if time.monotonic() > give_up:
             raise RuntimeError("no replica took over from the killed master")
         time.sleep(0.1)
