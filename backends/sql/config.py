@@ -239,6 +239,12 @@ def create_engine(config: SQLConfig) -> AsyncEngine:
     Pool connections are returned without a reset round trip: every hot statement runs in
     autocommit, and SQLAlchemy connections roll back their own transactions on close.
     PostgreSQL ``jsonb`` values travel as JSON text (no parse on the way out).
+
+    PostgreSQL sessions run with ``plan_cache_mode = force_generic_plan``: kvstore's
+    statements are prepared once per connection and keep one plan. Left to choose,
+    PostgreSQL plans every execution of the feed's poll anew, and of every statement on a
+    partitioned table (to prune partitions at plan time), where a generic plan prunes at
+    run time; every plan checked stays an index scan (measured in docs/scale.md).
     """
     common: dict[str, Any] = {
         "pool_size": config.pool_size,
@@ -258,7 +264,10 @@ def create_engine(config: SQLConfig) -> AsyncEngine:
                 "async_creator_fn": _deferred_connect,
                 "timeout": config.connect_timeout,
                 "command_timeout": config.statement_timeout,
-                "server_settings": {"statement_timeout": millis},
+                "server_settings": {
+                    "statement_timeout": millis,
+                    "plan_cache_mode": "force_generic_plan",
+                },
             },
             **common,
         )
