@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from sqlalchemy import event
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
 from backends.base import utcnow
@@ -262,24 +262,50 @@ async def test_the_option_partitions_a_new_table_and_refuses_the_rest(fresh_url:
     assert await upgrade(fresh_url + "?partitions=4") is not None
 
 
-async def test_expiry_and_erasure_work_across_partitions(postgres_partitioned_url: str) -> None:
-    """``purge_expired`` and ``delete_user`` on a partitioned table."""
-    user = f"expiring-{uuid.uuid4().hex[:8]}"
+async def test_expired_records_are_purged_partition_by_partition(
+    postgres_partitioned_url: str,
+) -> None:
+    """``purge_expired`` deletes from one partition at a time (each batch's DELETE names a
+    partition), every expired record of every partition; ``delete_user`` then erases what
+    is left of an owner."""
+    user = "expiring-"  # fixed names: which partitions they land in does not vary
     backend = build_sql_backend(postgres_partitioned_url)
+    deletes: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM KV_RECORDS"):
+            deletes.append(statement.split()[2])
+
     try:
         await backend.initialize()
-        for n in range(10):
+        event.listen(backend.engine.sync_engine, "before_cursor_execute", seen)
+        for n in range(40):
             await backend.put(Key("state", (f"{user}{n}", "s")), b"{}", ttl=60.0)
         await postgres.execute(
             postgres_partitioned_url,
             "UPDATE kv_records SET expires_at = now() - interval '1 second' WHERE owner LIKE $1",
             f"{user}%",
         )
-        assert await backend.purge_expired(batch_size=3) == 10
+        holding = await _scalar(
+            postgres_partitioned_url,
+            "SELECT count(DISTINCT tableoid) FROM kv_records WHERE owner LIKE $1",
+            f"{user}%",
+        )
+        assert holding == PARTITIONS  # the 40 owners land in every partition
+        assert await backend.purge_expired(batch_size=3) == 40
+        assert set(deletes) == {f"kv_records_p{i:03d}" for i in range(PARTITIONS)}
         await backend.put(Key("state", (user, "kept")), b"{}")
         assert await backend.delete_owner(user) == 1
     finally:
         await backend.close()
+
+
+async def _scalar(url: str, sql: str, *args: object) -> object:
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetchval(sql, *args)
+    finally:
+        await connection.close()
 
 
 async def test_a_conversion_that_cannot_lock_the_table_gives_up_and_changes_nothing(

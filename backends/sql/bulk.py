@@ -102,7 +102,11 @@ class BulkOperations:
         recent ones); return how many rows were deleted."""
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        return await core.purge(self._write, self.clock, batch_size, tombstones_older_than)
+        tables: builtins.list[sa.TableClause] = [queries.t]
+        if self._postgres:  # a partitioned table is purged partition by partition
+            names = await self._query("purge_expired", queries.partition_names())
+            tables = [queries.partition_table(str(row[0])) for row in names] or tables
+        return await core.purge(self._write, self.clock, batch_size, tombstones_older_than, tables)
 
     async def recent(
         self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE

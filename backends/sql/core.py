@@ -167,16 +167,21 @@ async def purge(
     clock: Clock,
     batch_size: int,
     tombstones_older_than: float,
+    tables: Sequence[sa.TableClause] = (queries.t,),
 ) -> int:
-    """Delete old tombstones, then expired rows, ``batch_size`` per transaction; return how
-    many expired rows were deleted."""
+    """Delete old tombstones, then expired rows, ``batch_size`` per transaction, table by
+    table of ``tables`` (the records table, or its partitions one after another); return
+    how many expired rows were deleted."""
     cutoff: datetime = clock.now() - timedelta(seconds=tombstones_older_than)
     statement = queries.purge_tombstones(cutoff, batch_size)
     while len(await write("purge_expired", statement)) >= batch_size:
         pass
     total = 0
-    while True:
-        deleted = len(await write("purge_expired", queries.purge_expired(clock.now(), batch_size)))
-        total += deleted
-        if deleted < batch_size:
-            return total
+    for table in tables:
+        while True:
+            expired = queries.purge_expired(clock.now(), batch_size, table)
+            deleted = len(await write("purge_expired", expired))
+            total += deleted
+            if deleted < batch_size:
+                break
+    return total

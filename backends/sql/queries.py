@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from backends.base import Entry
 from backends.sql.numbers import jsonb_exact
-from backends.sql.schema import KEY_SEPARATOR, key_text, kv_records, kv_tombstones
+from backends.sql.schema import KEY_SEPARATOR, TABLE_NAME, key_text, kv_records, kv_tombstones
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -126,17 +126,36 @@ def purge_tombstones(cutoff: datetime, batch_size: int) -> sa.Executable:
     )
 
 
-def purge_expired(now: datetime, batch_size: int) -> sa.Executable:
-    """Delete up to ``batch_size`` rows expired at ``now``."""
+def purge_expired(
+    now: datetime, batch_size: int, table: sa.TableClause = kv_records
+) -> sa.Executable:
+    """Delete up to ``batch_size`` rows expired at ``now`` (from ``table``: the records
+    table, or one of its partitions, :func:`partition_table`)."""
     expired = (
-        sa.select(t.c.namespace, t.c.owner, t.c.key).where(t.c.expires_at <= now).limit(batch_size)
+        sa.select(table.c.namespace, table.c.owner, table.c.key)
+        .where(table.c.expires_at <= now)
+        .limit(batch_size)
     )
     return (
-        sa.delete(t)
-        .where(sa.tuple_(t.c.namespace, t.c.owner, t.c.key).in_(expired))
-        .where(t.c.expires_at <= now)  # re-checked on rows saved meanwhile
-        .returning(t.c.version)
+        sa.delete(table)
+        .where(sa.tuple_(table.c.namespace, table.c.owner, table.c.key).in_(expired))
+        .where(table.c.expires_at <= now)  # re-checked on rows saved meanwhile
+        .returning(table.c.version)
     )
+
+
+def partition_table(name: str) -> sa.TableClause:
+    """Partition ``name`` of the records table, with its columns, for statements that work
+    partition by partition."""
+    return sa.table(name, *(sa.column(column.name, column.type) for column in kv_records.c))
+
+
+def partition_names() -> sa.Select[Any]:
+    """The partitions of the records table, in order (none for a plain table)."""
+    inherits = sa.table("pg_inherits", sa.column("inhrelid"), sa.column("inhparent"))
+    name = sa.cast(sa.cast(inherits.c.inhrelid, postgresql.REGCLASS), sa.Text)
+    parent = sa.func.to_regclass(TABLE_NAME)
+    return sa.select(name).where(inherits.c.inhparent == parent).order_by(name)
 
 
 def select_recent(namespace: str, owner: str | None, limit: int, now: datetime) -> sa.Select[Any]:
