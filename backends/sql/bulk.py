@@ -106,7 +106,14 @@ class BulkOperations:
         if self._postgres:  # a partitioned table is purged partition by partition
             names = await self._query("purge_expired", queries.partition_names())
             tables = [queries.partition_table(str(row[0])) for row in names] or tables
-        return await core.purge(self._write, self.clock, batch_size, tombstones_older_than, tables)
+        return await core.purge(
+            self._write,
+            self.clock,
+            batch_size,
+            tombstones_older_than,
+            tables,
+            postgres=self._postgres,
+        )
 
     async def recent(
         self, namespace: str, *, owner: str | None = None, limit: int = DEFAULT_PAGE_SIZE

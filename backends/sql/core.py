@@ -168,18 +168,20 @@ async def purge(
     batch_size: int,
     tombstones_older_than: float,
     tables: Sequence[sa.TableClause] = (queries.t,),
+    *,
+    postgres: bool,
 ) -> int:
     """Delete old tombstones, then expired rows, ``batch_size`` per transaction, table by
     table of ``tables`` (the records table, or its partitions one after another); return
     how many expired rows were deleted."""
     cutoff: datetime = clock.now() - timedelta(seconds=tombstones_older_than)
-    statement = queries.purge_tombstones(cutoff, batch_size)
+    statement = queries.purge_tombstones(cutoff, batch_size, postgres=postgres)
     while len(await write("purge_expired", statement)) >= batch_size:
         pass
     total = 0
     for table in tables:
         while True:
-            expired = queries.purge_expired(clock.now(), batch_size, table)
+            expired = queries.purge_expired(clock.now(), batch_size, table, postgres=postgres)
             deleted = len(await write("purge_expired", expired))
             total += deleted
             if deleted < batch_size:

@@ -115,30 +115,37 @@ def delete_owner(owner: str) -> sa.Executable:
     return sa.delete(t).where(t.c.owner == owner).returning(t.c.expires_at)
 
 
-def purge_tombstones(cutoff: datetime, batch_size: int) -> sa.Executable:
+def _row_id(postgres: bool) -> sa.ColumnClause[Any]:
+    """The physical row address: ``ctid`` on PostgreSQL, ``rowid`` on SQLite. A batched
+    delete that picks its rows by address deletes them with one lookup each (a TID scan);
+    picked by key, PostgreSQL hash-joined the batch against a scan of the whole table."""
+    return sa.literal_column("ctid" if postgres else "rowid")
+
+
+def purge_tombstones(cutoff: datetime, batch_size: int, *, postgres: bool) -> sa.Executable:
     """Delete up to ``batch_size`` tombstones of deletions before ``cutoff``."""
     dead = kv_tombstones
-    old = sa.select(dead.c.namespace, dead.c.owner, dead.c.key).where(dead.c.deleted_at < cutoff)
+    row = _row_id(postgres)
+    old = sa.select(row).select_from(dead).where(dead.c.deleted_at < cutoff).limit(batch_size)
     return (
         sa.delete(dead)
-        .where(sa.tuple_(dead.c.namespace, dead.c.owner, dead.c.key).in_(old.limit(batch_size)))
+        .where(row.in_(old))
+        .where(dead.c.deleted_at < cutoff)
         .returning(dead.c.revision)
     )
 
 
 def purge_expired(
-    now: datetime, batch_size: int, table: sa.TableClause = kv_records
+    now: datetime, batch_size: int, table: sa.TableClause = kv_records, *, postgres: bool
 ) -> sa.Executable:
     """Delete up to ``batch_size`` rows expired at ``now`` (from ``table``: the records
-    table, or one of its partitions, :func:`partition_table`)."""
-    expired = (
-        sa.select(table.c.namespace, table.c.owner, table.c.key)
-        .where(table.c.expires_at <= now)
-        .limit(batch_size)
-    )
+    table, or one of its partitions, :func:`partition_table`). A row saved again since
+    it was picked (a new address on PostgreSQL) waits for the next batch."""
+    row = _row_id(postgres)
+    expired = sa.select(row).select_from(table).where(table.c.expires_at <= now).limit(batch_size)
     return (
         sa.delete(table)
-        .where(sa.tuple_(table.c.namespace, table.c.owner, table.c.key).in_(expired))
+        .where(row.in_(expired))
         .where(table.c.expires_at <= now)  # re-checked on rows saved meanwhile
         .returning(table.c.version)
     )
