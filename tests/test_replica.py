@@ -6,12 +6,15 @@ replica's lag. The conformance suite also runs with a replica (``postgres_replic
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 
+from backends.sql.config import parse_sql_url
+from backends.sql.replica import ReplicaReads, replica_config
 from kvstore import ConfigurationError, Database, DatabaseType, StateRecord, create_database
 from kvstore.store import Store
 from tests import pg_servers
@@ -185,3 +188,27 @@ async def test_a_replica_that_is_down_sends_reads_to_the_primary(pair: Pair) -> 
         assert counters(db).replica_errors == 2
         assert counters(db).replica_reads == 0
         await db.delete_user(user)
+
+
+async def test_concurrent_reads_each_wait_for_the_position_they_asked_for() -> None:
+    """A read that asked the primary before a write ended may get its answer after a read
+    that asked after it: each waits for its own position, and the newest is kept for the
+    reads that follow without asking."""
+    answers: list[asyncio.Future[str]] = []
+
+    async def primary_position() -> str:
+        answers.append(asyncio.get_running_loop().create_future())
+        return await answers[-1]
+
+    config = parse_sql_url("postgresql://u@127.0.0.1/db", {"replica_url": "postgresql://r/db"})
+    reads = ReplicaReads(replica_config(config), primary_position, wait=1.0)
+    assert await reads.position_for(0) is None  # nothing written: nothing to ask
+    early = asyncio.create_task(reads.position_for(1))
+    late = asyncio.create_task(reads.position_for(2))
+    await asyncio.sleep(0)
+    answers[1].set_result("0/200")  # the later read's answer comes first
+    assert await late == "0/200"
+    answers[0].set_result("0/100")
+    assert await early == "0/100"
+    assert await reads.position_for(2) == "0/200"  # the newest, without asking again
+    assert len(answers) == 2

@@ -111,13 +111,11 @@ class ReplicaReads:
         """The rows of ``statement`` from the replica, once it has replayed every write
         this backend had acknowledged (``writes`` of them so far); ``None`` if the primary
         must answer instead."""
-        if writes != self._synced:
-            self._wanted = await self._primary_position()
-            self._synced = writes
+        wanted = await self.position_for(writes)
         try:
             async with self._ready().connect() as connection:
                 await connection.execution_options(isolation_level="AUTOCOMMIT")
-                if self._wanted is not None and not await self._replayed(connection):
+                if wanted is not None and not await self._replayed(connection, wanted):
                     self.fallbacks += 1
                     return None
                 rows = (await connection.execute(statement)).all()
@@ -135,13 +133,25 @@ class ReplicaReads:
         self.reads += 1
         return list(rows)
 
-    async def _replayed(self, connection: AsyncConnection) -> bool:
-        """Whether the replica replays up to the wanted position within ``wait`` seconds."""
+    async def position_for(self, writes: int) -> str | None:
+        """The WAL position the replica must have replayed for a read that begins after
+        ``writes`` writes of this backend ended (``None``: none yet). Asks the primary only
+        after a write; concurrent reads each keep the position they asked for, and the
+        newest is remembered."""
+        if writes == self._synced:
+            return self._wanted
+        position = await self._primary_position()
+        if writes > self._synced:  # a read that asked earlier may answer later: keep the newest
+            self._wanted, self._synced = position, writes
+        return position
+
+    async def _replayed(self, connection: AsyncConnection, wanted: str) -> bool:
+        """Whether the replica replays up to ``wanted`` within ``wait`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait
         pause = 0.001
         while True:
-            if await connection.scalar(_REPLAYED, {"lsn": self._wanted}):
+            if await connection.scalar(_REPLAYED, {"lsn": wanted}):
                 return True
             if loop.time() + pause > deadline:
                 return False
