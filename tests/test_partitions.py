@@ -329,3 +329,36 @@ async def test_a_conversion_that_cannot_lock_the_table_gives_up_and_changes_noth
         await holder.close()
     assert await _rows(fresh_url) == before
     assert await partition(fresh_url, 4) == 1
+
+
+async def test_a_partitioned_table_has_the_plain_table_s_keys_indexes_and_triggers(
+    postgres_url: str, postgres_partitioned_url: str
+) -> None:
+    """backends/sql/partition.py restates the migrations' indexes and triggers: the two
+    layouts must not drift apart."""
+
+    async def layout(url: str) -> tuple[set[str], set[str], set[tuple[str, str]]]:
+        connection = await asyncpg.connect(url)
+        try:
+            indexes = await connection.fetch(
+                "SELECT indexname, regexp_replace(indexdef, ' ON (ONLY )?public\\.\\w+', '')"
+                " FROM pg_indexes WHERE tablename = 'kv_records'"
+            )
+            triggers = await connection.fetch(
+                "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger"
+                " WHERE tgrelid = 'kv_records'::regclass AND NOT tgisinternal"
+            )
+            columns = await connection.fetch(
+                "SELECT column_name, data_type || coalesce(collation_name, '')"
+                " FROM information_schema.columns WHERE table_name = 'kv_records'"
+            )
+        finally:
+            await connection.close()
+        return (
+            {f"{name}: {definition}" for name, definition in indexes},
+            {definition.replace("ON public.", "ON ") for _, definition in triggers},
+            {(name, kind) for name, kind in columns},
+        )
+
+    plain, partitioned = await layout(postgres_url), await layout(postgres_partitioned_url)
+    assert partitioned == plain
