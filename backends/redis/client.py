@@ -166,11 +166,7 @@ class RedisClient:
         every node of a cluster, after reading its topology)."""
         pipe = self.ready()
         budget = self._settings.socket_connect_timeout + self.timeout
-        try:
-            async with deadline(budget, progress=pipe.replies):
-                await self._retry.call_with_retry(lambda: pipe.client.ping(), _ignore)
-        except DRIVER_ERRORS as exc:
-            raise self.unavailable("ping", exc) from exc
+        await self.idempotent("ping", lambda: pipe.client.ping(), seconds=budget)
 
     @property
     def cluster(self) -> bool:
@@ -189,10 +185,13 @@ class RedisClient:
             f"Redis {op} failed on {self.description}: {type(exc).__name__}: {detail}"
         )
 
-    async def idempotent(self, op: str, make: Callable[[], Awaitable[T]]) -> T:
-        """Run ``make()`` under the deadline, retried with backoff on connection errors."""
+    async def idempotent(
+        self, op: str, make: Callable[[], Awaitable[T]], *, seconds: float | None = None
+    ) -> T:
+        """Run ``make()`` under the deadline (``seconds``, by default ``socket_timeout``),
+        retried with backoff on connection errors."""
         try:
-            async with self.deadline():
+            async with self.deadline(seconds):
                 return await self._retry.call_with_retry(make, _ignore)
         except DRIVER_ERRORS as exc:
             raise self.unavailable(op, exc) from exc
@@ -205,10 +204,11 @@ class RedisClient:
         except DRIVER_ERRORS as exc:
             raise self.unavailable(op, exc) from exc
 
-    def deadline(self) -> deadline:
-        """``socket_timeout`` for one operation, not used up while the caller's loop stalls
-        or while the server answers other calls (see :mod:`backends.deadline`)."""
-        return deadline(self.timeout, progress=self.ready().replies)
+    def deadline(self, seconds: float | None = None) -> deadline:
+        """``seconds`` (by default ``socket_timeout``) for one operation, not used up while
+        the caller's loop stalls or while the server answers other calls (see
+        :mod:`backends.deadline`)."""
+        return deadline(seconds or self.timeout, progress=self.ready().replies)
 
     def checked(self, op: str, results: list[Any]) -> list[Any]:
         """``results`` of a batch, raising the first error among them."""

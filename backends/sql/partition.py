@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final
 import sqlalchemy as sa
 
 from backends.sql.config import check_partitions
+from backends.sql.queries import partition_names
 from backends.sql.schema import TABLE_NAME
 from kvstore.errors import ConfigurationError
 
@@ -64,16 +65,9 @@ def partition_name(index: int) -> str:
 
 async def partition_count(connection: AsyncConnection) -> int:
     """How many hash partitions ``kv_records`` has; 0 if it is a plain table."""
-    count = await connection.scalar(
-        sa.text(
-            "SELECT count(i.inhrelid) FROM pg_partitioned_table p "
-            "LEFT JOIN pg_inherits i ON i.inhparent = p.partrelid "
-            "WHERE p.partrelid = to_regclass(:table)"
-        ),
-        {"table": TABLE_NAME},
-    )
+    count = len((await connection.execute(partition_names())).all())
     if count:
-        return int(count)
+        return count
     partitioned = await connection.scalar(
         sa.text("SELECT count(*) FROM pg_partitioned_table WHERE partrelid = to_regclass(:t)"),
         {"t": TABLE_NAME},

@@ -57,10 +57,7 @@ POLL_MAX: Final = 0.02
 def replica_config(primary: SQLConfig) -> SQLConfig:
     """The replica's settings: its URL, the primary's options, and a connect timeout no
     longer than ``replica_wait`` (a replica that does not answer is given up on)."""
-    if primary.replica_url is None:
-        raise ConfigurationError("no replica_url")
-    if primary.dialect != "postgresql":
-        raise ConfigurationError("replica_url is a PostgreSQL option")
+    assert primary.replica_url is not None  # the config refuses it off PostgreSQL
     parsed = parse_sql_url(primary.replica_url)
     if parsed.dialect != "postgresql":
         raise ConfigurationError("replica_url must be a postgresql:// URL")
