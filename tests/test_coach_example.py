@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from examples.coach import CoachService
 from examples.coach.context import messages
 from examples.coach.state_machine import State
 from kvstore import ConflictError, Database, DatabaseType, create_database
+from kvstore.clock import ManualClock
 from tests import postgres
 from tests.redis_servers import RedisServer
 
@@ -89,6 +91,7 @@ async def test_sessions_continue_across_a_restart_and_a_cache_outage(
     cache process dying mid-conversation, with no turn lost or repeated."""
     await postgres.execute(postgres_url, "DELETE FROM kv_records")
     redis = RedisServer(tmp_path / "redis").start()
+    clock = ManualClock(datetime.now(UTC))  # the breaker's: its reset is a step, not a wait
 
     def service() -> CoachService:
         return CoachService(
@@ -99,6 +102,7 @@ async def test_sessions_continue_across_a_restart_and_a_cache_outage(
                 cache_timeout=0.05,
                 breaker_threshold=2,
                 breaker_reset_after=0.2,
+                clock=clock,
             )
         )
 
@@ -114,7 +118,7 @@ async def test_sessions_continue_across_a_restart_and_a_cache_outage(
                 reply = await second.handle("u1", "s1", message)
                 assert (reply.state, reply.state_version) == (expected, turn)
             redis.start()
-            await asyncio.sleep(0.3)  # past breaker_reset_after: the next call probes
+            clock.advance(0.3)  # past breaker_reset_after: the next call probes
             for turn, (message, expected) in enumerate(CONVERSATION[5:], start=6):
                 reply = await second.handle("u1", "s1", message)
                 assert (reply.state, reply.state_version) == (expected, turn)

@@ -240,7 +240,9 @@ async def test_delete_user_erases_every_record_of_that_user_only(db: Database) -
 
 
 async def test_ttl_expires_records(db: Database) -> None:
-    notes = db.collection(Note, "notes", ttl=0.3)
+    # a TTL long enough that a loaded machine still reads the record before it expires,
+    # and a sleep that outlasts it however late the save returned
+    notes = db.collection(Note, "notes", ttl=0.8)
     await notes.save(Note(user_id="u1", note_id="short", text="x"))
     await notes.save(Note(user_id="u1", note_id="long", text="x"), ttl=60)
     forever = db.collection(Note, "notes")

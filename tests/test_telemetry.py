@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from backends.telemetry import DURATION
 from kvstore import ConflictError, DatabaseType, StateRecord, create_database
+from kvstore.clock import ManualClock
 from tests import postgres
 from tests.telemetry_audit import Telemetry, findings
 
@@ -45,6 +47,7 @@ async def test_a_scripted_sequence_on_postgres_and_redis(
     closing after: each shows in the spans and the metrics."""
     await postgres.empty(postgres_url)
     telemetry = Telemetry()
+    clock = ManualClock(datetime.now(UTC))
     db = create_database(
         DatabaseType.TIERED,
         postgres_url,
@@ -55,6 +58,7 @@ async def test_a_scripted_sequence_on_postgres_and_redis(
         # no change feed: its tombstone for the other store's save of s2 could land between
         # the miss's lease and its fill, and (rightly) drop the fill this test counts
         follow_changes=False,
+        clock=clock,  # the breaker's: its reset is a step, not a wait
         **telemetry.options(),
     )
     sql_only = create_database(DatabaseType.SQL, postgres_url)
@@ -105,7 +109,7 @@ async def test_a_scripted_sequence_on_postgres_and_redis(
             assert telemetry.value("kvstore.cache.bypassed") >= 1
         finally:
             os.kill(redis_server.process.pid, signal.SIGCONT)
-        await asyncio.sleep(0.4)  # past breaker_reset_after: the next read probes
+        clock.advance(0.4)  # past breaker_reset_after: the next read probes
         assert await db.get_state("u1", "s2") is not None
         assert telemetry.value("kvstore.cache.breaker.open") == 0
         # the frozen cache's calls were cut off by the tier's deadline (cancelled inside)
