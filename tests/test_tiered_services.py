@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import pytest
@@ -17,6 +18,7 @@ from backends.breaker import BreakerState
 from backends.redis.format import unpack
 from backends.tiered import TieredBackend, WarmReport
 from kvstore import DatabaseType, StateRecord, create_database
+from kvstore.clock import SYSTEM_CLOCK, ManualClock
 from kvstore.keys import Key
 from kvstore.store import Store
 from tests import postgres
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
     from pathlib import Path
 
+    from kvstore.clock import Clock
+
 T = TypeVar("T")
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -38,7 +42,12 @@ HANG_GUARD = 2.0
 
 
 def tiered(
-    postgres_url: str, cache_url: str, *, follow_changes: bool = True, **options: float
+    postgres_url: str,
+    cache_url: str,
+    *,
+    follow_changes: bool = True,
+    clock: Clock = SYSTEM_CLOCK,
+    **options: float,
 ) -> tuple[Store, TieredBackend]:
     settings: dict[str, float] = {
         "cache_timeout": 0.1,
@@ -54,6 +63,7 @@ def tiered(
         breaker_threshold=int(settings["breaker_threshold"]),
         breaker_reset_after=settings["breaker_reset_after"],
         follow_changes=follow_changes,
+        clock=clock,
     )
     assert isinstance(db, Store)
     assert isinstance(db.backend, TieredBackend)
@@ -130,7 +140,8 @@ async def test_readers_writers_and_a_flushing_task_never_read_the_past(
 async def test_killing_the_cache_process_keeps_the_store_serving_and_restart_heals(
     postgres_url: str, redis_server: RedisServer
 ) -> None:
-    db, backend = tiered(postgres_url, redis_server.url)
+    clock = ManualClock(datetime.now(UTC))  # the breaker's: its reset is a step, not a wait
+    db, backend = tiered(postgres_url, redis_server.url, clock=clock)
     user = new_user()
     async with db:
         await guarded(db.save_state(StateRecord(user_id=user, session_id="s1", state="A")))
@@ -144,7 +155,7 @@ async def test_killing_the_cache_process_keeps_the_store_serving_and_restart_hea
             assert await version_of(db, user) == n
         assert backend.tier_stats().breaker is not BreakerState.CLOSED  # open, or probing
         redis_server.start()
-        await asyncio.sleep(0.25)  # breaker_reset_after
+        clock.advance(0.25)  # past breaker_reset_after
         assert await version_of(db, user) == 7  # the key is dirty: from PostgreSQL
         assert backend.tier_stats().breaker is BreakerState.CLOSED
         assert await backend.repaired() == 0  # repaired in the background
@@ -188,7 +199,8 @@ async def test_a_cache_unreachable_at_start_up(postgres_url: str, tmp_path: Path
     if REDIS_SERVER is None:
         unavailable("redis-server is needed for the tiered fault tests")
     server = RedisServer(tmp_path / "redis", port=free_port())  # not started yet
-    db, backend = tiered(postgres_url, server.url)
+    clock = ManualClock(datetime.now(UTC))
+    db, backend = tiered(postgres_url, server.url, clock=clock)
     user = new_user()
     try:
         async with db:
@@ -199,7 +211,7 @@ async def test_a_cache_unreachable_at_start_up(postgres_url: str, tmp_path: Path
             assert saved.version == 1
             assert await version_of(db, user) == 1
             server.start()
-            await asyncio.sleep(0.25)
+            clock.advance(0.25)  # past breaker_reset_after
             assert await version_of(db, user) == 1
             assert backend.tier_stats().breaker is BreakerState.CLOSED
             assert await backend.repaired() == 0
