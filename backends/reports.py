@@ -73,6 +73,9 @@ class TieredStats:
     """Changes read from the feed and not yet applied (the cache did not answer)."""
     feed_errors: int
     """Reads of the change feed that failed (retried)."""
+    following: bool = False
+    """Whether this store follows the system of record's change feed (``follow_changes``
+    and a system of record that has one)."""
     near_hits: int = 0
     """Of the hits, keys answered by the near cache in the process (also counted in
     ``hits``)."""

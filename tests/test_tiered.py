@@ -8,6 +8,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +21,9 @@ from kvstore.keys import Key
 from kvstore.store import Store
 from tests.tiered_faults import FaultyCache, JitteryBackend
 from tests.tiered_stress import run_stress
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KEY = Key("state", ("u1", "s1"))
 
@@ -459,3 +463,20 @@ async def test_a_read_that_timed_out_while_the_cache_answered_others_asks_the_ca
     assert (after.hits - before.hits, after.bypassed - before.bypassed) == (2, 0)
     assert after.busy_timeouts - before.busy_timeouts == 1
     assert after.breaker is BreakerState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("record_url", "follow", "following"),
+    [("sqlite", True, True), ("sqlite", False, False), ("memory://", True, False)],
+    ids=["sql, following", "sql, follow_changes=False", "no change feed"],
+)
+async def test_stats_say_whether_the_store_follows_the_change_feed(
+    tmp_path: Path, record_url: str, follow: bool, following: bool
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/feed.db" if record_url == "sqlite" else record_url
+    async with create_database(
+        DatabaseType.TIERED, url, cache_url="memory://", follow_changes=follow
+    ) as db:
+        tier = db.stats().tier
+        assert tier is not None
+        assert tier.following is following

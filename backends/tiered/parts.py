@@ -97,6 +97,7 @@ class TierParts:
             feed_own=feed.own,
             feed_backlog=len(feed.backlog) + len(feed.held),
             feed_errors=feed.errors,
+            following=feed.follower is not None,
             near_hits=read.near_hits,
             near_entries=len(near) if near is not None else 0,
             near_serving=near is not None and near.serving,

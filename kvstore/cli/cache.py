@@ -11,7 +11,6 @@ import orjson
 
 from kvstore.cli.app import (
     Exit,
-    as_store,
     literal_console,
     main,
     open_database,
@@ -61,11 +60,9 @@ def follow(url: str | None, cache_url: str | None, seconds: float | None) -> Non
     console = literal_console()
 
     async def work() -> None:
-        from backends.tiered import TieredBackend  # the one command with no Database API
-
         async with _tiered(url, cache_url) as database:
-            tier = as_store(database).backend
-            if not isinstance(tier, TieredBackend) or tier.feed is None:
+            tier = database.stats().tier
+            if tier is None or not tier.following:
                 raise ConfigurationError("this system of record has no change feed")
             console.print("following the change feed (Ctrl-C stops)")
             try:
