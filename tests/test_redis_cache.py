@@ -217,6 +217,29 @@ async def test_cache_entries_never_outlive_the_record(cache: RedisBackend) -> No
     assert miss.entry is None
 
 
+async def test_concurrent_writes_and_tombstones_share_round_trips(cache: RedisBackend) -> None:
+    """A group commit's cache updates, issued together, go to Redis as one pipeline: the
+    first alone (nothing was in flight), the rest in one more round trip; each gets its
+    own outcome."""
+    pipe = cache.redis.ready()
+    keys = [Key("state", ("u1", f"s{n}")) for n in range(20)]
+    before = pipe.replies()
+    landed = await asyncio.gather(
+        *(
+            cache.write(key, Entry(b"{}", 1, BASE, BASE, revision=n + 1))
+            for n, key in enumerate(keys)
+        ),
+        cache.tombstones([(Key("state", ("u1", "gone")), 50)]),
+    )
+    assert landed == [True] * 20 + [None]
+    assert pipe.replies() - before <= 3  # a Cluster pipeline answers once per node
+    stale = await cache.write(keys[0], Entry(b"{}", 1, BASE, BASE, revision=0))
+    assert stale is False  # an older revision than the entry's does not land
+    assert [hit.entry is not None for hit in await cache.lookup(keys, lease_ttl=LEASE)] == [
+        True
+    ] * 20
+
+
 async def test_the_store_and_the_cache_read_the_same_values(cache: RedisBackend) -> None:
     stored = await cache.put(K, b'{"a":1}')
     [hit] = await cache.lookup([K], lease_ttl=LEASE)
