@@ -94,20 +94,24 @@ class GroupCommit:
         item = _Save(args, expected)
         self._queue.append(item)
         self._start_rounds()
+        # queued as long as a statement may wait for its turn, then given up (a round that
+        # took it is bounded by the statement timeout); a timer, not a timeout around the
+        # wait, which would cost a shield and a cancellation scope per save
+        give_up = asyncio.get_running_loop().call_later(self._hot.turn_timeout, self._give_up, item)
         try:
-            # queued as long as a statement may wait for its turn, then given up (a round
-            # that took it is bounded by the statement timeout)
-            async with asyncio.timeout(self._hot.turn_timeout):
-                return await asyncio.shield(item.future)
-        except TimeoutError:
-            if item not in self._queue:
-                return await item.future
-            self._queue.remove(item)
-            raise self._hot.no_turn("save") from None
+            return await item.future  # a round sets it, or skips it once cancelled
         except asyncio.CancelledError:
             with contextlib.suppress(ValueError):
                 self._queue.remove(item)  # not sent yet: nothing is written for it
             raise
+        finally:
+            give_up.cancel()
+
+    def _give_up(self, item: _Save) -> None:
+        """``item`` waited its turn out: still queued, it fails with nothing written."""
+        if item in self._queue:
+            self._queue.remove(item)
+            _fail(item, self._hot.no_turn("save"))
 
     async def close(self) -> None:
         """Fail what is queued and wait for the rounds in flight."""
@@ -136,6 +140,8 @@ class GroupCommit:
         left: list[_Save] = []
         keys: set[tuple[str, str, str]] = set()
         for item in self._queue:
+            if item.future.done():
+                continue  # its caller was cancelled: nothing is written for it
             key = item.args[:3]
             if len(batch) < MAX_ROWS and key not in keys:
                 keys.add(key)
