@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context, metrics, trace
@@ -58,12 +59,24 @@ class Instruments:
 _ATTRIBUTE_SETS: Final = 4096
 """Attribute dicts kept for reuse (one per system, tier, operation and namespace)."""
 
+_SAMPLED_OUT: ContextVar[bool] = ContextVar("kvstore_sampled_out", default=False)
+"""Whether the running code is inside an operation whose span is sampled out: its tiers'
+spans would be sampled out with it (the sampler decides by the parent), so none is made."""
+
 
 class _Operation:
     """One operation's span (current while it runs) and duration measurement. A class, not
     a generator-based context manager: it wraps every call of every tier."""
 
-    __slots__ = ("_attributes", "_instruments", "_name", "_span", "_start", "_token")
+    __slots__ = (
+        "_attributes",
+        "_instruments",
+        "_name",
+        "_sampled_out",
+        "_span",
+        "_start",
+        "_token",
+    )
 
     def __init__(self, instruments: Instruments, name: str, attributes: dict[str, str]) -> None:
         self._instruments = instruments
@@ -72,18 +85,21 @@ class _Operation:
 
     def __enter__(self) -> None:
         self._start = time.perf_counter()
-        span = self._instruments.tracer.start_span(
+        self._token = self._sampled_out = None
+        if _SAMPLED_OUT.get():
+            self._span = None  # a tier of a sampled-out operation: measured, not traced
+            return
+        span = self._span = self._instruments.tracer.start_span(
             self._name, kind=SpanKind.CLIENT, attributes=self._attributes
         )
-        self._span = span
-        # the span becomes current so the tiers' spans are its children, sampled with it: a
-        # sampled-out span too (children left without it would be sampled as roots of their
-        # own). Only the API's no-op span (no SDK: an invalid context) is not worth it.
-        self._token = (
-            context.attach(trace.set_span_in_context(span))
-            if span.get_span_context().is_valid
-            else None
-        )
+        # the span becomes current so the tiers' spans are its children, sampled with it;
+        # a sampled-out span tells the tiers to make none (they would be sampled out too,
+        # at ~5 µs each in the SDK). Only the API's no-op span (no SDK: an invalid context)
+        # is not worth it.
+        if span.get_span_context().is_valid:
+            self._token = context.attach(trace.set_span_in_context(span))
+            if not span.is_recording():
+                self._sampled_out = _SAMPLED_OUT.set(True)
 
     def __exit__(
         self,
@@ -92,13 +108,17 @@ class _Operation:
         traceback: TracebackType | None,
     ) -> None:
         span, attributes = self._span, self._attributes
+        if self._sampled_out is not None:
+            _SAMPLED_OUT.reset(self._sampled_out)
         if self._token is not None:
             context.detach(self._token)
         if exc_type is not None:
             # the class name only: an exception's message may name an id
             error = exc_type.__name__
             attributes = {**attributes, "error.type": error}
-            span.set_attribute("error.type", error)
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end()
+            if span is not None:
+                span.set_attribute("error.type", error)
+                span.set_status(Status(StatusCode.ERROR, error))
+        if span is not None:
+            span.end()
         self._instruments.duration.record(time.perf_counter() - self._start, attributes)
