@@ -1,4 +1,5 @@
-"""The SQL backend's single-record save and get against the raw drivers, side by side.
+"""The SQL backend's single-record save and get, and one user's listing, against the raw
+drivers, side by side.
 
 python -m benchmarks.sql_backend [--seconds 1] [--postgres URL] [--skip-sqlite]
 
@@ -6,8 +7,10 @@ Every contender runs the same statements (``backends.sql.statements``) on the sa
 ``kv_records`` table with the same ~1.2 KB JSON value: raw asyncpg (one connection, and a
 pool without the reset query on release), raw aiosqlite (one connection, WAL,
 synchronous=NORMAL), the SQL backend, and, for scale, the same upsert through SQLAlchemy
-Core (``engine.begin()``).
-PostgreSQL runs in a throwaway database created and dropped here.
+Core (``engine.begin()``). The listing is one user's page of 10 records on PostgreSQL,
+against the raw pool running the backend's statement and the SQLAlchemy Core statement
+the backend uses under a longer prefix (and used for every listing before it got a hot
+statement). PostgreSQL runs in a throwaway database created and dropped here.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from backends.base import utcnow
-from backends.sql import POSTGRES_SQL, SQLITE_SQL, build_sql_backend
+from backends.sql import POSTGRES_SQL, SQLITE_SQL, build_sql_backend, queries
 from backends.sql.migrate import upgrade
 from backends.sql.schema import kv_records, sqlite_time
 from benchmarks.common import measure, session_record, throwaway_database
@@ -122,6 +125,20 @@ async def _postgres_run(url: str, seconds: float) -> None:
         async with core.connect() as connection:
             (await connection.execute(statement)).one()
 
+    def owner() -> str:
+        return key_args(keys.next())[1]
+
+    async def pool_list() -> None:
+        async with pool.acquire() as connection:
+            rows = await connection.fetch(POSTGRES_SQL["list"], "state", owner(), "", utcnow(), 100)
+        assert rows
+
+    async def core_list() -> None:
+        statement = queries.select_listing("state", (owner(),), None, 100, utcnow())
+        assert statement is not None
+        async with core.connect() as connection:
+            assert (await connection.execute(statement)).all()
+
     def backend_put(sql: SQLBackend) -> Callable[[], Awaitable[object]]:
         return lambda: sql.put(_key(keys.next()), VALUE)
 
@@ -147,6 +164,12 @@ async def _postgres_run(url: str, seconds: float) -> None:
                 get.insert(1, ("raw asyncpg, one connection", lambda: raw_get(single)))
             await measure(f"PostgreSQL save (upsert), {where}", seconds, put, tasks)
             await measure(f"PostgreSQL get (by key), {where}", seconds, get, tasks)
+            listing: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                ("raw asyncpg pool (no reset)", pool_list),
+                ("SQL backend", lambda: backend.list("state", (owner(),))),
+                ("SQLAlchemy Core, engine.connect()", core_list),
+            ]
+            await measure(f"PostgreSQL listing (a user's 10), {where}", seconds, listing, tasks)
     finally:
         await backend.close()
         await alone.close()

@@ -101,10 +101,11 @@ async def test_every_per_user_statement_reads_one_partition(postgres_partitioned
         "put_if": (POSTGRES_SQL["put_if"], [*key, "{}", now, None, 1]),
         "delete": (POSTGRES_SQL["delete"], [*key]),
         "delete_if": (POSTGRES_SQL["delete_if"], [*key, 1, now]),
+        "list": (POSTGRES_SQL["list"], ["state", "plan-7", "", now, 100]),
     }
-    listing = queries.select_listing("state", ("plan-7",), None, 100, now)
+    listing = queries.select_listing("state", ("plan-7", "s"), None, 100, now)
     assert listing is not None
-    statements["listing"] = _compiled(listing)
+    statements["listing under a longer prefix"] = _compiled(listing)
     statements["recent"] = _compiled(queries.select_recent("state", "plan-7", 10, now))
     statements["delete_owner"] = _compiled(queries.delete_owner("plan-7"))
     connection = await asyncpg.connect(postgres_partitioned_url)

@@ -33,6 +33,13 @@ SQL: Final = {
         SELECT value, version, created_at, updated_at, expires_at, revision FROM kv_records
         WHERE namespace = $1 AND owner = $2 AND key = $3
           AND (expires_at IS NULL OR expires_at > $4)""",
+    # one page of an owner's live rows in a namespace, after a key ('' for the first page)
+    "list": """
+        SELECT key, value, version, created_at, updated_at, expires_at, revision
+        FROM kv_records
+        WHERE namespace = $1 AND owner = $2 AND key > $3
+          AND (expires_at IS NULL OR expires_at > $4)
+        ORDER BY key LIMIT $5""",
     "version": """
         SELECT version FROM kv_records
         WHERE namespace = $1 AND owner = $2 AND key = $3

@@ -26,6 +26,7 @@ from backends.base import (
     Entry,
     Snapshot,
     check_fence,
+    check_listing,
     check_lock,
     fenced,
     version_conflict,
@@ -42,7 +43,7 @@ from backends.sql.locks import LockQueue
 from backends.sql.migrate import ensure_schema
 from backends.sql.numbers import jsonb_exact
 from backends.sql.replica import ReplicaReads, replica_config
-from backends.sql.schema import DriverTimes, key_columns
+from backends.sql.schema import DriverTimes, key_columns, key_parts, key_text, stored_key
 from kvstore.clock import SYSTEM_CLOCK
 from kvstore.errors import (
     ConflictError,
@@ -50,7 +51,7 @@ from kvstore.errors import (
     KVStoreError,
     SerializationError,
 )
-from kvstore.keys import Fence, Key, check_component
+from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_component
 
 if TYPE_CHECKING:
     import builtins
@@ -202,6 +203,35 @@ class SQLBackend(BulkOperations, Backend):
         args = (*key_columns(key), self._times.to_driver(self.clock.now()))
         rows = await self._run("get", "get", args, idempotent=True)
         return self._times.entry(rows[0]) if rows else None
+
+    async def list(
+        self,
+        namespace: str,
+        prefix: tuple[str, ...],
+        *,
+        after: tuple[str, ...] | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> builtins.list[tuple[Key, Entry]]:
+        """A page of one owner's records is a hot statement (a tenth of the CPU of the
+        Core statement, built and cache-keyed per call); a longer prefix, or a replica to
+        read from, takes the Core path (:mod:`.bulk`)."""
+        if len(prefix) != 1 or self._replica is not None:
+            return await super().list(namespace, prefix, after=after, limit=limit)
+        check_listing(namespace, prefix, after, limit)
+        owner = prefix[0]
+        start = ""  # every key is longer: the first page
+        if after is not None:
+            if after[0] > owner:
+                return []
+            if after[0] == owner:
+                start = key_text(after[1:])
+        args = (namespace, owner, start, self._times.to_driver(self.clock.now()), limit)
+        rows = await self._run("list", "list", args, idempotent=True)
+        entry = self._times.entry
+        return [
+            (stored_key(namespace, (owner, *key_parts(row[0]))), entry(tuple(row)[1:]))
+            for row in rows
+        ]
 
     async def put(
         self,
@@ -401,7 +431,7 @@ class SQLBackend(BulkOperations, Backend):
 
     async def _transaction(
         self, action: str, statements: Sequence[tuple[sa.Executable, dict[str, Any]]]
-    ) -> list[Any]:
+    ) -> builtins.list[Any]:
         """Run Core ``statements`` in one transaction; the rows of each."""
         self._enter()
         try:
