@@ -318,6 +318,47 @@ def test_without_telemetry_nothing_of_opentelemetry_is_imported() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+GLOBAL_SDK_LATER = """
+import asyncio
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from backends.telemetry import instruments
+from kvstore import DatabaseType, StateRecord, create_database
+
+instruments.RECHECK = 0.0  # every call looks for an SDK (else once a second)
+
+async def main():
+    async with create_database(DatabaseType.MEMORY, telemetry=True) as db:
+        await db.save_state(StateRecord(user_id="u", session_id="before", state="A"))
+        spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+        trace.set_tracer_provider(tracer_provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        await db.save_state(StateRecord(user_id="u", session_id="after", state="A"))
+        names = [span.name for span in spans.get_finished_spans()]
+        assert names == ["put state"], names
+        data = reader.get_metrics_data()
+        assert data is not None and data.resource_metrics, "no metric recorded"
+
+asyncio.run(main())
+"""
+
+
+def test_a_global_sdk_set_after_the_store_was_built_is_used() -> None:
+    """A store built with ``telemetry=True`` before the application set its SDK skips the
+    work while there is none, and records once the global providers are set (within
+    ``RECHECK`` seconds; at once here). A process of its own: they can be set once."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", GLOBAL_SDK_LATER], check=True, timeout=60)
+
+
 def test_the_grafana_dashboard_queries_only_metrics_kvstore_exports() -> None:
     import json
     import re

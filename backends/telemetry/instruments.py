@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Final
@@ -16,6 +17,13 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer, TracerProvider
 
 SCOPE: Final = "kvstore"
+_API_TRACE: Final = "opentelemetry.trace"
+_API_METRICS: Final = "opentelemetry.metrics"
+"""Where the API's own providers live (the SDK's are under ``opentelemetry.sdk``)."""
+_NOTHING: Final = contextlib.nullcontext()
+RECHECK: Final = 1.0
+"""Seconds between looks for a global SDK set after the store was built: operations start
+being recorded at most this long after the application sets its providers."""
 DURATION: Final = "db.client.operation.duration"
 
 
@@ -35,9 +43,35 @@ class Instruments:
             DURATION, unit="s", description="Duration of kvstore operations, per tier."
         )
         self._attributes: dict[tuple[str, str, str, str | None], dict[str, str]] = {}
+        self._live = tracer_provider is not None or meter_provider is not None
+        """Whether an SDK may be listening: providers were given, or a global one was set
+        (once set, a global provider stays)."""
+        self._recheck_at = 0.0
 
-    def operation(self, system: str, tier: str, name: str, namespace: str | None) -> _Operation:
-        """A span and a duration measurement around one operation (``with``)."""
+    def _idle(self) -> bool:
+        """Whether nothing would be recorded: no providers given, and the global ones are
+        still the API's own (no SDK set yet). Looked up at most every :data:`RECHECK`
+        seconds (a lookup reads the environment: ~3 µs) until an SDK is found."""
+        if self._live:
+            return False
+        now = time.monotonic()
+        if now < self._recheck_at:
+            return True
+        if type(trace.get_tracer_provider()).__module__.startswith(_API_TRACE) and type(
+            metrics.get_meter_provider()
+        ).__module__.startswith(_API_METRICS):
+            self._recheck_at = now + RECHECK
+            return True
+        self._live = True
+        return False
+
+    def operation(
+        self, system: str, tier: str, name: str, namespace: str | None
+    ) -> _Operation | contextlib.nullcontext[None]:
+        """A span and a duration measurement around one operation (``with``); nothing
+        while no SDK is set (:meth:`_idle`)."""
+        if self._idle():
+            return _NOTHING
         key = (system, tier, name, namespace)
         attributes = self._attributes.get(key)
         if attributes is None:
