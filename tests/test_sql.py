@@ -383,6 +383,23 @@ async def test_purge_expired_drops_tombstones_past_their_retention(backend: SQLB
 
 
 @pytest.mark.postgres
+async def test_postgresql_sessions_keep_one_plan_and_no_jit(postgres_url: str) -> None:
+    """kvstore's sessions run with generic plans and without JIT (docs/scale.md: at ten
+    million partitioned rows an export page's generic plan was compiled with LLVM)."""
+    backend = build_sql_backend(postgres_url)
+    try:
+        await backend.initialize()
+        async with backend.engine.connect() as connection:
+            settings = [
+                (await connection.execute(sa.text(f"SHOW {name}"))).scalar_one()
+                for name in ("plan_cache_mode", "jit")
+            ]
+    finally:
+        await backend.close()
+    assert settings == ["force_generic_plan", "off"]
+
+
+@pytest.mark.postgres
 async def test_close_with_saves_in_flight_leaves_no_server_connection() -> None:
     """close() refuses new statements, waits for those in flight, then closes every
     connection: after it returns, PostgreSQL shows none of the store's (five cycles)."""
