@@ -59,6 +59,11 @@ class BulkOperations:
     async def get(self, key: Key) -> Entry | None:
         raise NotImplementedError
 
+    async def _list_owner(
+        self, namespace: str, owner: str, after: tuple[str, ...] | None, limit: int
+    ) -> builtins.list[tuple[Key, Entry]] | None:
+        raise NotImplementedError
+
     async def get_many(self, keys: Sequence[Key]) -> builtins.list[Entry | None]:
         if not keys:
             return []
@@ -84,7 +89,13 @@ class BulkOperations:
         after: tuple[str, ...] | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
     ) -> builtins.list[tuple[Key, Entry]]:
+        """One owner's page is the hot statement ``list`` unless a replica answers
+        listings; a longer prefix is a Core statement."""
         check_listing(namespace, prefix, after, limit)
+        if len(prefix) == 1:
+            page = await self._list_owner(namespace, prefix[0], after, limit)
+            if page is not None:
+                return page
         statement = queries.select_listing(namespace, prefix, after, limit, self.clock.now())
         if statement is None:
             return []

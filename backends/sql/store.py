@@ -26,7 +26,6 @@ from backends.base import (
     Entry,
     Snapshot,
     check_fence,
-    check_listing,
     check_lock,
     fenced,
     version_conflict,
@@ -51,7 +50,7 @@ from kvstore.errors import (
     KVStoreError,
     SerializationError,
 )
-from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_component
+from kvstore.keys import Fence, Key, check_component
 
 if TYPE_CHECKING:
     import builtins
@@ -204,21 +203,14 @@ class SQLBackend(BulkOperations, Backend):
         rows = await self._run("get", "get", args, idempotent=True)
         return self._times.entry(rows[0]) if rows else None
 
-    async def list(
-        self,
-        namespace: str,
-        prefix: tuple[str, ...],
-        *,
-        after: tuple[str, ...] | None = None,
-        limit: int = DEFAULT_PAGE_SIZE,
-    ) -> builtins.list[tuple[Key, Entry]]:
-        """A page of one owner's records is a hot statement (a tenth of the CPU of the
-        Core statement, built and cache-keyed per call); a longer prefix, or a replica to
-        read from, takes the Core path (:mod:`.bulk`)."""
-        if len(prefix) != 1 or self._replica is not None:
-            return await super().list(namespace, prefix, after=after, limit=limit)
-        check_listing(namespace, prefix, after, limit)
-        owner = prefix[0]
+    async def _list_owner(
+        self, namespace: str, owner: str, after: tuple[str, ...] | None, limit: int
+    ) -> builtins.list[tuple[Key, Entry]] | None:
+        """A page of one owner's records as a hot statement (a tenth of the CPU of the Core
+        statement, built and cache-keyed per call); ``None`` when a replica answers
+        listings (the Core path, :mod:`.bulk`)."""
+        if self._replica is not None:
+            return None
         start = ""  # every key is longer: the first page
         if after is not None:
             if after[0] > owner:
