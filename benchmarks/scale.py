@@ -5,19 +5,31 @@ in-place conversion of a populated table.
     python -m benchmarks.scale                                   # 10k, 100k, 1M; plain, 16
     python -m benchmarks.scale --sizes 100000 --partitions 0,4,16,64
     python -m benchmarks.scale --sizes 10000,100000 --plot scale.png
+    python -m benchmarks.scale --sizes 10000000 --convert 0 --transfer --import-records 1000000
 
 Every size and partition count (0: a plain ``kv_records``) gets a throwaway PostgreSQL
 database (dropped after it is measured), created with its partitions from the start, so
-the fill goes straight into them. Records are ~1.3 KB session states written with the bulk
-``restore`` path; each database is ``VACUUM ANALYZE``d and checkpointed before it is
-measured, and again once the listing's users are written. Latencies are sequential (one
-task), so they show the store's own cost, not queueing: get and save of a random record;
-the change feed's catch-up read (``read_changes(head - 1000, 1000)``) and idle poll
-(``read_changes(head, 1000)``), where partitions turn ``ORDER BY revision`` into a merge
-over them; one user's listing with 10 to 10,000 records. Last, a plain table of the
-largest size is converted in place (``backends.sql.migrate.partition``, ``kvstore db
-partition``) and timed. The load average is taken before each measurement. The PNG needs
-matplotlib (``pip install -e '.[bench]'``).
+the fill goes straight into them. Records are ~1.3 KB session states, each carrying its own
+key's ids (so that an import validates them), written with the bulk ``restore`` path; each
+database is ``VACUUM ANALYZE``d and checkpointed before it is measured, and again once the
+listing's users are written. Latencies are sequential (one task), so they show the store's
+own cost, not queueing: get and save of a random record; the change feed's catch-up read
+(``read_changes(head - 1000, 1000)``) and idle poll (``read_changes(head, 1000)``), where
+partitions turn ``ORDER BY revision`` into a merge over them; one user's listing with 10
+to 10,000 records. Last, a plain table of the largest size is converted in place
+(``backends.sql.migrate.partition``, ``kvstore db partition``) and timed. The load average
+is taken before each measurement. The PNG needs matplotlib (``pip install -e '.[bench]'``).
+
+With ``--transfer``, each database is then exported and imported through
+:mod:`kvstore.transfer`, the functions ``kvstore export --namespace state -o FILE.jsonl.gz``
+and ``kvstore import FILE.jsonl.gz`` run (without their progress bar): every session record
+is streamed to a gzip JSON Lines file in ``--transfer-dir``, the filled database is
+dropped, and the file's first ``--import-records`` lines (default: all) are imported, at
+the command's batch size of 500, into a new empty database of the same layout. The file is
+deleted afterwards. Every run also reports the size of ``kv_records`` (table, indexes and
+TOAST, all partitions) after the fill, and the process's peak RSS (``ru_maxrss``) after
+each phase: a peak only grows, so a phase's figure is the most the process held up to
+its end, earlier layouts included, and the RSS at that moment is shown beside it.
 """
 
 from __future__ import annotations
@@ -25,8 +37,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import random
+import resource
 import shlex
 import statistics
 import sys
@@ -44,6 +58,7 @@ from backends.sql.migrate import partition
 from benchmarks.common import session_record
 from kvstore.keys import Key
 from kvstore.models.base import METADATA_FIELDS
+from kvstore.transfer import export_lines, import_lines, open_text
 from serializers import JSONSerializer
 from tests.postgres import create_database, drop_database, unique_name
 
@@ -56,6 +71,12 @@ LISTING_SIZES = (10, 100, 1_000, 10_000)
 FEED_BATCH = 1000
 """How many changes a catch-up read asks for (and how far behind the head it starts)."""
 CONVERT_PARTITIONS = 16
+IMPORT_BATCH = 500
+"""Records a statement of the import: ``kvstore import``'s default ``--batch-size``."""
+USER_SLOT = b'"USER_ID_SLOT"'
+SESSION_SLOT = b'"SESSION_ID_SLOT"'
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PHASES = ("fill", "measurements", "export", "import")
 
 Load = tuple[float, float, float]
 Percentiles = tuple[float, float]
@@ -73,6 +94,22 @@ class Run:
     catch_up: Percentiles
     idle_poll: Percentiles
     listing: list[tuple[int, float, float]]
+    table_bytes: int
+    """``kv_records`` on disk after the fill: table, indexes and TOAST of every partition."""
+    memory: dict[str, tuple[float, float]]
+    """Per phase that ran: (peak RSS of the process so far, RSS at the phase's end), MiB."""
+    transfer: Transfer | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Export of every session record to gzip JSON Lines, import of a slice of the file."""
+
+    exported: int
+    export_seconds: float
+    file_bytes: int
+    imported: int
+    import_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +131,49 @@ def _key(n: int) -> Key:
     return Key("state", (f"user-{n // 4}", f"session-{n % 4}"))
 
 
-async def _fill(backend: SQLBackend, size: int, value: bytes) -> None:
+def _template() -> bytes:
+    """The stored JSON of the benchmark's session record, its ids left as slots."""
+    record = session_record(USER_SLOT.decode().strip('"'), SESSION_SLOT.decode().strip('"'))
+    return JSONSerializer().dumps(record, exclude=METADATA_FIELDS)
+
+
+def _value(template: bytes, n: int) -> bytes:
+    """Record ``n``'s stored JSON: the template with the ids of :func:`_key` ``(n)``."""
+    return template.replace(USER_SLOT, b'"user-%d"' % (n // 4)).replace(
+        SESSION_SLOT, b'"session-%d"' % (n % 4)
+    )
+
+
+def _memory() -> tuple[float, float]:
+    """The process's peak RSS so far (``ru_maxrss``) and its RSS now, MiB."""
+    with Path("/proc/self/statm").open() as statm:
+        now = int(statm.read().split()[1]) * PAGE / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, now
+
+
+async def _fill(backend: SQLBackend, size: int, template: bytes) -> None:
     now = datetime.now(UTC)
     chunk = 5000
     for first in range(0, size, chunk):
         items = [
-            (_key(n), Entry(value, 1, now, now)) for n in range(first, min(first + chunk, size))
+            (_key(n), Entry(_value(template, n), 1, now, now))
+            for n in range(first, min(first + chunk, size))
         ]
         await backend.restore(items)
+
+
+async def _table_bytes(url: str) -> int:
+    """``kv_records`` on disk: every partition's (or the plain table's) table, indexes and
+    TOAST."""
+    connection = await asyncpg.connect(url)
+    try:
+        size: int = await connection.fetchval(
+            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) "
+            "FROM pg_partition_tree('kv_records')), pg_total_relation_size('kv_records'))::bigint"
+        )
+    finally:
+        await connection.close()
+    return size
 
 
 async def _vacuum_analyze(url: str) -> None:
@@ -117,14 +189,16 @@ async def _vacuum_analyze(url: str) -> None:
 
 
 async def _latencies(
-    backend: SQLBackend, size: int, value: bytes, seconds: float
+    backend: SQLBackend, size: int, template: bytes, seconds: float
 ) -> tuple[Percentiles, Percentiles]:
+    """A save writes the record's own value, so that an export afterwards still imports."""
     found: list[Percentiles] = []
     for operation in ("get", "save"):
         samples: list[float] = []
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
-            key = _key(random.randrange(size))
+            n = random.randrange(size)
+            key, value = _key(n), _value(template, n)
             start = time.perf_counter()
             if operation == "get":
                 await backend.get(key)
@@ -191,7 +265,9 @@ def _options(partitions: int) -> SQLOptions | None:
     return {"partitions": partitions} if partitions else None
 
 
-async def _filled(size: int, partitions: int, value: bytes) -> tuple[str, str, SQLBackend, float]:
+async def _filled(
+    size: int, partitions: int, template: bytes
+) -> tuple[str, str, SQLBackend, float]:
     """A new database holding ``size`` records, vacuumed and analyzed: its name, URL, an
     initialized backend on it and the seconds the fill took."""
     name = unique_name("scale")
@@ -200,7 +276,7 @@ async def _filled(size: int, partitions: int, value: bytes) -> tuple[str, str, S
     try:
         await backend.initialize()
         started = time.perf_counter()
-        await _fill(backend, size, value)
+        await _fill(backend, size, template)
         elapsed = time.perf_counter() - started
         await _vacuum_analyze(url)
     except BaseException:
@@ -219,26 +295,110 @@ def _show_load(load: Load) -> str:
     return " / ".join(f"{average:.2f}" for average in load)
 
 
-async def _measure(size: int, partitions: int, value: bytes, seconds: float) -> Run:
-    name, url, backend, fill_seconds = await _filled(size, partitions, value)
+@dataclass(frozen=True, slots=True)
+class TransferPlan:
+    """Where the export file goes and how many of its records are imported (None: all)."""
+
+    directory: Path
+    records: int | None
+
+
+async def _export(backend: SQLBackend, path: Path) -> tuple[int, float]:
+    """``kvstore export --namespace state -o path``: the records written and the seconds."""
+    started = time.perf_counter()
+    count = 0
+    with open_text(path, "wb") as sink:
+        async for line in export_lines(backend, namespace="state"):
+            sink.write(line)
+            count += 1
+    return count, time.perf_counter() - started
+
+
+async def _import(path: Path, partitions: int, records: int) -> float:
+    """``kvstore import path`` of the file's first ``records`` lines into a new empty
+    database of the layout ``partitions`` (dropped afterwards): the seconds it took."""
+    name = unique_name("scale_import")
+    url = await create_database(name)
+    backend = build_sql_backend(url, _options(partitions))
     try:
-        load = _load()
-        print(
-            f"{_label(partitions)}: filled {size:,} records in {fill_seconds:.0f} s; "
-            f"load average {_show_load(load)}",
-            flush=True,
-        )
-        get, save = await _latencies(backend, size, value, seconds)
-        catch_up, idle_poll = await _feed(backend, seconds)
-        listing = await _listing(backend, url, value)
+        await backend.initialize()
+        with open_text(path, "rb") as lines:
+            started = time.perf_counter()
+            report = await import_lines(
+                backend, itertools.islice(lines, records), batch_size=IMPORT_BATCH
+            )
+            seconds = time.perf_counter() - started
     finally:
         await backend.close()
         await drop_database(name)
-    return Run(load, size / fill_seconds, get, save, catch_up, idle_poll, listing)
+    if report.written != records or report.rejected:
+        raise RuntimeError(
+            f"import wrote {report.written:,} of {records:,}; {len(report.rejected):,} "
+            f"rejected, the first: {report.rejected[:1]}"
+        )
+    return seconds
 
 
-async def _convert(size: int, partitions: int, value: bytes) -> Conversion:
-    name, url, backend, _ = await _filled(size, 0, value)
+async def _measure(
+    size: int, partitions: int, template: bytes, seconds: float, plan: TransferPlan | None
+) -> Run:
+    memory: dict[str, tuple[float, float]] = {}
+    name, url, backend, fill_seconds = await _filled(size, partitions, template)
+    memory["fill"] = _memory()
+    path = None if plan is None else plan.directory / f"{name}.jsonl.gz"
+    exported: tuple[int, float] | None = None
+    transfer = None
+    try:
+        try:
+            table_bytes = await _table_bytes(url)
+            load = _load()
+            print(
+                f"{_label(partitions)}: filled {size:,} records in {fill_seconds:.0f} s "
+                f"({table_bytes / 2**30:.2f} GiB); load average {_show_load(load)}",
+                flush=True,
+            )
+            get, save = await _latencies(backend, size, template, seconds)
+            catch_up, idle_poll = await _feed(backend, seconds)
+            listing = await _listing(backend, url, _value(template, 0))
+            memory["measurements"] = _memory()
+            if path is not None:
+                print(f"{_label(partitions)}: exporting; load average {_show_load(_load())}")
+                exported = await _export(backend, path)
+                memory["export"] = _memory()
+        finally:
+            await backend.close()
+            await drop_database(name)
+        if plan is not None and path is not None and exported is not None:
+            count, export_seconds = exported
+            records = count if plan.records is None else min(plan.records, count)
+            print(
+                f"{_label(partitions)}: exported {count:,} records in {export_seconds:.0f} s; "
+                f"importing {records:,}; load average {_show_load(_load())}",
+                flush=True,
+            )
+            file_bytes = path.stat().st_size
+            import_seconds = await _import(path, partitions, records)
+            memory["import"] = _memory()
+            transfer = Transfer(count, export_seconds, file_bytes, records, import_seconds)
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return Run(
+        load,
+        size / fill_seconds,
+        get,
+        save,
+        catch_up,
+        idle_poll,
+        listing,
+        table_bytes,
+        memory,
+        transfer,
+    )
+
+
+async def _convert(size: int, partitions: int, template: bytes) -> Conversion:
+    name, url, backend, _ = await _filled(size, 0, template)
     try:
         await backend.close()
         load = _load()
@@ -293,23 +453,60 @@ def _listing_table(
             print(f"| {size:,} | {count:,} | {cells} |")
 
 
+def _transfer_tables(runs: dict[tuple[int, int], Run], sizes: list[int], counts: list[int]) -> None:
+    def transfer(run: Run) -> Transfer:
+        assert run.transfer is not None
+        return run.transfer
+
+    _table(
+        "Export (kvstore export --namespace state, gzip JSON Lines), records/s",
+        runs,
+        sizes,
+        counts,
+        lambda r: f"{transfer(r).exported / transfer(r).export_seconds:,.0f}",
+    )
+    _table(
+        "Export file (gzip), MiB",
+        runs,
+        sizes,
+        counts,
+        lambda r: f"{transfer(r).file_bytes / 2**20:,.1f}",
+    )
+    _table(
+        f"Import (kvstore import, batches of {IMPORT_BATCH}) into a new empty database of the "
+        "same layout, records/s (records imported)",
+        runs,
+        sizes,
+        counts,
+        lambda r: (
+            f"{transfer(r).imported / transfer(r).import_seconds:,.0f} ({transfer(r).imported:,})"
+        ),
+    )
+
+
 def _p50_p99(percentiles: Percentiles) -> str:
     return f"{percentiles[0]:,.0f} / {percentiles[1]:,.0f}"
 
 
 async def run(
-    sizes: list[int], counts: list[int], seconds: float, convert: int, plot: Path | None
+    sizes: list[int],
+    counts: list[int],
+    seconds: float,
+    convert: int,
+    plot: Path | None,
+    transfer: TransferPlan | None = None,
 ) -> None:
+    """Measure every size and partition count, print the tables, and save the plot."""
     print(shlex.join(sys.orig_argv))
     print(f"{os.cpu_count()} CPUs; load averages are 1 / 5 / 15 minutes\n", flush=True)
     started = time.perf_counter()
-    value = JSONSerializer().dumps(session_record(), exclude=METADATA_FIELDS)
+    template = _template()
     sizes = sorted(sizes)
     runs: dict[tuple[int, int], Run] = {}
     for size in sizes:
         for count in counts:
-            runs[size, count] = await _measure(size, count, value, seconds)
-    conversion = await _convert(sizes[-1], convert, value) if convert else None
+            runs[size, count] = await _measure(size, count, template, seconds, transfer)
+    conversion = await _convert(sizes[-1], convert, template) if convert else None
 
     _table(
         "Load average before measuring (1 / 5 / 15 min)",
@@ -350,6 +547,30 @@ async def run(
         sizes,
         counts,
         2,
+    )
+    _table(
+        "kv_records on disk after the fill (table, indexes, TOAST; all partitions), MiB",
+        runs,
+        sizes,
+        counts,
+        lambda r: f"{r.table_bytes / 2**20:,.0f}",
+    )
+    if transfer is not None:
+        _transfer_tables(runs, sizes, counts)
+    _table(
+        "Peak RSS of the process (ru_maxrss) after each phase, MiB: "
+        + " / ".join(phase for phase in PHASES if transfer is not None or phase in PHASES[:2]),
+        runs,
+        sizes,
+        counts,
+        lambda r: " / ".join(f"{peak:,.0f}" for peak, _ in r.memory.values()),
+    )
+    _table(
+        "RSS of the process at the end of each phase, MiB (same phases)",
+        runs,
+        sizes,
+        counts,
+        lambda r: " / ".join(f"{now:,.0f}" for _, now in r.memory.values()),
     )
     if conversion is not None:
         print("\n### In-place conversion of a plain table (migrate.partition)\n")
@@ -440,10 +661,41 @@ def main() -> None:
         f"(default: {CONVERT_PARTITIONS}; 0 skips it)",
     )
     parser.add_argument("--plot", type=Path, default=None, help="save a PNG here")
+    parser.add_argument(
+        "--transfer",
+        action="store_true",
+        help="also export every database and import the file into an empty one (slow)",
+    )
+    parser.add_argument(
+        "--transfer-dir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="where the export file is written, then deleted (default: /var/tmp)",
+    )
+    parser.add_argument(
+        "--import-records",
+        type=int,
+        default=None,
+        help="import only the export file's first N records (default: all of them)",
+    )
     arguments = parser.parse_args()
     sizes = [int(size) for size in arguments.sizes.split(",")]
+    if arguments.import_records is not None and arguments.import_records < 1:
+        parser.error("--import-records must be positive")
+    plan = (
+        TransferPlan(arguments.transfer_dir, arguments.import_records)
+        if arguments.transfer
+        else None
+    )
     asyncio.run(
-        run(sizes, arguments.partitions, arguments.seconds, arguments.convert, arguments.plot)
+        run(
+            sizes,
+            arguments.partitions,
+            arguments.seconds,
+            arguments.convert,
+            arguments.plot,
+            plan,
+        )
     )
 
 

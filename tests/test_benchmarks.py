@@ -108,3 +108,37 @@ async def test_the_redis_benchmark_compares_every_contender(private_redis: Redis
         "100 single gets",
         "get_many of 100",
     ]
+
+
+async def test_the_scale_benchmark_exports_and_imports_every_layout() -> None:
+    """``--transfer`` at a tiny size: every record of each layout is exported and imported
+    (a shortfall or a rejected line would fail the run), and every table has one row."""
+    if not await postgres.server_available():
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.scale",
+            "--sizes",
+            "2000",
+            "--partitions",
+            "0,2",
+            "--seconds",
+            "0.05",
+            "--convert",
+            "0",
+            "--transfer",
+            "--import-records",
+            "1500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    out = done.stdout
+    assert re.search(r"^\| 2,000 \| [\d,]+ \(1,500\) \| [\d,]+ \(1,500\) \|$", out, re.M), out
+    assert re.search(r"^\| 2,000 \| [\d,]+ / [\d,]+ / [\d,]+ / [\d,]+ \| ", out, re.M), out
+    assert "exported 2,000 records" in out
