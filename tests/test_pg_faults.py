@@ -36,9 +36,9 @@ class Load:
     """Per session, the number of the last save attempted (its state is ``N<number>``)."""
     acked: dict[str, int] = field(default_factory=dict)
     """Per session, the number of the last save acknowledged."""
-    uncertain: dict[str, int] = field(default_factory=dict)
-    """Per session, the first attempt after the last acknowledgement that failed (its
-    read or its save: the save may never have been sent)."""
+    uncertain: set[str] = field(default_factory=set)
+    """Sessions whose attempts since the last acknowledgement all failed (at their read or
+    their save: a save may never have been sent)."""
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     saved: int = 0
     served_after_fault: int = 0
@@ -64,14 +64,14 @@ async def drive(db: Database, load: Load, fault_over: asyncio.Event, stop: async
                     await db.save_state(record)
             except BackendUnavailableError as error:
                 load.errors[str(error).split(" on ")[0]] += 1  # the action that failed
-                load.uncertain.setdefault(session, number)
+                load.uncertain.add(session)
                 await asyncio.sleep(0.05)
                 continue
             except TimeoutError:
                 pytest.fail(f"a call on session {session} hung for {HANG_GUARD:.0f} s")
             load.acked[session] = number
             load.saved += 1
-            load.uncertain.pop(session, None)
+            load.uncertain.discard(session)
             if fault_over.is_set():
                 load.served_after_fault += 1
                 if load.served_after_fault >= 3 * WORKERS:
