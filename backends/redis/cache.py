@@ -135,7 +135,7 @@ class RedisCache(VersionedCache):
     async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
         px = self._px(ttl, entry.expires_at, None)
         call = self._call(lua.WRITE, key, "", pack(entry), px, entry.revision)
-        return bool(await self._script("write", call) == 1)
+        return bool((await self._scripts("write", [call]))[0] == 1)
 
     async def tombstones(
         self, items: Sequence[tuple[Key, int]], *, ttl: float | None = None
@@ -147,10 +147,7 @@ class RedisCache(VersionedCache):
             self._call(lua.WRITE, key, "", pack_tombstone(revision), px, revision)
             for key, revision in items
         ]
-        if len(calls) == 1:  # a delete's: shares a pipeline with concurrent writes
-            await self._script("tombstones", calls[0])
-        else:
-            await self._scripts("tombstones", calls)
+        await self._scripts("tombstones", calls)
 
     def _px(self, ttl: float | None, expires_at: datetime | None, fallback: float | None) -> int:
         """Milliseconds a cache entry may live (0: forever): the cache TTL, capped by the
@@ -190,20 +187,9 @@ class RedisCache(VersionedCache):
         args = (token, packed, px, revision, member(key.rest), key.namespace)
         return script, self._keys(key), args
 
-    async def _script(self, op: str, call: Call) -> Any:
-        """One script call; concurrent callers' calls share a pipeline (the autopipeline),
-        so a group commit's cache writes go to Redis in one write, not one each."""
-        pipe = self.redis.ready()
-        script, keys, args = call
-        try:
-            result = await self.redis.idempotent(op, lambda: pipe.script(script, keys, args))
-        except ResponseError as exc:
-            raise self.redis.unavailable(op, exc) from exc
-        if result == -1:
-            raise CacheLostError(f"Redis {op}: the generation marker is gone (flushed or evicted)")
-        return result
-
     async def _scripts(self, op: str, calls: Sequence[Call]) -> builtins.list[Any]:
+        """Script calls in one pipeline; concurrent callers' lone calls share one (the
+        autopipeline), so a group commit's cache writes go to Redis in one write."""
         pipe = self.redis.ready()
         results = self.redis.checked(
             op, await self.redis.idempotent(op, lambda: pipe.scripts(calls))

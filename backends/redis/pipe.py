@@ -147,7 +147,14 @@ class AutoPipeline:
         self, calls: Sequence[tuple[Script, Sequence[str], Sequence[EncodableT]]]
     ) -> list[Any]:
         """Run many script calls in one pipeline (EVAL again where NOSCRIPT); results or
-        exception objects in order."""
+        error replies (:class:`ResponseError` objects) in order. A lone call goes as
+        :meth:`script`, so it shares a pipeline with other callers' concurrent commands."""
+        if len(calls) == 1:
+            script, keys, args = calls[0]
+            try:
+                return [await self.script(script, keys, args)]
+            except ResponseError as exc:
+                return [exc]
         results = await self.batch(
             [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args in calls]
         )
