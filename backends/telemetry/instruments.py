@@ -84,10 +84,9 @@ class Instruments:
         span_name = name if namespace is None else f"{name} {namespace}"
         return _Operation(self, span_name, attributes)
 
-    @staticmethod
-    def not_recording() -> bool:
+    def not_recording(self) -> bool:
         """Whether the current span is not being recorded (no SDK, or sampled out)."""
-        return not trace.get_current_span().is_recording()
+        return self._idle() or not trace.get_current_span().is_recording()
 
 
 _ATTRIBUTE_SETS: Final = 4096
