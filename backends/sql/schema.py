@@ -94,16 +94,16 @@ class DriverTimes:
         return result
 
     def entry(self, row: Sequence[Any]) -> Entry:
-        """An entry from a hot statement's row: value, version, created_at, updated_at,
-        expires_at, revision."""
-        value, version, created_at, updated_at, expires_at, revision = row
+        """An entry from a hot statement's row ending in value, version, created_at,
+        updated_at, expires_at, revision (read by position from the end: a listing's rows
+        start with the key)."""
         return Entry(
-            value=value.encode(),
-            version=version,
-            created_at=self.required(created_at),
-            updated_at=self.required(updated_at),
-            expires_at=self.from_driver(expires_at),
-            revision=revision,
+            value=row[-6].encode(),
+            version=row[-5],
+            created_at=self.required(row[-4]),
+            updated_at=self.required(row[-3]),
+            expires_at=self.from_driver(row[-2]),
+            revision=row[-1],
         )
 
 

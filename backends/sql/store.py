@@ -220,10 +220,7 @@ class SQLBackend(BulkOperations, Backend):
         args = (namespace, owner, start, self._times.to_driver(self.clock.now()), limit)
         rows = await self._run("list", "list", args, idempotent=True)
         entry = self._times.entry
-        return [
-            (stored_key(namespace, (owner, *key_parts(row[0]))), entry(tuple(row)[1:]))
-            for row in rows
-        ]
+        return [(stored_key(namespace, (owner, *key_parts(row[0]))), entry(row)) for row in rows]
 
     async def put(
         self,
