@@ -27,9 +27,14 @@ def tables(*args: str) -> dict[str, list[str]]:
     done = subprocess.run(
         [sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, check=True
     )
+    return parse_tables(done.stdout)
+
+
+def parse_tables(output: str) -> dict[str, list[str]]:
+    """The contenders of each table in a benchmark's ``output``, by title."""
     found: dict[str, list[str]] = {}
     title = ""
-    for line in done.stdout.splitlines():
+    for line in output.splitlines():
         if line.startswith("### "):
             title = line[4:]
             found[title] = []
@@ -142,3 +147,46 @@ async def test_the_scale_benchmark_exports_and_imports_every_layout() -> None:
     assert re.search(r"^\| 2,000 \| [\d,]+ \(1,500\) \| [\d,]+ \(1,500\) \|$", out, re.M), out
     assert re.search(r"^\| 2,000 \| [\d,]+ / [\d,]+ / [\d,]+ / [\d,]+ \| ", out, re.M), out
     assert "exported 2,000 records" in out
+
+
+async def test_the_telemetry_benchmark_compares_every_contender(
+    private_redis: RedisServer,
+) -> None:
+    if not await postgres.server_available():
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.telemetry",
+            "--seconds",
+            "0.1",
+            "--postgres",
+            postgres.ADMIN_URL,
+            "--redis",
+            private_redis.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    found = parse_tables(done.stdout)
+    contenders = [
+        "no telemetry",
+        "telemetry, API only",
+        "telemetry, SDK, 1% of traces",
+        "telemetry, SDK, every trace",
+    ]
+    assert list(found) == [
+        "cache-hit get_state, 1 task(s)",
+        "cache-hit get_state, 32 task(s)",
+        "save_state, 1 task(s)",
+        "save_state, 32 task(s)",
+        "cache-hit get_state on in-process tiers, 1 task",
+        "one SDK histogram measurement (µs, median of 5 rounds of 20,000)",
+    ]
+    assert all(rows == contenders for rows in list(found.values())[:5])
+    assert re.search(r"^- default exemplar filter: [\d.]+ µs$", done.stdout, re.MULTILINE)
+    assert re.search(r"^- exemplars off: [\d.]+ µs$", done.stdout, re.MULTILINE)
