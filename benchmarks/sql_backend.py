@@ -1,5 +1,5 @@
-"""The SQL backend's single-record save and get, and one user's listing, against the raw
-drivers, side by side.
+"""The SQL backend's single-record save and get, one user's listing and a batch get,
+against the raw drivers, side by side.
 
 python -m benchmarks.sql_backend [--seconds 1] [--postgres URL] [--skip-sqlite]
 
@@ -10,7 +10,9 @@ synchronous=NORMAL), the SQL backend, and, for scale, the same upsert through SQ
 Core (``engine.begin()``). The listing is one user's page of 10 records on PostgreSQL,
 against the raw pool running the backend's statement and the SQLAlchemy Core statement
 the backend uses under a longer prefix (and used for every listing before it got a hot
-statement). PostgreSQL runs in a throwaway database created and dropped here.
+statement). ``get_many`` reads 10 keys spread over users, against the raw pool running the
+backend's statement and a Core ``IN`` list of tuples. PostgreSQL runs in a throwaway
+database created and dropped here.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def key_args(index: int) -> tuple[str, str, str]:
 
 
 TASKS = 32
+BATCH = 10
+"""Keys per ``get_many``."""
 
 KEY_OBJECTS = [Key(ns, (owner, key)) for ns, owner, key in map(key_args, range(KEYS))]
 VALUE = JSONSerializer().dumps(session_record(), exclude=METADATA_FIELDS)
@@ -139,6 +143,29 @@ async def _postgres_run(url: str, seconds: float) -> None:
         async with core.connect() as connection:
             assert (await connection.execute(statement)).all()
 
+    def batch() -> list[tuple[str, str, str]]:
+        return [key_args(keys.next()) for _ in range(BATCH)]
+
+    async def pool_get_many() -> None:
+        namespaces, owners, texts = (list(part) for part in zip(*batch(), strict=True))
+        async with pool.acquire() as connection:
+            rows = await connection.fetch(
+                POSTGRES_SQL["get_batch"], namespaces, owners, texts, utcnow()
+            )
+        assert len(rows) == BATCH
+
+    async def core_get_many() -> None:
+        t = kv_records
+        statement = sa.select(t.c.value, t.c.version, t.c.created_at).where(
+            sa.tuple_(t.c.namespace, t.c.owner, t.c.key).in_(batch())
+        )
+        async with core.connect() as connection:
+            assert len((await connection.execute(statement)).all()) == BATCH
+
+    async def backend_get_many() -> None:
+        entries = await backend.get_many([_key(keys.next()) for _ in range(BATCH)])
+        assert all(entries)
+
     def backend_put(sql: SQLBackend) -> Callable[[], Awaitable[object]]:
         return lambda: sql.put(_key(keys.next()), VALUE)
 
@@ -170,6 +197,12 @@ async def _postgres_run(url: str, seconds: float) -> None:
                 ("SQLAlchemy Core, engine.connect()", core_list),
             ]
             await measure(f"PostgreSQL listing (a user's 10), {where}", seconds, listing, tasks)
+            many: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+                ("raw asyncpg pool (no reset)", pool_get_many),
+                ("SQL backend", backend_get_many),
+                ("SQLAlchemy Core, engine.connect()", core_get_many),
+            ]
+            await measure(f"PostgreSQL get_many ({BATCH} keys), {where}", seconds, many, tasks)
     finally:
         await backend.close()
         await alone.close()

@@ -64,6 +64,11 @@ class BulkOperations:
     ) -> builtins.list[tuple[Key, Entry]] | None:
         raise NotImplementedError
 
+    async def _get_batch(
+        self, keys: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], Entry]:
+        raise NotImplementedError
+
     async def get_many(self, keys: Sequence[Key]) -> builtins.list[Entry | None]:
         if not keys:
             return []
@@ -72,13 +77,8 @@ class BulkOperations:
         found: dict[tuple[str, str, str], Entry] = {}
         wanted = [key_columns(k) for k in keys]
         unique = list(dict.fromkeys(wanted))
-        now = self.clock.now()
         for start in range(0, len(unique), GET_MANY_CHUNK):
-            statement = queries.select_keys(
-                unique[start : start + GET_MANY_CHUNK], now, postgres=self._postgres
-            )
-            for row in await self._query("get_many", statement):
-                found[(row.namespace, row.owner, row.key)] = queries.entry_of(row)
+            found.update(await self._get_batch(unique[start : start + GET_MANY_CHUNK]))
         return [found.get(k) for k in wanted]
 
     async def list(

@@ -43,45 +43,6 @@ def live_at(expires_at: datetime | None, now: datetime) -> bool:
     return expires_at is None or expires_at > now
 
 
-def select_keys(
-    keys: Sequence[tuple[str, str, str]], now: datetime, *, postgres: bool
-) -> sa.Select[Any]:
-    """The live rows of ``keys`` (namespace, owner, key text), with their primary key.
-
-    PostgreSQL joins the keys as three arrays (``unnest``): with 500 keys as an ``IN`` list
-    of tuples the read took ~95 ms (nearly all of it planning), joined ~10 ms (200k rows,
-    measured under load). SQLite takes the ``IN`` list.
-    """
-    columns = (t.c.namespace, t.c.owner, t.c.key, *entry_columns())
-    if not postgres:
-        return sa.select(*columns).where(
-            sa.tuple_(t.c.namespace, t.c.owner, t.c.key).in_(keys), live(now)
-        )
-    text_array = postgresql.ARRAY(sa.Text())
-    namespaces, owners, texts = (list(part) for part in zip(*keys, strict=True))
-    wanted = (
-        sa.func.unnest(
-            sa.literal(namespaces, text_array),
-            sa.literal(owners, text_array),
-            sa.literal(texts, text_array),
-        )
-        .table_valued("namespace", "owner", "key", name="wanted")
-        .render_derived()
-    )
-    return (
-        sa.select(*columns)
-        .join(
-            wanted,
-            sa.and_(
-                t.c.namespace == wanted.c.namespace,
-                t.c.owner == wanted.c.owner,
-                t.c.key == wanted.c.key,
-            ),
-        )
-        .where(live(now))
-    )
-
-
 def select_listing(
     namespace: str,
     prefix: tuple[str, ...],

@@ -157,6 +157,24 @@ SELECT * FROM put UNION ALL SELECT * FROM put_new UNION ALL SELECT * FROM put_if
 own version check (``expected``: NULL none, 0 must not exist, N must be at version N), the
 same as ``put``, ``put_new`` and ``put_if``; a row whose check failed returns nothing."""
 
+_GET_BATCH_POSTGRES: Final = """
+SELECT r.namespace, r.owner, r.key, r.value, r.version, r.created_at, r.updated_at,
+       r.expires_at, r.revision
+FROM unnest($1::text[], $2::text[], $3::text[]) AS k(namespace, owner, key)
+JOIN kv_records AS r ON r.namespace = k.namespace AND r.owner = k.owner AND r.key = k.key
+WHERE r.expires_at IS NULL OR r.expires_at > $4"""
+_GET_BATCH_SQLITE: Final = """
+SELECT r.namespace, r.owner, r.key, r.value, r.version, r.created_at, r.updated_at,
+       r.expires_at, r.revision
+FROM json_each(?1) AS k
+JOIN kv_records AS r ON r.namespace = json_extract(k.value, '$[0]')
+    AND r.owner = json_extract(k.value, '$[1]') AND r.key = json_extract(k.value, '$[2]')
+WHERE r.expires_at IS NULL OR r.expires_at > ?2"""
+"""The live rows of many keys in one fixed statement (``get_many``): PostgreSQL joins
+them as three arrays (``unnest``; as an ``IN`` list of 500 tuples the planning alone took
+~95 ms), SQLite as one JSON array of ``[namespace, owner, key]`` triples (``json_each``).
+Building the equivalent SQLAlchemy Core statement took ~0.7 ms of CPU for 8 keys."""
+
 _POSTGRES_REVISION: Final = (
     "CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('kv_revision') END"
 )
@@ -222,18 +240,23 @@ POSTGRES_SQL: Final = (
         .replace("{deleted}", "currval('kv_revision')")
         for name, text in (SQL | FENCED | {"put_batch": _BATCH_PUT}).items()
     }
+    | {"get_batch": _GET_BATCH_POSTGRES}
     | {name: text.replace("{now}", _NOW) for name, text in POSTGRES_LOCKS.items()}
     | feed.POSTGRES
 )
 """Every statement as PostgreSQL runs it (benchmarks run the same text on the raw driver)."""
-SQLITE_SQL: Final = {
-    name: re.sub(
-        r"\$(\d)",
-        r"?\1",
-        _typed(text, _SQLITE_TYPES).replace("{on_conflict_update}", _ON_CONFLICT_UPDATE),
-    )
-    .replace("{revision}", "(SELECT value + 1 FROM kv_revision WHERE id = 1)")
-    .replace("{deleted}", "(SELECT value FROM kv_revision WHERE id = 1)")
-    for name, text in (SQL | FENCED).items()
-} | feed.SQLITE
+SQLITE_SQL: Final = (
+    {
+        name: re.sub(
+            r"\$(\d)",
+            r"?\1",
+            _typed(text, _SQLITE_TYPES).replace("{on_conflict_update}", _ON_CONFLICT_UPDATE),
+        )
+        .replace("{revision}", "(SELECT value + 1 FROM kv_revision WHERE id = 1)")
+        .replace("{deleted}", "(SELECT value FROM kv_revision WHERE id = 1)")
+        for name, text in (SQL | FENCED).items()
+    }
+    | {"get_batch": _GET_BATCH_SQLITE}
+    | feed.SQLITE
+)
 """Every statement as SQLite runs it."""

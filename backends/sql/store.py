@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -202,6 +203,21 @@ class SQLBackend(BulkOperations, Backend):
         args = (*key_columns(key), self._times.to_driver(self.clock.now()))
         rows = await self._run("get", "get", args, idempotent=True)
         return self._times.entry(rows[0]) if rows else None
+
+    async def _get_batch(
+        self, keys: Sequence[tuple[str, str, str]]
+    ) -> dict[tuple[str, str, str], Entry]:
+        """The live entries of ``keys`` (table key columns) as the hot statement
+        ``get_batch``, by key."""
+        now = self._times.to_driver(self.clock.now())
+        if self._postgres:
+            namespaces, owners, texts = (list(part) for part in zip(*keys, strict=True))
+            args: tuple[Any, ...] = (namespaces, owners, texts, now)
+        else:
+            args = (json.dumps(keys), now)
+        rows = await self._run("get_many", "get_batch", args, idempotent=True)
+        entry = self._times.entry
+        return {(row[0], row[1], row[2]): entry(row) for row in rows}
 
     async def _list_owner(
         self, namespace: str, owner: str, after: tuple[str, ...] | None, limit: int
