@@ -4,6 +4,7 @@
     python -m benchmarks.load --chaos                # ... while Redis is killed, frozen and
                                                      # PostgreSQL connections are terminated
     python -m benchmarks.load --sessions 100 --seconds 5 --chaos
+    python -m benchmarks.load --gc-freeze            # ... as a service that calls gc.freeze()
 
 N sessions talk to the service at once, each waiting a random think time (mean ``--think``
 seconds, 0 for flat out) between messages; each message reads the session's state and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import signal
@@ -404,7 +406,15 @@ def main() -> None:
     parser.add_argument(
         "--think", type=float, default=1.0, help="mean seconds between a session's messages"
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() once everything is imported, as a long-running service does: "
+        "the collector then leaves start-up's objects out of its full collections",
+    )
     arguments = parser.parse_args()
+    if arguments.gc_freeze:
+        gc.freeze()
     report = asyncio.run(
         run_load(
             arguments.sessions,
@@ -415,6 +425,7 @@ def main() -> None:
         )
     )
     print("\n".join(report.lines()))
+    print(f"gc.freeze() after start-up: {'yes' if arguments.gc_freeze else 'no'}")
     sys.exit(0 if report.ok else 1)
 
 
