@@ -121,6 +121,58 @@ async def test_every_per_user_statement_reads_one_partition(postgres_partitioned
     assert len(everyone) == PARTITIONS
 
 
+def _partitions_read(plan: Any) -> set[str]:
+    """The partitions of kv_records an EXPLAIN (ANALYZE, FORMAT JSON) plan read (its nodes
+    that ran at least once)."""
+    found: set[str] = set()
+    if isinstance(plan, dict):
+        name = plan.get("Relation Name", "")
+        if name.startswith("kv_records_p") and plan.get("Actual Loops", 0) > 0:
+            found.add(name)
+        for value in plan.values():
+            found |= _partitions_read(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            found |= _partitions_read(value)
+    return found
+
+
+async def test_get_many_reads_only_its_owners_partitions(fresh_url: str) -> None:
+    """The batch read joins the keys to the table, so its partitions are pruned as it runs,
+    in the generic plan the backend's sessions keep (``plan_cache_mode``): one owner's keys
+    read one partition, two owners' at most two."""
+    async with create_database(DatabaseType.SQL, fresh_url, partitions=16):
+        pass  # the schema, partitioned
+    connection = await asyncpg.connect(
+        fresh_url, server_settings={"plan_cache_mode": "force_generic_plan"}
+    )
+    try:
+        await connection.execute(
+            "INSERT INTO kv_records (namespace, owner, key, value, version, created_at, "
+            "updated_at) SELECT 'batch', 'owner-' || (n % 1000), 'k' || n, '{}', 1, now(), "
+            "now() FROM generate_series(1, 50000) AS n"
+        )
+        await connection.execute("ANALYZE kv_records")
+        await connection.execute(
+            "PREPARE get_batch(text[], text[], text[], timestamptz) AS " + POSTGRES_SQL["get_batch"]
+        )
+        read: list[set[str]] = []
+        for owners, keys in (
+            ("{owner-7,owner-7}", "{k7,k1007}"),
+            ("{owner-7,owner-8}", "{k7,k8}"),
+        ):  # the test's own constants, written into the EXECUTE (it takes no parameters)
+            (row,) = await connection.fetch(
+                "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE get_batch"
+                f"('{{batch,batch}}', '{owners}', '{keys}', now())"
+            )
+            read.append(_partitions_read(json.loads(row[0])))
+    finally:
+        await connection.close()
+    assert len(read[0]) == 1
+    assert read[0] <= read[1]
+    assert len(read[1]) <= 2
+
+
 async def _rows(url: str) -> list[tuple[Any, ...]]:
     connection = await asyncpg.connect(url)
     try:
