@@ -24,10 +24,15 @@ ROW = re.compile(
 
 def tables(*args: str) -> dict[str, list[str]]:
     """Run ``python -m benchmarks.<args>``; the contenders of each table it printed."""
+    return parse_tables(output(*args))
+
+
+def output(*args: str) -> str:
+    """What ``python -m benchmarks.<args>`` printed (it must succeed)."""
     done = subprocess.run(
         [sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, check=True
     )
-    return parse_tables(done.stdout)
+    return done.stdout
 
 
 def parse_tables(output: str) -> dict[str, list[str]]:
@@ -124,30 +129,12 @@ async def test_the_scale_benchmark_exports_and_imports_every_layout() -> None:
     (a shortfall or a rejected line would fail the run), and every table has one row."""
     if not await postgres.server_available():
         unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.scale",
-            "--sizes",
-            "2000",
-            "--partitions",
-            "0,2",
-            "--seconds",
-            "0.05",
-            "--convert",
-            "0",
-            "--transfer",
-            "--import-records",
-            "1500",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+    out = await asyncio.to_thread(
+        output,
+        "benchmarks.scale",
+        *("--sizes", "2000", "--partitions", "0,2", "--seconds", "0.05", "--convert", "0"),
+        *("--transfer", "--import-records", "1500"),
     )
-    out = done.stdout
     assert re.search(r"^\| 2,000 \| [\d,]+ \(1,500\) \| [\d,]+ \(1,500\) \|$", out, re.M), out
     assert re.search(r"^\| 2,000 \| [\d,]+ / [\d,]+ / [\d,]+ / [\d,]+ \| ", out, re.M), out
     assert "exported 2,000 records" in out
@@ -158,25 +145,12 @@ async def test_the_telemetry_benchmark_compares_every_contender(
 ) -> None:
     if not await postgres.server_available():
         unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.telemetry",
-            "--seconds",
-            "0.1",
-            "--postgres",
-            postgres.ADMIN_URL,
-            "--redis",
-            private_redis.url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+    out = await asyncio.to_thread(
+        output,
+        "benchmarks.telemetry",
+        *("--seconds", "0.1", "--postgres", postgres.ADMIN_URL, "--redis", private_redis.url),
     )
-    found = parse_tables(done.stdout)
+    found = parse_tables(out)
     contenders = [
         "no telemetry",
         "telemetry, API only",
@@ -192,5 +166,5 @@ async def test_the_telemetry_benchmark_compares_every_contender(
         "one SDK histogram measurement (µs, median of 5 rounds of 20,000)",
     ]
     assert all(rows == contenders for rows in list(found.values())[:5])
-    assert re.search(r"^- default exemplar filter: [\d.]+ µs$", done.stdout, re.MULTILINE)
-    assert re.search(r"^- exemplars off: [\d.]+ µs$", done.stdout, re.MULTILINE)
+    assert re.search(r"^- default exemplar filter: [\d.]+ µs$", out, re.MULTILINE)
+    assert re.search(r"^- exemplars off: [\d.]+ µs$", out, re.MULTILINE)
