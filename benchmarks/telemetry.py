@@ -62,6 +62,16 @@ def sdk(sampled: float = 1.0) -> dict[str, Any]:
     return {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
 
 
+def contenders(tiered: Callable[..., Database]) -> dict[str, Database]:
+    """The four stores of every table, by name, made by ``tiered(**options)``."""
+    return {
+        "no telemetry": tiered(),
+        "telemetry, API only": tiered(telemetry=True),
+        "telemetry, SDK, 1% of traces": tiered(**sdk(0.01)),
+        "telemetry, SDK, every trace": tiered(**sdk()),
+    }
+
+
 def getter(db: Database) -> Callable[[], Awaitable[object]]:
     turn = 0
 
@@ -90,18 +100,18 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
 
     def tiered(**options: Any) -> Database:
+        # one change-feed follower per process, as deployed: the store without telemetry
         return create_database(
-            DatabaseType.TIERED, url, cache_url=redis_url, key_prefix=prefix, **options
+            DatabaseType.TIERED,
+            url,
+            cache_url=redis_url,
+            key_prefix=prefix,
+            follow_changes=not options,
+            **options,
         )
 
-    plain = tiered()
-    api_only = tiered(telemetry=True, follow_changes=False)
-    stores = {
-        "no telemetry": plain,
-        "telemetry, API only": api_only,
-        "telemetry, SDK, 1% of traces": tiered(follow_changes=False, **sdk(0.01)),
-        "telemetry, SDK, every trace": tiered(follow_changes=False, **sdk()),
-    }
+    stores = contenders(tiered)
+    plain = stores["no telemetry"]
     try:
         for db in stores.values():
             await db.initialize()
@@ -140,10 +150,11 @@ def record_cost() -> None:
         "db.collection.name": "state",
     }
     print("\n### one SDK histogram measurement (µs, median of 5 rounds of 20,000)\n")
-    for name, exemplars in (("default exemplar filter", None), ("exemplars off", False)):
-        options: dict[str, Any] = {}
-        if exemplars is False:
-            options["exemplar_filter"] = AlwaysOffExemplarFilter()
+    filters: dict[str, dict[str, Any]] = {
+        "default exemplar filter": {},
+        "exemplars off": {"exemplar_filter": AlwaysOffExemplarFilter()},
+    }
+    for name, options in filters.items():
         provider = MeterProvider(metric_readers=[InMemoryMetricReader()], **options)
         histogram = provider.get_meter("bench").create_histogram(DURATION, unit="s")
         record = functools.partial(histogram.record, 0.001, attributes)
@@ -159,12 +170,7 @@ async def in_process(seconds: float) -> None:
     def tiered(**options: Any) -> Database:
         return create_database(DatabaseType.TIERED, "memory://", cache_url="memory://", **options)
 
-    stores = {
-        "no telemetry": tiered(),
-        "telemetry, API only": tiered(telemetry=True),
-        "telemetry, SDK, 1% of traces": tiered(**sdk(0.01)),
-        "telemetry, SDK, every trace": tiered(**sdk()),
-    }
+    stores = contenders(tiered)
     try:
         for db in stores.values():
             for record in RECORDS:
