@@ -23,6 +23,7 @@ from kvstore import (
     StateRecord,
 )
 from kvstore.store import Store
+from tests.waiting import eventually
 
 
 def state(name: str, user_id: str = "u1", session_id: str = "s1") -> StateRecord:
@@ -50,19 +51,35 @@ async def test_a_lock_lets_one_holder_in_at_a_time(db: Database) -> None:
     assert (most, saved.state, saved.version) == (1, "8", 8)
 
 
-async def test_waiters_are_served_first_come_first_served(db: Database) -> None:
+async def test_waiters_are_served_first_come_first_served(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     order: list[int] = []
     holder = db.lock("u1", "s1")
     await holder.__aenter__()
+    assert isinstance(db, Store)
+    backend = db.backend
+    take_ticket = backend.lock_ticket
+    tickets: list[int] = []
+
+    async def counted(owner: str, name: str, *, hold: float) -> int:
+        ticket = await take_ticket(owner, name, hold=hold)
+        tickets.append(ticket)
+        return ticket
+
+    monkeypatch.setattr(backend, "lock_ticket", counted)
 
     async def wait(n: int) -> None:
         async with db.lock("u1", "s1", timeout=10):
             order.append(n)
 
-    waiters = []
+    async def all_joined() -> bool:
+        return len(tickets) >= len(waiters)
+
+    waiters: list[asyncio.Task[None]] = []
     for n in range(5):
         waiters.append(asyncio.create_task(wait(n)))
-        await asyncio.sleep(0.05)  # each has joined the queue before the next arrives
+        await eventually(all_joined)  # each is in the queue before the next arrives
     await holder.__aexit__(None, None, None)
     await asyncio.gather(*waiters)
     assert order == [0, 1, 2, 3, 4]
