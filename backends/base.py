@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
@@ -104,6 +104,18 @@ class Entry:
     revision: int = 0
     """Where this change stands in the store's one order of changes (see :class:`Backend`);
     the tiered cache orders entries, fills and tombstones by it alone."""
+    memo: dict[type, object] | None = field(default=None, init=False, compare=False, repr=False)
+    """Where the record layer keeps what it derived from ``value`` once, for every later
+    reader of this same object; ``None`` unless the entry is one :func:`with_memo` made (to
+    be read again and again). ``dataclasses.replace`` never carries it to another value."""
+
+
+def with_memo(entry: Entry) -> Entry:
+    """A copy of ``entry`` for a holder that serves it to many reads (the near cache): it
+    carries an empty :attr:`Entry.memo`."""
+    copy = replace(entry)
+    object.__setattr__(copy, "memo", {})  # the frozen dataclass's own way to set a field
+    return copy
 
 
 @dataclass(frozen=True, slots=True)

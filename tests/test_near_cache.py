@@ -5,9 +5,10 @@ cross-process bound is ``tests/test_history.py::test_11_near_caches_in_every_wor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 
@@ -16,7 +17,9 @@ from backends.tiered import TieredBackend
 from backends.tiered.near import NOTE_WINDOW, NearCache
 from kvstore import ConfigurationError, DatabaseType, StateRecord, create_database
 from kvstore.clock import ManualClock
+from kvstore.collection import Collection
 from kvstore.keys import Key
+from kvstore.models.base import Id, Record
 from kvstore.store import Store
 from tests import postgres
 from tests.waiting import eventually
@@ -142,6 +145,17 @@ def test_it_holds_at_most_max_entries_dropping_the_least_recently_used() -> None
     assert near.get(keys[0]) is not None
 
 
+def test_a_held_entry_carries_a_memo_that_replace_leaves_behind() -> None:
+    clock = ManualClock()
+    near = serving(clock)
+    near.wrote(KEY, entry(clock, 1))
+    held = near.get(KEY)
+    assert held is not None
+    assert held.memo == {}
+    assert held == entry(clock, 1)  # the memo is not part of the value
+    assert dataclasses.replace(held, revision=2).memo is None
+
+
 def test_an_expired_entry_is_not_served() -> None:
     clock = ManualClock()
     near = serving(clock)
@@ -223,6 +237,51 @@ async def test_reads_your_writes_from_the_near_cache(near_db: Store) -> None:
         assert after.near_entries >= 1
         assert await db.delete_state(user, "s1") is True
         assert await db.get_state(user, "s1") is None
+
+
+async def test_each_near_cache_hit_gets_a_copy_of_the_record_validated_once(
+    near_db: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A near-cache entry is validated on its first two reads; later reads unpickle a copy
+    of that record. What one caller changes in its record never reaches another's. A model
+    pickle cannot copy (defined in a function) is validated on every read instead."""
+
+    class Note(Record):  # local: pickle cannot find it by name
+        KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "note_id")
+        user_id: Id
+        note_id: Id
+        lines: list[str]
+
+    validated: list[str] = []
+    decode = Collection._decode
+
+    def counted(self: Collection[Record], entry: Entry) -> Record:
+        validated.append(self.namespace)
+        return decode(self, entry)
+
+    monkeypatch.setattr(Collection, "_decode", counted)
+    user = f"near-{uuid.uuid4().hex[:8]}"
+    async with near_db as db:
+        await near_serving(db)
+        notes = db.collection(Note, "notes")
+        saved_state = await db.save_state(
+            StateRecord(user_id=user, session_id="s1", state="A", data={"turns": [1]})
+        )
+        saved_note = await notes.save(Note(user_id=user, note_id="n1", lines=["a"]))
+        hits = tier(db).tier_stats().near_hits
+        for _ in range(4):
+            state = await db.get_state(user, "s1")
+            note = await notes.get(user, "n1")
+            assert (state, note) == (saved_state, saved_note)
+            assert state is not None
+            assert note is not None
+            state.data["turns"].append(2)  # type: ignore[union-attr]
+            state.state = "CHANGED"
+            note.lines.append("b")
+        assert tier(db).tier_stats().near_hits == hits + 8
+        assert validated.count("state") == 2
+        assert validated.count("notes") == 4
+        await db.delete_user(user)
 
 
 async def test_readers_of_near_cached_records_take_turns(near_db: Store) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
+from backends.base import with_memo
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -142,7 +144,7 @@ class NearCache:
         held = entries.get(key)
         if held is not None and held.revision >= entry.revision:
             return
-        entries[key] = entry
+        entries[key] = with_memo(entry)
         entries.move_to_end(key)
         if len(entries) > self.max_entries:
             entries.popitem(last=False)

@@ -82,8 +82,13 @@ class ReadThrough:
     async def get(self, key: Key) -> Entry | None:
         """The entry of one key: :meth:`get_many` without its lists (the request path's
         common case)."""
-        guard = self._guard
-        if self._near is None and guard.breaker.closed and not guard.lost:
+        near = self._near
+        if near is not None:
+            entry = near.get(key)
+            if entry is not None:
+                await self._served_near(1)
+                return entry
+        elif self._guard.breaker.closed and not self._guard.lost:
             return await self._one(key)
         return (await self.get_many((key,)))[0]
 
@@ -96,22 +101,30 @@ class ReadThrough:
         stamp = near.stamp()
         found = [near.get(key) for key in keys]
         rest = [i for i, entry in enumerate(found) if entry is None]
+        if not rest:
+            await self._served_near(len(keys))
+            return found
         hits = len(keys) - len(rest)
         self.reads += hits
         self.hits += hits
         self.near_hits += hits
-        if not rest:
-            self._near_hits_this_turn += hits
-            if self._near_hits_this_turn >= NEAR_HITS_PER_TURN:
-                self._near_hits_this_turn = 0
-                await asyncio.sleep(0)  # let other tasks run (see the module docstring)
-            return found
         fetched = await self._shared([keys[i] for i in rest])
         for i, entry in zip(rest, fetched, strict=True):
             found[i] = entry
             if entry is not None:
                 near.offer(keys[i], entry, stamp)
         return found
+
+    async def _served_near(self, hits: int) -> None:
+        """Count a read the near cache answered whole; now and then let other tasks run
+        (see the module docstring)."""
+        self.reads += hits
+        self.hits += hits
+        self.near_hits += hits
+        self._near_hits_this_turn += hits
+        if self._near_hits_this_turn >= NEAR_HITS_PER_TURN:
+            self._near_hits_this_turn = 0
+            await asyncio.sleep(0)
 
     async def _shared(self, keys: Sequence[Key]) -> list[Entry | None]:
         """Entries of ``keys`` from the shared cache, misses from the system of record."""
