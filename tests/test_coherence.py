@@ -20,8 +20,9 @@ from redis.crc import key_slot
 
 from backends.base import Backend, Change
 from backends.sql import build_sql_backend
-from backends.tiered import TieredBackend
+from backends.tiered import TieredBackend, changes
 from backends.tiered.feed import FeedFollower
+from backends.tiered.store import DEFAULT_CACHE_TIMEOUT
 from kvstore import DatabaseType, StateRecord, create_database
 from kvstore.clock import SYSTEM_CLOCK, SkewedClock
 from kvstore.keys import Key
@@ -46,7 +47,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 def tiered(
-    postgres_url: str, cache_url: str, clock: Clock = SYSTEM_CLOCK, *, follow: bool = True
+    postgres_url: str,
+    cache_url: str,
+    clock: Clock = SYSTEM_CLOCK,
+    *,
+    follow: bool = True,
+    cache_timeout: float = DEFAULT_CACHE_TIMEOUT,
 ) -> Store:
     db = create_database(
         DatabaseType.TIERED,
@@ -56,6 +62,7 @@ def tiered(
         feed_interval=0.02,
         follow_changes=follow,
         clock=clock,
+        cache_timeout=cache_timeout,
     )
     assert isinstance(db, Store)
     return db
@@ -152,8 +159,11 @@ async def test_the_feed_waits_for_a_write_it_reads_before_its_cache_update(
 ) -> None:
     """The feed can read a save's row between its commit and its cache update: the change
     is held back until the save says it landed, and is then counted as this process's own
-    instead of written to the cache a second time."""
-    db = tiered(postgres_url, redis_server.url)
+    instead of written to the cache a second time. The test holds the save's cache update
+    until the feed has read the change: neither the update's deadline nor the hold's limit
+    may run out meanwhile, however slowly a busy machine gets there."""
+    monkeypatch.setattr(changes, "HOLD_MAX", DEADLINE)
+    db = tiered(postgres_url, redis_server.url, cache_timeout=DEADLINE)
     user = new_user()
     async with db:
         backend = backend_of(db)
