@@ -16,8 +16,6 @@ operations and guarantees::
 
 from __future__ import annotations
 
-import contextlib
-import pickle
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Final, Generic, TypeVar, cast
@@ -27,9 +25,10 @@ from pydantic import ValidationError
 from kvstore.errors import InvalidRecordError
 from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_namespace
 from kvstore.models.base import METADATA_FIELDS, STORED, Record, stamp
+from kvstore.models.copies import copier
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from backends.base import Entry
     from kvstore.store import Store
@@ -191,20 +190,20 @@ class Collection(Generic[R]):
     def decode(self, entry: Entry) -> R:
         """Turn a stored entry back into a record, upgrading older schema versions.
 
-        An entry with a memo (one the near cache holds) that is read a second time is
-        pickled; later reads of it get a copy of that record, unpickled: 6 µs for the
-        1.3 KB session record of the benchmarks, where validating it again takes 11. Each
-        read gets its own copy, so a caller's changes never reach another's record."""
+        An entry with a memo (one the near cache holds) that is read a second time keeps a
+        :func:`~kvstore.models.copies.copier` of the record; later reads of it get a copy
+        from that instead of validating anew. Each read gets a record of its own, so a
+        caller's changes never reach another's."""
         memo = entry.memo
         if memo is None:
             return self._decode(entry)
         model = self.model
         seen = memo.get(model, 0)
-        if isinstance(seen, bytes):
-            return cast("R", pickle.loads(seen))  # noqa: S301 - pickled by this process
+        if not isinstance(seen, int):
+            return cast("Callable[[], R]", seen)()
         record = self._decode(entry)
-        if seen == 1:  # read again: worth a copy, if pickle can make one
-            memo[model] = _pickled(record) or _UNPICKLABLE
+        if seen == 1:  # read again: worth a copier, if the record can have one
+            memo[model] = copier(record) or _UNCOPYABLE
         elif seen == 0:
             memo[model] = 1
         return record
@@ -226,16 +225,5 @@ class Collection(Generic[R]):
         return self.model.from_stored(self.store.serializer.loads(entry.value))
 
 
-_UNPICKLABLE: Final = -1
-"""In an entry's memo: the record cannot be copied by pickle; it is validated on every read."""
-
-
-def _pickled(record: Record) -> bytes:
-    """``record`` pickled, if unpickling gives an equal record; else ``b""``: a record
-    pickle cannot copy (a model defined inside a function, a field of a type that pickles
-    lossily) is validated on every read instead."""
-    with contextlib.suppress(Exception):  # whatever a field's pickling raises
-        data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-        if pickle.loads(data) == record:  # noqa: S301 - pickled just now
-            return data
-    return b""
+_UNCOPYABLE: Final = -1
+"""In an entry's memo: the record has no copier; it is validated on every read."""

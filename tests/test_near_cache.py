@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar
 
 import pytest
+from pydantic import PrivateAttr
 
 from backends.base import Change, Entry
 from backends.tiered import TieredBackend
@@ -239,18 +240,20 @@ async def test_reads_your_writes_from_the_near_cache(near_db: Store) -> None:
         assert await db.get_state(user, "s1") is None
 
 
-async def test_each_near_cache_hit_gets_a_copy_of_the_record_validated_once(
+async def test_each_near_cache_hit_gets_a_copy_of_the_record_validated_twice(
     near_db: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A near-cache entry is validated on its first two reads; later reads unpickle a copy
-    of that record. What one caller changes in its record never reaches another's. A model
-    pickle cannot copy (defined in a function) is validated on every read instead."""
+    """A near-cache entry is validated on its first two reads; later reads get copies
+    (``kvstore.models.copies``). What one caller changes in its record never reaches
+    another's. A record without a copier (here: one with a private attribute) is
+    validated on every read."""
 
-    class Note(Record):  # local: pickle cannot find it by name
+    class Note(Record):
         KEY_FIELDS: ClassVar[tuple[str, ...]] = ("user_id", "note_id")
         user_id: Id
         note_id: Id
         lines: list[str]
+        _drafts: list[str] = PrivateAttr(default_factory=list)
 
     validated: list[str] = []
     decode = Collection._decode
