@@ -13,10 +13,10 @@ Pickle here only reads back what this process pickled itself a moment before.
 from __future__ import annotations
 
 import pickle
-import uuid
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final, TypeVar
+from uuid import UUID
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 R = TypeVar("R", bound="Record")
 
 SHARED_TYPES: Final = frozenset(
-    {str, int, float, bool, type(None), bytes, datetime, date, time, timedelta, Decimal}
-    | {uuid.UUID}
+    (str, int, float, bool, type(None), bytes, Decimal, UUID, datetime, date, time, timedelta)
 )
 """Types whose values never change, so copies may share them (exact types only: a
 subclass may add state that changes)."""
