@@ -51,6 +51,7 @@ def copier(record: R) -> Callable[[], R] | None:
             return None
         pickled[name] = data
     original = record.model_copy()  # later changes to ``record`` do not reach the copies
+    original.__dict__.update(dict.fromkeys(pickled))  # nor does it keep the caller's values
     loads = pickle.loads
 
     def copy() -> R:
