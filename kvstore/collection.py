@@ -37,6 +37,8 @@ R = TypeVar("R", bound=Record)
 
 MAX_TTL: Final = timedelta(days=36525).total_seconds()
 """The longest expiry a save takes: 100 years (a datetime cannot go past year 9999)."""
+_UNCOPYABLE: Final = -1
+"""In an entry's memo: the record has no copier; it is validated on every read."""
 
 
 def check_ttl(ttl: float | timedelta | None) -> float | None:
@@ -223,7 +225,3 @@ class Collection(Generic[R]):
 
     def _decode_upgrading(self, entry: Entry) -> R:
         return self.model.from_stored(self.store.serializer.loads(entry.value))
-
-
-_UNCOPYABLE: Final = -1
-"""In an entry's memo: the record has no copier; it is validated on every read."""

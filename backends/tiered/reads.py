@@ -104,10 +104,7 @@ class ReadThrough:
         if not rest:
             await self._served_near(len(keys))
             return found
-        hits = len(keys) - len(rest)
-        self.reads += hits
-        self.hits += hits
-        self.near_hits += hits
+        self._count_near(len(keys) - len(rest))
         fetched = await self._shared([keys[i] for i in rest])
         for i, entry in zip(rest, fetched, strict=True):
             found[i] = entry
@@ -115,12 +112,16 @@ class ReadThrough:
                 near.offer(keys[i], entry, stamp)
         return found
 
-    async def _served_near(self, hits: int) -> None:
-        """Count a read the near cache answered whole; now and then let other tasks run
-        (see the module docstring)."""
+    def _count_near(self, hits: int) -> None:
+        """Count keys the near cache answered."""
         self.reads += hits
         self.hits += hits
         self.near_hits += hits
+
+    async def _served_near(self, hits: int) -> None:
+        """Count a read the near cache answered whole; now and then let other tasks run
+        (see the module docstring)."""
+        self._count_near(hits)
         self._near_hits_this_turn += hits
         if self._near_hits_this_turn >= NEAR_HITS_PER_TURN:
             self._near_hits_this_turn = 0
