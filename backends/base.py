@@ -106,16 +106,23 @@ class Entry:
     the tiered cache orders entries, fills and tombstones by it alone."""
     memo: dict[type, object] | None = field(default=None, init=False, compare=False, repr=False)
     """Where the record layer keeps what it derived from ``value`` once, for every later
-    reader of this same object; ``None`` unless the entry is one :func:`with_memo` made (to
-    be read again and again). ``dataclasses.replace`` never carries it to another value."""
+    reader of this same object; ``None`` until :func:`with_memo` or :func:`give_memo` gave
+    it one (to be read again and again). ``dataclasses.replace`` never carries it to
+    another value."""
 
 
 def with_memo(entry: Entry) -> Entry:
     """A copy of ``entry`` for a holder that serves it to many reads (the near cache): it
     carries an empty :attr:`Entry.memo`."""
-    copy = replace(entry)
-    object.__setattr__(copy, "memo", {})  # the frozen dataclass's own way to set a field
-    return copy
+    return give_memo(replace(entry))
+
+
+def give_memo(entry: Entry) -> Entry:
+    """``entry`` itself, with an empty :attr:`Entry.memo` if it had none (an entry read
+    again: every later reader of this object shares what is derived from it)."""
+    if entry.memo is None:
+        object.__setattr__(entry, "memo", {})  # the frozen dataclass's own way to set a field
+    return entry
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,7 @@ class Collection(Generic[R]):
         """The record with these key components, or ``None``."""
         key = self.key(*components)
         entry = await (await self.store.backend_ready()).get(key)
-        return None if entry is None else self.decode(entry)
+        return None if entry is None else self.decode(self.store.recent.held(key, entry))
 
     async def get_many(self, keys: Sequence[tuple[str, ...]]) -> list[R | None]:
         """Records for many keys in one backend call, in order, ``None`` where absent."""
@@ -111,7 +111,11 @@ class Collection(Generic[R]):
         if not encoded:
             return []
         entries = await (await self.store.backend_ready()).get_many(encoded)
-        return [None if entry is None else self.decode(entry) for entry in entries]
+        held = self.store.recent.held
+        return [
+            None if entry is None else self.decode(held(key, entry))
+            for key, entry in zip(encoded, entries, strict=True)
+        ]
 
     async def save(
         self,
@@ -155,7 +159,9 @@ class Collection(Generic[R]):
         """Delete the record; ``True`` if it existed. ``fence`` as for :meth:`save`."""
         key = self.key(*components)
         backend = await self.store.backend_ready()
-        return bool(await backend.delete(key, expected_version=expected_version, fence=fence))
+        deleted = await backend.delete(key, expected_version=expected_version, fence=fence)
+        self.store.recent.forget(key)
+        return bool(deleted)
 
     async def page(
         self,

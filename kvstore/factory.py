@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Final, Unpack, cast
 from kvstore.clock import SYSTEM_CLOCK, Clock
 from kvstore.errors import ConfigurationError
 from kvstore.options import COMMON_OPTIONS, REDIS_OPTIONS, SQL_OPTIONS
+from kvstore.recent import DEFAULT_BYTES, DEFAULT_ENTRIES, RecentReads
 from kvstore.store import DEFAULT_MAX_VALUE_BYTES, Store
 
 if TYPE_CHECKING:
@@ -64,6 +65,10 @@ def create_database(
     clock = options.get("clock", SYSTEM_CLOCK)
     if not isinstance(clock, Clock):
         raise ConfigurationError("clock must have now() and monotonic() (see kvstore.clock)")
+    recent = RecentReads(
+        options.get("recent_reads", DEFAULT_ENTRIES),
+        options.get("recent_reads_bytes", DEFAULT_BYTES),
+    )
     instruments = _instruments(options)
     backend, description = BUILDERS[kind](connection_string, options, clock, instruments)
     if instruments is not None:
@@ -77,6 +82,7 @@ def create_database(
         ttls=ttls,
         max_value_bytes=max_value_bytes,
         description=description,
+        recent=recent,
     )
 
 

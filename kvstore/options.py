@@ -32,6 +32,11 @@ class CommonOptions(TypedDict, total=False):
     meter_provider: MeterProvider | None
     """Telemetry to this meter provider instead of the global one (implies telemetry;
     ``None`` is as if not given)."""
+    recent_reads: int
+    """Records read lately that are kept validated, so that one read again unchanged is
+    copied rather than validated again (:mod:`kvstore.recent`; 0 keeps none)."""
+    recent_reads_bytes: int
+    """The most bytes of stored values those records may hold."""
 
 
 class SQLOptions(TypedDict, total=False):

@@ -11,6 +11,7 @@ from kvstore.interface import Database
 from kvstore.keys import check_component
 from kvstore.locks import LockWakeups, SessionLock
 from kvstore.models import ContextRecord, IdentityRecord, StateRecord, UserRecord
+from kvstore.recent import RecentReads
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -35,7 +36,8 @@ class Store(Database):
 
     ``ttls`` gives default expiry in seconds per built-in namespace (``"state"``,
     ``"context"``, ``"identity"``, ``"user"``); ``max_value_bytes`` caps one serialized
-    record (1 MiB by default).
+    record (1 MiB by default); ``recent`` holds the records read lately (by default 1,024 of
+    them, up to 4 MiB of stored values).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Store(Database):
         ttls: Mapping[str, float | timedelta] | None = None,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         description: str | None = None,
+        recent: RecentReads | None = None,
     ) -> None:
         self.backend = backend
         if serializer is None:
@@ -60,6 +63,8 @@ class Store(Database):
         self._closed = False
         self._init_lock = asyncio.Lock()
         self._lock_wakeups = LockWakeups()
+        self.recent = RecentReads() if recent is None else recent
+        """The records read lately, kept validated (:mod:`kvstore.recent`)."""
         ttls = dict(ttls or {})
         self.states = Collection(self, StateRecord, STATE, ttl=ttls.pop(STATE, None))
         self.contexts = Collection(self, ContextRecord, CONTEXT, ttl=ttls.pop(CONTEXT, None))
@@ -236,4 +241,6 @@ class Store(Database):
 
     async def delete_user(self, user_id: str) -> int:
         check_component(user_id, "user_id")
-        return await (await self.backend_ready()).delete_owner(user_id)
+        deleted = await (await self.backend_ready()).delete_owner(user_id)
+        self.recent.forget_owner(user_id)
+        return deleted

@@ -27,8 +27,11 @@ from kvstore import (
     UserRecord,
 )
 from kvstore.clock import ManualClock
+from kvstore.collection import Collection
+from kvstore.store import Store
 
 if TYPE_CHECKING:
+    from backends.base import Entry
     from tests.conftest import MakeDb
 
 WEIRD_IDS = [
@@ -113,6 +116,44 @@ async def test_every_record_kind_round_trips(db: Database) -> None:
     assert not await db.delete_identity("u1", "i1")
     assert await db.get_context("u1", "s1") is None
     assert await db.get_identity("u1", "i1") is None
+
+
+async def test_a_record_read_again_unchanged_is_copied_and_each_read_owns_its_own(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads of an unchanged record validate it at most three times, then get copies
+    (``kvstore.recent``); what a caller changes in its record reaches no other read; a new
+    save is read back at once; nothing of a deleted or erased record stays held."""
+    validated: Counter[str] = Counter()
+    decode = Collection._decode
+
+    def counted(self: Collection[Record], entry: Entry) -> Record:
+        validated[self.namespace] += 1
+        return decode(self, entry)
+
+    monkeypatch.setattr(Collection, "_decode", counted)
+    assert isinstance(db, Store)
+    notes = db.collection(Note, "notes")
+    saved = await db.save_state(
+        StateRecord(user_id="u1", session_id="s1", state="A", data={"turns": [{"text": "hi"}]})
+    )
+    note = await notes.save(Note(user_id="u1", note_id="n1", text="remember"))
+    for _ in range(5):
+        found = await db.get_state("u1", "s1")
+        assert found == saved
+        assert found is not None
+        found.data["turns"].append("changed")  # type: ignore[union-attr]
+        found.state = "CHANGED"
+        assert await notes.get_many([("u1", "n1"), ("u1", "absent")]) == [note, None]
+    assert validated["state"] <= 3
+    assert validated["notes"] <= 3
+    again = await db.save_state(saved.model_copy(update={"state": "B"}))
+    assert await db.get_state("u1", "s1") == again
+    assert await db.delete_state("u1", "s1")
+    assert await db.get_state("u1", "s1") is None
+    assert db.states.key("u1", "s1") not in db.recent
+    assert await db.delete_user("u1") == 1
+    assert len(db.recent) == 0
 
 
 async def test_expected_version_guards_saves(db: Database) -> None:
