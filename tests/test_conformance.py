@@ -133,7 +133,7 @@ async def test_a_record_read_again_unchanged_is_copied_and_each_read_owns_its_ow
 
     monkeypatch.setattr(Collection, "_decode", counted)
     assert isinstance(db, Store)
-    notes = db.collection(Note, "notes")
+    notes = db.collection(Note, "notes", ttl=3600)  # an expiry is part of what is compared
     saved = await db.save_state(
         StateRecord(user_id="u1", session_id="s1", state="A", data={"turns": [{"text": "hi"}]})
     )
