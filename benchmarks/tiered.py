@@ -4,7 +4,10 @@ python -m benchmarks.tiered [--seconds 2] [--postgres ADMIN_URL] [--redis URL]
 
 * cache-hit ``get_state`` vs raw redis-py ``GET`` + ``StateRecord.model_validate_json``
   (redis-py at its fastest: hiredis, ``socket_timeout=None``), from Redis and from a near
-  cache in the process (``near_cache_entries``);
+  cache in the process (``near_cache_entries``); the same keys are read again and again,
+  so the store copies records it validated before (``kvstore.recent``), and a store with
+  ``recent_reads=0`` shows what a read costs that validates, as when records change
+  between reads;
 * ``save_state`` vs a raw asyncpg upsert (pool without reset, the SQL backend's own
   statement) followed by a raw redis-py ``SET`` of the serialized record;
 
@@ -28,6 +31,7 @@ from backends.base import utcnow
 from backends.tiered import TieredBackend
 from benchmarks.common import delete_prefix, measure, session_record, throwaway_database
 from kvstore import DatabaseType, StateRecord, create_database
+from kvstore.recent import DEFAULT_ENTRIES as DEFAULT_RECENT_READS
 from kvstore.store import Store
 
 if TYPE_CHECKING:
@@ -86,6 +90,7 @@ def tiered(
     follow_changes: bool = True,
     near_cache_entries: int = 0,
     group_commit: bool = True,
+    recent_reads: int = DEFAULT_RECENT_READS,
 ) -> Store:
     db = create_database(
         DatabaseType.TIERED,
@@ -98,6 +103,7 @@ def tiered(
         follow_changes=follow_changes,
         near_cache_entries=near_cache_entries,
         group_commit=group_commit,
+        recent_reads=recent_reads,
     )
     assert isinstance(db, Store)
     return db
@@ -112,6 +118,8 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
     db_near = tiered(url, redis_url, prefix, near_cache_entries=KEYS)
     # and one whose saves each go alone (no group commit), for comparison
     db_alone = tiered(url, redis_url, prefix, follow_changes=False, group_commit=False)
+    # and one that validates every read, as when a record changes between reads
+    db_validating = tiered(url, redis_url, prefix, follow_changes=False, recent_reads=0)
     redis = Redis.from_url(redis_url, socket_timeout=None)  # the raw driver at its fastest
     pool = await asyncpg.create_pool(url, min_size=10, max_size=10, reset=_noreset)
     to_json = StateRecord.__pydantic_serializer__.to_json
@@ -125,6 +133,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
         await db_ibw.initialize()
         await db_near.initialize()
         await db_alone.initialize()
+        await db_validating.initialize()
         await pool.execute(RAW_TABLE)
         saved = [await db.save_state(record) for record in RECORDS]
         for key, record in zip(raw_keys, saved, strict=True):
@@ -201,6 +210,10 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                 [
                     ("raw redis-py GET + model_validate_json", raw_get(Cycle())),
                     ("tiered get_state", tiered_get(db, Cycle())),
+                    (
+                        "tiered get_state, recent_reads=0 (validates every read)",
+                        tiered_get(db_validating, Cycle()),
+                    ),
                     ("tiered get_state, near cache", tiered_get(db_near, Cycle())),
                 ],
                 tasks,
@@ -235,6 +248,7 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
         await db_ibw.close()
         await db_near.close()
         await db_alone.close()
+        await db_validating.close()
         await delete_prefix(redis, prefix)
         await redis.aclose()
         await pool.close()

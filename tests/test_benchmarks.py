@@ -98,6 +98,7 @@ async def test_the_tiered_benchmark_compares_every_contender(private_redis: Redi
     assert found["cache-hit get_state, 1 task(s)"] == [
         "raw redis-py GET + model_validate_json",
         "tiered get_state",
+        "tiered get_state, recent_reads=0 (validates every read)",
         "tiered get_state, near cache",
     ]
 
