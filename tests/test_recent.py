@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 
 from backends.base import Entry, with_memo
+from kvstore import ConfigurationError, DatabaseType, create_database
 from kvstore.keys import Key
 from kvstore.recent import RecentReads
+from kvstore.store import Store
 
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
 
@@ -120,3 +125,18 @@ def test_clear_drops_everything() -> None:
     read = entry()
     assert recent.held(key("s1"), read) is read
     assert read is not first
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"recent_reads": -1}, {"recent_reads": 1.5}, {"recent_reads_bytes": "4MB"}],
+)
+def test_bad_bounds_are_a_configuration_error(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="recent_reads"):
+        create_database(DatabaseType.MEMORY, **options)
+
+
+def test_the_bounds_reach_the_store() -> None:
+    db = create_database(DatabaseType.MEMORY, recent_reads=7, recent_reads_bytes=900)
+    assert isinstance(db, Store)
+    assert (db.recent.max_entries, db.recent.max_bytes) == (7, 900)
