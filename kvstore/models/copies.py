@@ -94,7 +94,7 @@ def _kept(value: object) -> tuple[Callable[[bytes], object], bytes] | None:
         plain = plain_json(value)
     except RecursionError:
         plain = False
-    for loads, dumps in _SERIALIZERS[not plain :]:
+    for loads, dumps in _SERIALIZERS if plain else _SERIALIZERS[1:]:  # orjson first, if JSON
         try:
             data = dumps(value)
             if loads(data) == value:
