@@ -1,18 +1,18 @@
-"""Coalesced reads: the single-key reads that concurrent tasks make in one event-loop
-iteration share one read of many keys.
+"""Coalesced calls: the single-item calls that concurrent tasks make in one event-loop
+iteration share one call for many items (reads of many keys, a pipeline of many writes).
 
 Autopipelining (:mod:`backends.redis.pipe`) already sends concurrent commands in one
 write, but each still costs its own packing, reply parsing, deadline and retry wrapper
 (and, in the tiered store, its own breaker bookkeeping); at 32 tasks that client-side CPU
-is what limits a cache hit. Merging the reads before that turns N reads of one key into
-one read of N.
+is what limits a cache hit, or a save's cache write. Merging the calls before that turns N
+calls of one item into one call of N.
 
-A read that finds nothing queued and no read in flight goes at once, alone: a lone caller
+A call that finds nothing queued and none in flight goes at once, alone: a lone caller
 waits for nothing and pays one extra call. Otherwise it joins a queue that is sent as one
-read at the next loop iteration (at most :data:`MAX_KEYS` keys; the rest form further
-reads). Every caller gets its own value, or the shared read's error; a caller cancelled
-while queued is left out of the read, and a caller cancelled while its read is in flight
-does not cut the others off (the read runs in a task of its own).
+call at the next loop iteration (at most :data:`MAX_ITEMS` items; the rest form further
+calls). Every caller gets its own result, or the shared call's error; a caller cancelled
+while queued is left out of the call, and a caller cancelled while its call is in flight
+does not cut the others off (the call runs in a task of its own).
 """
 
 from __future__ import annotations
@@ -26,56 +26,56 @@ if TYPE_CHECKING:
 K = TypeVar("K")
 V = TypeVar("V")
 
-MAX_KEYS: Final = 256
-"""Keys one coalesced read carries at most."""
+MAX_ITEMS: Final = 256
+"""Items one coalesced call carries at most."""
 
 
-class CoalescedReads(Generic[K, V]):
-    """Single-key reads merged into reads of many keys by ``read``."""
+class Coalesced(Generic[K, V]):
+    """Single-item calls merged into calls of many items by ``send``."""
 
-    def __init__(self, read: Callable[[Sequence[K]], Awaitable[Sequence[V]]]) -> None:
-        """``read(keys)`` returns one value per key, in order, or raises for all of them."""
-        self._read = read
+    def __init__(self, send: Callable[[Sequence[K]], Awaitable[Sequence[V]]]) -> None:
+        """``send(items)`` returns one result per item, in order, or raises for all."""
+        self._send_many = send
         self._queue: list[tuple[K, asyncio.Future[V]]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.reads = 0
-        """Reads sent (a lone read counts one)."""
-        self.keys = 0
-        """Keys those reads carried."""
+        self.sent = 0
+        """Calls sent (a lone call counts one)."""
+        self.items = 0
+        """Items those calls carried."""
 
-    async def get(self, key: K) -> V:
-        """The value ``read`` gives for ``key``, read alone or with others'."""
+    async def call(self, item: K) -> V:
+        """The result ``send`` gives for ``item``, sent alone or with others'."""
         if not self._queue and self._in_flight == 0:
             self._in_flight += 1
-            self.reads += 1
-            self.keys += 1
+            self.sent += 1
+            self.items += 1
             try:
-                return (await self._read((key,)))[0]
+                return (await self._send_many((item,)))[0]
             finally:
                 self._in_flight -= 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future[V] = loop.create_future()
         if not self._queue:
             loop.call_soon(self._flush)
-        self._queue.append((key, future))
+        self._queue.append((item, future))
         return await future
 
     def _flush(self) -> None:
-        queued = [(key, future) for key, future in self._queue if not future.cancelled()]
+        queued = [(item, future) for item, future in self._queue if not future.cancelled()]
         self._queue = []
         loop = asyncio.get_running_loop()
-        for start in range(0, len(queued), MAX_KEYS):
-            task = loop.create_task(self._send(queued[start : start + MAX_KEYS]))
+        for start in range(0, len(queued), MAX_ITEMS):
+            task = loop.create_task(self._send_queued(queued[start : start + MAX_ITEMS]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, queued: list[tuple[K, asyncio.Future[V]]]) -> None:
+    async def _send_queued(self, queued: list[tuple[K, asyncio.Future[V]]]) -> None:
         self._in_flight += 1
-        self.reads += 1
-        self.keys += len(queued)
+        self.sent += 1
+        self.items += len(queued)
         try:
-            values = await self._read([key for key, _ in queued])
+            results = await self._send_many([item for item, _ in queued])
         except BaseException as exc:
             for _, future in queued:
                 if future.done():
@@ -89,11 +89,11 @@ class CoalescedReads(Generic[K, V]):
             return
         finally:
             self._in_flight -= 1
-        for (_, future), value in zip(queued, values, strict=True):
+        for (_, future), result in zip(queued, results, strict=True):
             if not future.done():
-                future.set_result(value)
+                future.set_result(result)
 
     async def aclose(self) -> None:
-        """Wait for the reads already sent."""
+        """Wait for the calls already sent."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

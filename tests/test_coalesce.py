@@ -1,7 +1,8 @@
-"""Coalesced reads: concurrent single-key reads share one read of many keys, each caller
-gets its own answer, and a cancelled or failing read affects only whom it must. First the
-coalescer alone (a read function the test controls), then the Redis store and the tiered
-store on a ``redis-server`` of the test's own, whose command counts show the sharing."""
+"""Coalesced calls: concurrent single-key reads share one read of many keys (and a tiered
+store's concurrent cache writes one script call), each caller gets its own answer, and a
+cancelled or failing call affects only whom it must. First the coalescer alone (a read
+function the test controls), then the Redis store and the tiered store on a
+``redis-server`` of the test's own, whose command counts show the sharing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 from redis.asyncio import Redis
 
 from backends.breaker import BreakerState
-from backends.coalesce import MAX_KEYS, CoalescedReads
+from backends.coalesce import MAX_ITEMS, Coalesced
+from backends.redis.cache import RedisCache
 from backends.tiered import TieredBackend
 from kvstore import BackendUnavailableError, DatabaseType, StateRecord, create_database
 from kvstore.store import Store
@@ -41,39 +43,39 @@ class Reads:
         return [f"value of {key}" for key in keys]
 
 
-async def one_in_flight() -> tuple[Reads, CoalescedReads[str, str], asyncio.Task[str]]:
+async def one_in_flight() -> tuple[Reads, Coalesced[str, str], asyncio.Task[str]]:
     """A coalescer whose first read (of "a") is in flight, held until ``go`` is set."""
     reads = Reads()
     reads.go.clear()
-    coalesced: CoalescedReads[str, str] = CoalescedReads(reads)
-    first = asyncio.create_task(coalesced.get("a"))
+    coalesced: Coalesced[str, str] = Coalesced(reads)
+    first = asyncio.create_task(coalesced.call("a"))
     await asyncio.sleep(0)
     return reads, coalesced, first
 
 
 async def test_a_lone_read_goes_alone_and_at_once() -> None:
     reads = Reads()
-    coalesced = CoalescedReads(reads)
-    assert await coalesced.get("a") == "value of a"
-    assert await coalesced.get("b") == "value of b"
+    coalesced = Coalesced(reads)
+    assert await coalesced.call("a") == "value of a"
+    assert await coalesced.call("b") == "value of b"
     assert reads.calls == [["a"], ["b"]]
 
 
 async def test_reads_that_meet_a_read_in_flight_share_the_next_one() -> None:
     reads, coalesced, first = await one_in_flight()
-    rest = [asyncio.create_task(coalesced.get(key)) for key in ("b", "c", "b")]
+    rest = [asyncio.create_task(coalesced.call(key)) for key in ("b", "c", "b")]
     await asyncio.sleep(0)
     reads.go.set()
     assert await first == "value of a"
     assert await asyncio.gather(*rest) == ["value of b", "value of c", "value of b"]
     assert reads.calls == [["a"], ["b", "c", "b"]]
-    assert (coalesced.reads, coalesced.keys) == (2, 4)
+    assert (coalesced.sent, coalesced.items) == (2, 4)
 
 
 async def test_a_caller_cancelled_while_queued_is_left_out() -> None:
     reads, coalesced, first = await one_in_flight()
-    gone = asyncio.create_task(coalesced.get("gone"))
-    kept = asyncio.create_task(coalesced.get("kept"))
+    gone = asyncio.create_task(coalesced.call("gone"))
+    kept = asyncio.create_task(coalesced.call("kept"))
     await asyncio.sleep(0)  # both queued; the flush comes at the next iteration
     gone.cancel()
     reads.go.set()
@@ -85,8 +87,8 @@ async def test_a_caller_cancelled_while_queued_is_left_out() -> None:
 
 async def test_a_caller_cancelled_in_flight_does_not_cut_the_others_off() -> None:
     reads, coalesced, first = await one_in_flight()
-    gone = asyncio.create_task(coalesced.get("gone"))
-    kept = asyncio.create_task(coalesced.get("kept"))
+    gone = asyncio.create_task(coalesced.call("gone"))
+    kept = asyncio.create_task(coalesced.call("kept"))
     for _ in range(3):  # until the shared read of "gone" and "kept" is in flight
         await asyncio.sleep(0)
     assert reads.calls[-1] == ["gone", "kept"]
@@ -101,7 +103,7 @@ async def test_a_caller_cancelled_in_flight_does_not_cut_the_others_off() -> Non
 
 async def test_a_failing_read_fails_every_caller_it_carried() -> None:
     reads, coalesced, first = await one_in_flight()
-    shared = [asyncio.create_task(coalesced.get(key)) for key in ("b", "c")]
+    shared = [asyncio.create_task(coalesced.call(key)) for key in ("b", "c")]
     for _ in range(3):
         await asyncio.sleep(0)
     reads.error = BackendUnavailableError("the server went away")
@@ -109,17 +111,17 @@ async def test_a_failing_read_fails_every_caller_it_carried() -> None:
     outcomes = await asyncio.gather(first, *shared, return_exceptions=True)
     assert all(isinstance(outcome, BackendUnavailableError) for outcome in outcomes)
     reads.error = None
-    assert await coalesced.get("d") == "value of d"  # the next read is a fresh one
+    assert await coalesced.call("d") == "value of d"  # the next read is a fresh one
 
 
 async def test_a_read_carries_at_most_max_keys() -> None:
     reads, coalesced, first = await one_in_flight()
-    keys = [f"k{n}" for n in range(MAX_KEYS + 10)]
-    rest = [asyncio.create_task(coalesced.get(key)) for key in keys]
+    keys = [f"k{n}" for n in range(MAX_ITEMS + 10)]
+    rest = [asyncio.create_task(coalesced.call(key)) for key in keys]
     await asyncio.sleep(0)
     reads.go.set()
     assert await asyncio.gather(first, *rest) == [f"value of {k}" for k in ["a", *keys]]
-    assert [len(call) for call in reads.calls] == [1, MAX_KEYS, 10]
+    assert [len(call) for call in reads.calls] == [1, MAX_ITEMS, 10]
 
 
 # -- on a real server ---------------------------------------------------------------------
@@ -215,5 +217,66 @@ async def test_a_frozen_cache_fails_coalesced_readers_over_to_sql_and_opens_the_
         stats = backend.tier_stats()
         assert stats.breaker is BreakerState.OPEN, stats
         assert stats.bypassed >= len(users), stats
+        for user in users:
+            await db.delete_user(user)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_concurrent_tiered_saves_share_cache_writes_and_a_frozen_cache_fails_no_save(
+    postgres_url: str, redis_server: RedisServer
+) -> None:
+    """The cache writes of 64 concurrent saves go as a few coalesced ``WRITE`` calls. With
+    the cache frozen, a shared write that times out fails only the cache: every save is
+    acknowledged (PostgreSQL committed it), every key is read back new, and each of the
+    shared write's keys is repaired once the cache thaws."""
+    db = create_database(
+        DatabaseType.TIERED,
+        postgres_url,
+        cache_url=redis_server.url,
+        follow_changes=False,
+        cache_timeout=0.1,
+        breaker_threshold=1000,
+    )
+    assert isinstance(db, Store)
+    backend = db.backend
+    assert isinstance(backend, TieredBackend)
+    cache = backend.cache
+    assert isinstance(cache, RedisCache)
+    assert redis_server.process is not None
+    users = [f"write-{n}" for n in range(TASKS)]
+
+    async def save_all(state: str) -> list[int]:
+        async with asyncio.timeout(10):  # a hang guard
+            saved = await asyncio.gather(
+                *(
+                    db.save_state(StateRecord(user_id=user, session_id="s", state=state))
+                    for user in users
+                )
+            )
+        return [record.version for record in saved]
+
+    async def states() -> list[str | None]:
+        found = await asyncio.gather(*(db.get_state(user, "s") for user in users))
+        return [record.state if record else None for record in found]
+
+    async with db:
+        assert await save_all("one") == [1] * TASKS
+        assert cache.writes.items == TASKS
+        assert cache.writes.sent <= TASKS / 8, cache.writes.sent
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            assert await save_all("two") == [2] * TASKS
+            assert backend.tier_stats().dirty == TASKS
+            assert await states() == ["two"] * TASKS  # dirty keys are read from SQL
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        for _ in range(20):
+            if await backend.repaired() == 0:
+                break
+        assert backend.tier_stats().dirty == 0
+        hits = backend.tier_stats().hits
+        assert await states() == ["two"] * TASKS
+        assert backend.tier_stats().hits == hits + TASKS  # the repaired cache answers
         for user in users:
             await db.delete_user(user)

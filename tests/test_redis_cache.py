@@ -219,11 +219,12 @@ async def test_cache_entries_never_outlive_the_record(cache: RedisBackend) -> No
 
 async def test_concurrent_writes_and_tombstones_share_round_trips(cache: RedisBackend) -> None:
     """A group commit's cache updates, issued together, go to Redis as one pipeline: the
-    first alone (nothing was in flight), the rest in one more round trip; each gets its
-    own outcome."""
+    first alone (nothing was in flight), the rest as one coalesced call of the ``WRITE``
+    script in one more round trip; each gets its own outcome, a stale one included."""
     pipe = cache.redis.ready()
     keys = [Key("state", ("u1", f"s{n}")) for n in range(20)]
-    before = pipe.replies()
+    assert await cache.write(keys[5], Entry(b"{}", 1, BASE, BASE, revision=100))
+    before, sent, items = pipe.replies(), cache.writes.sent, cache.writes.items
     landed = await asyncio.gather(
         *(
             cache.write(key, Entry(b"{}", 1, BASE, BASE, revision=n + 1))
@@ -231,8 +232,9 @@ async def test_concurrent_writes_and_tombstones_share_round_trips(cache: RedisBa
         ),
         cache.tombstones([(Key("state", ("u1", "gone")), 50)]),
     )
-    assert landed == [True] * 20 + [None]
+    assert landed == [True] * 5 + [False] + [True] * 14 + [None]  # s5 holds revision 100
     assert pipe.replies() - before <= 3  # a Cluster pipeline answers once per node
+    assert (cache.writes.sent - sent, cache.writes.items - items) == (2, 20)
     stale = await cache.write(keys[0], Entry(b"{}", 1, BASE, BASE, revision=0))
     assert stale is False  # an older revision than the entry's does not land
     assert [hit.entry is not None for hit in await cache.lookup(keys, lease_ttl=LEASE)] == [

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from backends.cache_base import CacheLookup, VersionedCache
+from backends.coalesce import Coalesced
 from backends.redis import lua
 from backends.redis.client import DRIVER_ERRORS, MAX_LEASE_TTL, NewIncarnationError
 from backends.redis.format import member, pack, pack_tombstone, unpack
@@ -65,11 +67,16 @@ class RedisCache(VersionedCache):
         self.clock = redis.clock
         self.description = redis.description
         self._cache_ttl = cache_ttl
+        self.writes: Coalesced[Call, Any] = Coalesced(partial(self._scripts, "write"))
+        """The ``WRITE`` script calls of concurrent calls of :meth:`write`, sent together:
+        one pipeline, one deadline and one retry wrapper for a group commit's round of
+        writes (its ``sent`` and ``items`` count the pipelines and the writes)."""
 
     def __repr__(self) -> str:
         return f"RedisCache({self.description})"
 
     async def close(self) -> None:
+        await self.writes.aclose()
         await self.redis.close()
 
     async def ping(self) -> None:
@@ -135,6 +142,8 @@ class RedisCache(VersionedCache):
     async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
         px = self._px(ttl, entry.expires_at, None)
         call = self._call(lua.WRITE, key, "", pack(entry), px, entry.revision)
+        if self.redis.autopipeline:
+            return bool(await self.writes.call(call) == 1)
         return bool((await self._scripts("write", [call]))[0] == 1)
 
     async def tombstones(
@@ -188,8 +197,8 @@ class RedisCache(VersionedCache):
         return script, self._keys(key), args
 
     async def _scripts(self, op: str, calls: Sequence[Call]) -> builtins.list[Any]:
-        """Script calls in one pipeline; concurrent callers' lone calls share one (the
-        autopipeline), so a group commit's cache writes go to Redis in one write."""
+        """Script calls in one pipeline (and concurrent callers' pipelines in one write to
+        Redis: the autopipeline); a lost generation marker fails them all."""
         pipe = self.redis.ready()
         results = self.redis.checked(
             op, await self.redis.idempotent(op, lambda: pipe.scripts(calls))

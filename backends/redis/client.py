@@ -25,7 +25,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
-from backends.coalesce import CoalescedReads
+from backends.coalesce import Coalesced
 from backends.deadline import deadline
 from backends.redis import lua
 from backends.redis.connect import Closer, ConnectionSettings, connect
@@ -91,7 +91,8 @@ class RedisClient:
         self._client = client
         self._owns_client = client is None
         self._settings = settings or ConnectionSettings()
-        self._autopipeline = autopipeline
+        self.autopipeline = autopipeline
+        """Whether concurrent commands share pipelines, and single-key calls coalesce."""
         self.timeout = self._settings.socket_timeout
         self._retry = Retry(
             ExponentialBackoff(cap=0.5, base=0.01),
@@ -108,9 +109,8 @@ class RedisClient:
         """On a Cluster: the ``run_id`` each node gave on its newest connection (or when
         :meth:`RedisCache.incarnation <backends.redis.cache.RedisCache.incarnation>` asked)."""
         self._pipe: AutoPipeline | None = None
-        self._coalesced: dict[bool, CoalescedReads[Key, bytes | None]] = {
-            marked: CoalescedReads(partial(self._read_values, marked=marked))
-            for marked in (False, True)
+        self._coalesced: dict[bool, Coalesced[Key, bytes | None]] = {
+            marked: Coalesced(partial(self._read_values, marked=marked)) for marked in (False, True)
         }
         """Coalesced single-key reads, without and with the generation marker."""
         self._closers: list[Closer] = []
@@ -134,7 +134,7 @@ class RedisClient:
             self._client, self._closers = connect(
                 self._url, self._settings, on_connect=self._check_incarnation
             )
-        self._pipe = AutoPipeline(self._client, timeout=self.timeout, enabled=self._autopipeline)
+        self._pipe = AutoPipeline(self._client, timeout=self.timeout, enabled=self.autopipeline)
         return self._pipe
 
     async def close(self) -> None:
@@ -268,8 +268,8 @@ class RedisClient:
 
         Single-key reads of concurrent tasks are coalesced into one read (:mod:`backends.coalesce`)
         unless autopipelining is off."""
-        if len(keys) == 1 and self._autopipeline:
-            return [await self._coalesced[marked].get(keys[0])]
+        if len(keys) == 1 and self.autopipeline:
+            return [await self._coalesced[marked].call(keys[0])]
         return await self._read_values(keys, marked=marked)
 
     async def _read_values(self, keys: Sequence[Key], *, marked: bool) -> list[bytes | None]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final
 
-from backends.coalesce import CoalescedReads
+from backends.coalesce import Coalesced
 from backends.tiered.guard import FAILED
 from kvstore.errors import BackendUnavailableError
 
@@ -65,7 +65,7 @@ class ReadThrough:
         module); a function is asked per read."""
         self._near = near
         self._near_hits_this_turn = 0
-        self._coalesced = CoalescedReads(self._lookup_each) if coalesce else None
+        self._coalesced = Coalesced(self._lookup_each) if coalesce else None
         self._may_share = None if isinstance(coalesce, bool) else coalesce
         self._record = record
         self._cache = cache
@@ -183,7 +183,7 @@ class ReadThrough:
                 return (await self._record.get_many((key,)))[0]
         coalesced = self._coalesced
         if coalesced is not None and (self._may_share is None or self._may_share()):
-            answer = await coalesced.get(key)
+            answer = await coalesced.call(key)
         else:
             lookups = await self._lookup((key,))
             answer = FAILED if lookups is FAILED else lookups[0]
