@@ -9,7 +9,9 @@ python -m benchmarks.tiered [--seconds 2] [--postgres ADMIN_URL] [--redis URL]
   ``recent_reads=0`` shows what a read costs that validates, as when records change
   between reads;
 * ``save_state`` vs a raw asyncpg upsert (pool without reset, the SQL backend's own
-  statement) followed by a raw redis-py ``SET`` of the serialized record;
+  statement) followed by a raw redis-py ``SET`` of the serialized record; and for scale,
+  each step alone: the raw upsert, the raw ``SET``, the SQL backend's ``put`` and the
+  cache's ``WRITE`` script (to keys of their own);
 
 each with one task and with 32 concurrent tasks, over 1000 keys of a ~1.2 KB session
 record, contenders interleaved in rounds (the machine is shared): medians are reported as
@@ -27,10 +29,11 @@ from typing import TYPE_CHECKING
 import asyncpg
 from redis.asyncio import Redis
 
-from backends.base import utcnow
+from backends.base import Entry, utcnow
 from backends.tiered import TieredBackend
 from benchmarks.common import delete_prefix, measure, session_record, throwaway_database
 from kvstore import DatabaseType, StateRecord, create_database
+from kvstore.keys import Key
 from kvstore.recent import DEFAULT_ENTRIES as DEFAULT_RECENT_READS
 from kvstore.store import Store
 
@@ -197,6 +200,43 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
 
             return put
 
+        def raw_upsert(cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            async def upsert() -> object:
+                record = RECORDS[cycle()]
+                async with pool.acquire() as connection:
+                    return await connection.fetch(
+                        RAW_UPSERT,
+                        "state",
+                        record.user_id,
+                        record.session_id,
+                        serialize(record).decode(),
+                        utcnow(),
+                        None,
+                    )
+
+            return upsert
+
+        def raw_set(cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            async def set_value() -> object:
+                index = cycle()
+                return await redis.set(raw_keys[index], serialize(RECORDS[index]))
+
+            return set_value
+
+        def cache_write(cycle: Cycle) -> Callable[[], Awaitable[object]]:
+            # keys no other contender reads, each write a newer revision (so it lands)
+            cache, revisions = backend.cache, iter(range(1, 1 << 62))
+            keys = [Key("state", (f"phase-{i}", "s")) for i in range(KEYS)]
+
+            async def write() -> object:
+                index = cycle()
+                now = utcnow()
+                value = serialize(RECORDS[index])
+                entry = Entry(value, 1, now, now, revision=next(revisions))
+                return await cache.write(keys[index], entry)
+
+            return write
+
         def tiered_save(store: Store, cycle: Cycle) -> Callable[[], Awaitable[object]]:
             async def save() -> object:
                 return await store.save_state(RECORDS[cycle()])
@@ -236,6 +276,9 @@ async def run(url: str, redis_url: str, seconds: float) -> None:
                     ("tiered save_state, group_commit=False", tiered_save(db_alone, Cycle())),
                     ("tiered, invalidate_before_write", tiered_save(db_ibw, Cycle())),
                     ("(for scale) SQL backend put alone, no cache", record_put(Cycle())),
+                    ("(for scale) cache WRITE script alone", cache_write(Cycle())),
+                    ("(for scale) raw asyncpg upsert alone", raw_upsert(Cycle())),
+                    ("(for scale) raw redis-py SET alone", raw_set(Cycle())),
                     (
                         "(for scale) raw, into kv_records (its triggers)",
                         raw_save(Cycle(), KV_UPSERT),
