@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final, Generic, TypeVar, cast
 from pydantic import ValidationError
 
 from kvstore.errors import InvalidRecordError
-from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_namespace
+from kvstore.keys import DEFAULT_PAGE_SIZE, Fence, Key, check_namespace, key_of
 from kvstore.models.base import METADATA_FIELDS, STORED, Record, stamp
 from kvstore.models.copies import copier
 
@@ -97,7 +97,7 @@ class Collection(Generic[R]):
             raise InvalidRecordError(
                 f"{self.model.__name__} is addressed by {', '.join(self.model.KEY_FIELDS)}"
             )
-        return Key(self.namespace, components)
+        return key_of(self.namespace, components)
 
     async def get(self, *components: str) -> R | None:
         """The record with these key components, or ``None``."""
@@ -144,7 +144,7 @@ class Collection(Generic[R]):
                 f"{self.model.__name__} is {len(value)} bytes serialized, over the "
                 f"{self.store.max_value_bytes} byte limit"
             )
-        key = Key(self.namespace, record.key_components())
+        key = key_of(self.namespace, record.key_components())
         backend = await self.store.backend_ready()
         entry = await backend.put(
             key, value, expected_version=expected_version, ttl=seconds, fence=fence

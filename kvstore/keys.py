@@ -18,6 +18,7 @@ before any backend sees the key.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -100,6 +101,27 @@ class Key:
     def rest(self) -> tuple[str, ...]:
         """The components after the owner."""
         return self.components[1:]
+
+
+KNOWN_KEYS = 4096
+"""Keys :func:`key_of` keeps, validated, for the ids asked for again (LRU)."""
+
+
+@functools.lru_cache(maxsize=KNOWN_KEYS, typed=True)
+def _known_key(namespace: str, *components: str) -> Key:
+    return Key(namespace, components)
+
+
+def key_of(namespace: str, components: tuple[str, ...]) -> Key:
+    """``Key(namespace, components)``, validated once for the ids a process asks for again
+    and again (a session's, on every turn): the same key comes back from a bounded cache
+    that compares each id by value and by type, so only the very strings that passed
+    validation skip it. Anything invalid raises :class:`InvalidKeyError` every time (an
+    unhashable id included); nothing invalid is cached."""
+    try:
+        return _known_key(namespace, *components)
+    except TypeError:  # an unhashable id: the key's own checks name what is wrong with it
+        return Key(namespace, components)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from kvstore.keys import (
     decode_key,
     decode_redis_key,
     encode_key,
+    key_of,
     prefix_range,
     redis_key,
     redis_owner_tag,
@@ -87,6 +88,46 @@ def test_redis_key_carries_the_owner_as_the_only_hash_tag(key: Key) -> None:
 def test_bad_components_are_refused(bad: str) -> None:
     with pytest.raises(InvalidKeyError):
         Key("ns", (bad,))
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "x" * (MAX_COMPONENT_LENGTH + 1), "a\x00", "\n", "\x7f", "\ud800"]
+)
+def test_key_of_refuses_bad_components_every_time(bad: str) -> None:
+    for _ in range(2):  # nothing invalid is kept
+        with pytest.raises(InvalidKeyError):
+            key_of("ns", ("u1", bad))
+
+
+def test_key_of_gives_the_validated_key_again_for_the_same_strings() -> None:
+    first = key_of("state", ("u1", "s1"))
+    assert first == Key("state", ("u1", "s1"))
+    assert key_of("state", ("u1", "s1")) is first
+
+
+class Impostor:
+    """Claims to equal any id and hashes like "u1": only a real check can refuse it."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("u1")
+
+
+def test_key_of_compares_ids_by_type_too() -> None:
+    key_of("state", ("u1", "s1"))
+    with pytest.raises(InvalidKeyError, match="must be a string, not Impostor"):
+        key_of("state", (Impostor(), "s1"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidKeyError, match="must be a string, not list"):
+        key_of("state", (["u1"], "s1"))  # type: ignore[arg-type]  # unhashable
+
+    class Id(str):
+        pass
+
+    own = key_of("state", (Id("u1"), "s1"))
+    assert type(own.owner) is Id  # checked and built on its own, not the cached key
+    assert own == Key("state", ("u1", "s1"))
 
 
 @pytest.mark.parametrize("bad", ["", "Upper", "1abc", "a b", "a:b", "x" * 64])
