@@ -102,18 +102,22 @@ class Collection(Generic[R]):
     async def get(self, *components: str) -> R | None:
         """The record with these key components, or ``None``."""
         key = self.key(*components)
+        recent = self.store.recent
+        since = recent.epoch
         entry = await (await self.store.backend_ready()).get(key)
-        return None if entry is None else self.decode(self.store.recent.held(key, entry))
+        return None if entry is None else self.decode(recent.held(key, entry, since))
 
     async def get_many(self, keys: Sequence[tuple[str, ...]]) -> list[R | None]:
         """Records for many keys in one backend call, in order, ``None`` where absent."""
         encoded = [self.key(*components) for components in keys]
         if not encoded:
             return []
+        recent = self.store.recent
+        since = recent.epoch
         entries = await (await self.store.backend_ready()).get_many(encoded)
-        held = self.store.recent.held
+        held = recent.held
         return [
-            None if entry is None else self.decode(held(key, entry))
+            None if entry is None else self.decode(held(key, entry, since))
             for key, entry in zip(encoded, entries, strict=True)
         ]
 

@@ -9,7 +9,8 @@ is used instead, with a memo (:attr:`backends.base.Entry.memo`) where the record
 keeps a copier (:func:`kvstore.models.copies.copier`) once the memo was read twice: from
 the fourth read on, records are copied. A record saved anew has new bytes and starts
 over; holding an entry read once costs a dict entry (~0.5 µs a read). A deleted record,
-or an erased user's, is dropped here too, so that its data does not stay in the process.
+or an erased user's, is dropped here too, so that its data does not stay in the process;
+reads under way at the time hold nothing (:attr:`RecentReads.epoch`).
 
 Bounded by entries and by the bytes of the values held (a held record's copier takes
 about twice as much again: ~3 KB beside the session record's 1.4 KB). Least recently
@@ -46,6 +47,9 @@ class RecentReads:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.epoch = 0
+        """Counts the forgets: a read that began before one does not hold what it read
+        (it may be the data of a record deleted meanwhile)."""
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
 
     def __len__(self) -> int:
@@ -54,11 +58,14 @@ class RecentReads:
     def __contains__(self, key: Key) -> bool:
         return key in self._entries
 
-    def held(self, key: Key, entry: Entry) -> Entry:
+    def held(self, key: Key, entry: Entry, since: int | None = None) -> Entry:
         """``entry``, just read for ``key`` (and now held), or the equal entry held from an
         earlier read, given a memo for what is derived from it. An entry that already has a
-        memo (the near cache's) is returned as it is."""
+        memo (the near cache's) is returned as it is, and so is one read by a read that
+        began at :attr:`epoch` ``since`` if something was forgotten meanwhile."""
         if entry.memo is not None or not self.max_entries:
+            return entry
+        if since is not None and since != self.epoch:
             return entry
         entries = self._entries
         held = entries.get(key)
@@ -79,17 +86,22 @@ class RecentReads:
         return entry
 
     def forget(self, key: Key) -> None:
-        """Drop what is held for ``key`` (deleted: its data should not stay in memory)."""
+        """Drop what is held for ``key`` (deleted: its data should not stay in memory), and
+        what reads already under way would hold."""
+        self.epoch += 1
         held = self._entries.pop(key, None)
         if held is not None:
             self.bytes -= len(held.value)
 
     def forget_owner(self, owner: str) -> None:
-        """Drop what is held for every key of ``owner`` (erased)."""
+        """Drop what is held for every key of ``owner`` (erased), and what reads already
+        under way would hold."""
+        self.epoch += 1
         for key in [key for key in self._entries if key.owner == owner]:
             self.forget(key)
 
     def clear(self) -> None:
-        """Hold nothing."""
+        """Hold nothing, not even what reads already under way would."""
+        self.epoch += 1
         self._entries.clear()
         self.bytes = 0

@@ -3,6 +3,7 @@ equal in full, is the held one (with its memo); anything else replaces it; bound
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from backends.base import Entry, with_memo
-from kvstore import ConfigurationError, DatabaseType, create_database
+from backends.memory import MemoryBackend
+from kvstore import ConfigurationError, DatabaseType, StateRecord, create_database
 from kvstore.keys import Key
 from kvstore.recent import RecentReads
 from kvstore.store import Store
@@ -115,6 +117,53 @@ def test_forgetting_a_key_or_an_owner_drops_what_is_held() -> None:
     recent.forget_owner("u1")
     assert len(recent) == 1
     assert recent.held(Key("state", ("u2", "s1")), entry()) is held["u2", "s1"]
+
+
+def test_a_read_that_began_before_a_forget_holds_nothing() -> None:
+    recent = RecentReads()
+    since = recent.epoch
+    recent.forget_owner("u9")  # any forget: the read may have read a deleted record
+    read = entry()
+    assert recent.held(key("s1"), read, since) is read
+    assert len(recent) == 0
+    assert recent.held(key("s1"), read, recent.epoch) is read  # a read begun now holds
+    assert len(recent) == 1
+
+
+class GatedGets(MemoryBackend):
+    """A dict store whose gets wait, after reading, until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def get(self, key: Key) -> Entry | None:
+        found = await super().get(key)
+        await self.gate.wait()
+        return found
+
+
+@pytest.mark.parametrize("erase", ["delete_user", "delete_state"])
+async def test_a_get_in_flight_across_an_erasure_leaves_nothing_held(erase: str) -> None:
+    """The get began before the erasure and returns what it read (it was there when the
+    get began), but that record's data is not kept in the process after the erasure."""
+    backend = GatedGets()
+    async with Store(backend) as db:
+        await db.save_state(StateRecord(user_id="u1", session_id="s1", state="A"))
+        backend.gate.clear()
+        reading = asyncio.create_task(db.get_state("u1", "s1"))
+        await asyncio.sleep(0.01)  # the get has read and waits at the gate
+        if erase == "delete_user":
+            assert await db.delete_user("u1") == 1
+        else:
+            assert await db.delete_state("u1", "s1")
+        backend.gate.set()
+        found = await reading
+        assert found is not None
+        assert found.state == "A"
+        assert len(db.recent) == 0
+        assert await db.get_state("u1", "s1") is None
 
 
 def test_clear_drops_everything() -> None:
