@@ -48,7 +48,7 @@ class Instruments:
         (once set, a global provider stays)."""
         self._recheck_at = 0.0
 
-    def _idle(self) -> bool:
+    def idle(self) -> bool:
         """Whether nothing would be recorded: no providers given, and the global ones are
         still the API's own (no SDK set yet). Looked up at most every :data:`RECHECK`
         seconds (a lookup reads the environment: ~3 µs) until an SDK is found."""
@@ -69,8 +69,8 @@ class Instruments:
         self, system: str, tier: str, name: str, namespace: str | None
     ) -> _Operation | contextlib.nullcontext[None]:
         """A span and a duration measurement around one operation (``with``); nothing
-        while no SDK is set (:meth:`_idle`)."""
-        if self._idle():
+        while no SDK is set (:meth:`idle`)."""
+        if self.idle():
             return _NOTHING
         key = (system, tier, name, namespace)
         attributes = self._attributes.get(key)
@@ -86,7 +86,7 @@ class Instruments:
 
     def not_recording(self) -> bool:
         """Whether the current span is not being recorded (no SDK, or sampled out)."""
-        return self._idle() or not trace.get_current_span().is_recording()
+        return self.idle() or not trace.get_current_span().is_recording()
 
 
 _ATTRIBUTE_SETS: Final = 4096

@@ -1,22 +1,41 @@
-"""Backends and caches with a span and a duration measurement around each operation."""
+"""Backends and caches with a span and a duration measurement around each operation.
+
+A traced method returns the inner tier's coroutine itself while nothing records (no SDK
+set: :meth:`Instruments.idle`), so the request path pays one attribute check, not a frame
+and a context manager per tier; otherwise the coroutine runs inside the operation's span
+and measurement.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from backends.base import Backend
 from backends.cache_base import VersionedCache
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Callable, Sequence
-    from contextlib import AbstractContextManager
+    from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 
     from backends.base import Change, Entry, Snapshot
     from backends.cache_base import CacheLookup
     from backends.reports import Stats, VerifyReport, WarmReport
     from backends.telemetry.instruments import Instruments
     from kvstore.keys import Fence, Key
+
+
+T = TypeVar("T")
+
+
+async def _traced(
+    instruments: Instruments,
+    where: tuple[str, str, str, str | None],
+    call: Coroutine[Any, Any, T],
+) -> T:
+    """``call`` inside the span and measurement of operation ``where`` (system, tier,
+    operation, namespace)."""
+    with instruments.operation(*where):
+        return await call
 
 
 def _namespace(keys: Sequence[Key]) -> str | None:
@@ -43,10 +62,13 @@ class TracedBackend(Backend):
     def __repr__(self) -> str:
         return f"TracedBackend({self.inner!r})"
 
-    def _traced(self, name: str, namespace: str | None) -> AbstractContextManager[None]:
-        """The span and measurement of one operation (a ``with`` in each method, not a
-        coroutine around it: one frame less on every call)."""
-        return self._instruments.operation(self._system, self._tier, name, namespace)
+    def _run(
+        self, name: str, namespace: str | None, call: Coroutine[Any, Any, T]
+    ) -> Coroutine[Any, Any, T]:
+        """``call`` itself while nothing records, else inside its span and measurement."""
+        if self._instruments.idle():
+            return call
+        return _traced(self._instruments, (self._system, self._tier, name, namespace), call)
 
     async def initialize(self) -> None:
         await self.inner.initialize()
@@ -54,15 +76,13 @@ class TracedBackend(Backend):
     async def close(self) -> None:
         await self.inner.close()
 
-    async def get(self, key: Key) -> Entry | None:
-        with self._traced("get", key.namespace):
-            return await self.inner.get(key)
+    def get(self, key: Key) -> Coroutine[Any, Any, Entry | None]:
+        return self._run("get", key.namespace, self.inner.get(key))
 
-    async def get_many(self, keys: Sequence[Key]) -> list[Entry | None]:
-        with self._traced("get_many", _namespace(keys)):
-            return await self.inner.get_many(keys)
+    def get_many(self, keys: Sequence[Key]) -> Coroutine[Any, Any, list[Entry | None]]:
+        return self._run("get_many", _namespace(keys), self.inner.get_many(keys))
 
-    async def put(
+    def put(
         self,
         key: Key,
         value: bytes,
@@ -70,46 +90,41 @@ class TracedBackend(Backend):
         expected_version: int | None = None,
         ttl: float | None = None,
         fence: Fence | None = None,
-    ) -> Entry:
-        with self._traced("put", key.namespace):
-            return await self.inner.put(
-                key, value, expected_version=expected_version, ttl=ttl, fence=fence
-            )
+    ) -> Coroutine[Any, Any, Entry]:
+        call = self.inner.put(key, value, expected_version=expected_version, ttl=ttl, fence=fence)
+        return self._run("put", key.namespace, call)
 
-    async def delete(
+    def delete(
         self, key: Key, *, expected_version: int | None = None, fence: Fence | None = None
-    ) -> int:
-        with self._traced("delete", key.namespace):
-            return await self.inner.delete(key, expected_version=expected_version, fence=fence)
+    ) -> Coroutine[Any, Any, int]:
+        call = self.inner.delete(key, expected_version=expected_version, fence=fence)
+        return self._run("delete", key.namespace, call)
 
-    async def lock_ticket(self, owner: str, name: str, *, hold: float) -> int:
-        with self._traced("lock_ticket", None):
-            return await self.inner.lock_ticket(owner, name, hold=hold)
+    def lock_ticket(self, owner: str, name: str, *, hold: float) -> Coroutine[Any, Any, int]:
+        return self._run("lock_ticket", None, self.inner.lock_ticket(owner, name, hold=hold))
 
-    async def lock_turn(
+    def lock_turn(
         self, owner: str, name: str, ticket: int, *, hold: float, lease: float
-    ) -> bool | None:
-        with self._traced("lock_turn", None):
-            return await self.inner.lock_turn(owner, name, ticket, hold=hold, lease=lease)
+    ) -> Coroutine[Any, Any, bool | None]:
+        call = self.inner.lock_turn(owner, name, ticket, hold=hold, lease=lease)
+        return self._run("lock_turn", None, call)
 
-    async def lock_release(self, owner: str, name: str, ticket: int) -> None:
-        with self._traced("lock_release", None):
-            await self.inner.lock_release(owner, name, ticket)
+    def lock_release(self, owner: str, name: str, ticket: int) -> Coroutine[Any, Any, None]:
+        return self._run("lock_release", None, self.inner.lock_release(owner, name, ticket))
 
-    async def list(
+    def list(
         self,
         namespace: str,
         prefix: tuple[str, ...],
         *,
         after: tuple[str, ...] | None = None,
         limit: int = 100,
-    ) -> builtins.list[tuple[Key, Entry]]:
-        with self._traced("list", namespace):
-            return await self.inner.list(namespace, prefix, after=after, limit=limit)
+    ) -> Coroutine[Any, Any, builtins.list[tuple[Key, Entry]]]:
+        call = self.inner.list(namespace, prefix, after=after, limit=limit)
+        return self._run("list", namespace, call)
 
-    async def delete_owner(self, owner: str) -> int:
-        with self._traced("delete_owner", None):
-            return await self.inner.delete_owner(owner)
+    def delete_owner(self, owner: str) -> Coroutine[Any, Any, int]:
+        return self._run("delete_owner", None, self.inner.delete_owner(owner))
 
     # -- the rest: delegated untraced (bulk, upkeep and the change feed) ------------------
 
@@ -185,8 +200,13 @@ class TracedCache(VersionedCache):
     def __repr__(self) -> str:
         return f"TracedCache({self.inner!r})"
 
-    def _traced(self, name: str, namespace: str | None) -> AbstractContextManager[None]:
-        return self._instruments.operation(self.system, "cache", name, namespace)
+    def _run(
+        self, name: str, namespace: str | None, call: Coroutine[Any, Any, T]
+    ) -> Coroutine[Any, Any, T]:
+        """``call`` itself while nothing records, else inside its span and measurement."""
+        if self._instruments.idle():
+            return call
+        return _traced(self._instruments, (self.system, "cache", name, namespace), call)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -194,39 +214,40 @@ class TracedCache(VersionedCache):
     async def cached_keys(self, namespace: str, owner: str | None = None) -> list[Key]:
         return await self.inner.cached_keys(namespace, owner)
 
-    async def lookup(self, keys: Sequence[Key], *, lease_ttl: float) -> list[CacheLookup]:
-        with self._traced("lookup", _namespace(keys)):
-            return await self.inner.lookup(keys, lease_ttl=lease_ttl)
+    def lookup(
+        self, keys: Sequence[Key], *, lease_ttl: float
+    ) -> Coroutine[Any, Any, list[CacheLookup]]:
+        return self._run("lookup", _namespace(keys), self.inner.lookup(keys, lease_ttl=lease_ttl))
 
-    async def fill(
+    def fill(
         self, items: Sequence[tuple[Key, Entry, str]], *, ttl: float | None = None
-    ) -> int:
-        namespace = _namespace([key for key, _, _ in items])
-        with self._traced("fill", namespace):
-            return await self.inner.fill(items, ttl=ttl)
+    ) -> Coroutine[Any, Any, int]:
+        call = self.inner.fill(items, ttl=ttl)
+        if self._instruments.idle():
+            return call
+        return self._run("fill", _namespace([key for key, _, _ in items]), call)
 
-    async def write(self, key: Key, entry: Entry, *, ttl: float | None = None) -> bool:
-        with self._traced("write", key.namespace):
-            return await self.inner.write(key, entry, ttl=ttl)
+    def write(
+        self, key: Key, entry: Entry, *, ttl: float | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        return self._run("write", key.namespace, self.inner.write(key, entry, ttl=ttl))
 
-    async def tombstones(
+    def tombstones(
         self, items: Sequence[tuple[Key, int]], *, ttl: float | None = None
-    ) -> None:
-        namespace = _namespace([key for key, _ in items])
-        with self._traced("tombstones", namespace):
-            await self.inner.tombstones(items, ttl=ttl)
+    ) -> Coroutine[Any, Any, None]:
+        call = self.inner.tombstones(items, ttl=ttl)
+        if self._instruments.idle():
+            return call
+        return self._run("tombstones", _namespace([key for key, _ in items]), call)
 
-    async def invalidate(self, keys: Sequence[Key]) -> None:
-        with self._traced("invalidate", _namespace(keys)):
-            await self.inner.invalidate(keys)
+    def invalidate(self, keys: Sequence[Key]) -> Coroutine[Any, Any, None]:
+        return self._run("invalidate", _namespace(keys), self.inner.invalidate(keys))
 
-    async def invalidate_owner(self, owner: str) -> None:
-        with self._traced("invalidate_owner", None):
-            await self.inner.invalidate_owner(owner)
+    def invalidate_owner(self, owner: str) -> Coroutine[Any, Any, None]:
+        return self._run("invalidate_owner", None, self.inner.invalidate_owner(owner))
 
-    async def ping(self) -> None:
-        with self._traced("ping", None):
-            await self.inner.ping()
+    def ping(self) -> Coroutine[Any, Any, None]:
+        return self._run("ping", None, self.inner.ping())
 
     async def incarnation(self) -> str:
         return await self.inner.incarnation()
