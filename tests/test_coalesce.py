@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from redis.asyncio import Redis
@@ -137,6 +137,18 @@ async def mget_calls(url: str) -> int:
 TASKS = 64
 
 
+def tiered(postgres_url: str, redis_url: str, **options: Any) -> tuple[Store, TieredBackend]:
+    """A tiered store on PostgreSQL and the test's ``redis-server`` (no change feed: the
+    test's own writes are the only ones), and its tier."""
+    db = create_database(
+        DatabaseType.TIERED, postgres_url, cache_url=redis_url, follow_changes=False, **options
+    )
+    assert isinstance(db, Store)
+    backend = db.backend
+    assert isinstance(backend, TieredBackend)
+    return db, backend
+
+
 @pytest.mark.redis
 async def test_concurrent_gets_on_the_redis_store_share_mgets(redis_server: RedisServer) -> None:
     async with create_database(DatabaseType.REDIS, redis_server.url) as db:
@@ -158,10 +170,7 @@ async def test_concurrent_tiered_gets_share_cache_lookups(
 ) -> None:
     """Each of 64 concurrent readers gets its own record (or ``None`` for a missing one,
     whose lease and fill still work); the reads took a fraction of one MGET each."""
-    db = create_database(
-        DatabaseType.TIERED, postgres_url, cache_url=redis_server.url, follow_changes=False
-    )
-    assert isinstance(db, Store)
+    db, backend = tiered(postgres_url, redis_server.url)
     async with db:
         users = [f"coalesce-{n}" for n in range(TASKS)]
         for user in users[: TASKS // 2]:
@@ -173,8 +182,6 @@ async def test_concurrent_tiered_gets_share_cache_lookups(
             assert [record.state if record else None for record in found] == expected
         sent = await mget_calls(redis_server.url) - before
         assert 0 < sent < 5 * TASKS / 4, sent
-        backend = db.backend
-        assert isinstance(backend, TieredBackend)
         stats = backend.tier_stats()
         assert stats.hits >= 5 * TASKS // 2 - TASKS // 2  # at most the first round missed
         for user in users:
@@ -189,16 +196,13 @@ async def test_a_frozen_cache_fails_coalesced_readers_over_to_sql_and_opens_the_
     """Readers of a frozen cache all get their records from SQL; a shared lookup that
     fails counts once toward the breaker, so two rounds of 16 concurrent readers open a
     breaker of threshold 2."""
-    db = create_database(
-        DatabaseType.TIERED,
+    db, backend = tiered(
         postgres_url,
-        cache_url=redis_server.url,
-        follow_changes=False,
+        redis_server.url,
         cache_timeout=0.1,
         breaker_threshold=2,
         breaker_reset_after=30.0,
     )
-    assert isinstance(db, Store)
     assert redis_server.process is not None
     async with db:
         users = [f"frozen-{n}" for n in range(16)]
@@ -212,8 +216,6 @@ async def test_a_frozen_cache_fails_coalesced_readers_over_to_sql_and_opens_the_
                 assert [record.state if record else None for record in found] == users
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
-        backend = db.backend
-        assert isinstance(backend, TieredBackend)
         stats = backend.tier_stats()
         assert stats.breaker is BreakerState.OPEN, stats
         assert stats.bypassed >= len(users), stats
@@ -230,17 +232,7 @@ async def test_concurrent_tiered_saves_share_cache_writes_and_a_frozen_cache_fai
     the cache frozen, a shared write that times out fails only the cache: every save is
     acknowledged (PostgreSQL committed it), every key is read back new, and each of the
     shared write's keys is repaired once the cache thaws."""
-    db = create_database(
-        DatabaseType.TIERED,
-        postgres_url,
-        cache_url=redis_server.url,
-        follow_changes=False,
-        cache_timeout=0.1,
-        breaker_threshold=1000,
-    )
-    assert isinstance(db, Store)
-    backend = db.backend
-    assert isinstance(backend, TieredBackend)
+    db, backend = tiered(postgres_url, redis_server.url, cache_timeout=0.1, breaker_threshold=1000)
     cache = backend.cache
     assert isinstance(cache, RedisCache)
     assert redis_server.process is not None
