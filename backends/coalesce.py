@@ -94,6 +94,9 @@ class Coalesced(Generic[K, V]):
                 future.set_result(result)
 
     async def aclose(self) -> None:
-        """Wait for the calls already sent."""
+        """Send what is queued, and wait for every call sent (a lone call runs in its
+        caller's task: the caller waits for it)."""
+        if self._queue:
+            self._flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -242,6 +242,19 @@ async def test_concurrent_writes_and_tombstones_share_round_trips(cache: RedisBa
     ] * 20
 
 
+async def test_closing_sends_and_waits_for_the_coalesced_writes(cache: RedisBackend) -> None:
+    """Writes queued for one coalesced call when the backend closes are still sent, and
+    their callers get their outcomes: no round of writes is left holding a connection."""
+    keys = [Key("state", ("u1", f"c{n}")) for n in range(10)]
+    writes = [
+        asyncio.create_task(cache.write(key, Entry(b"{}", 1, BASE, BASE, revision=1)))
+        for key in keys
+    ]
+    await asyncio.sleep(0)  # the first goes alone; the rest wait for the next iteration
+    await cache.close()
+    assert await asyncio.gather(*writes) == [True] * len(keys)
+
+
 async def test_the_store_and_the_cache_read_the_same_values(cache: RedisBackend) -> None:
     stored = await cache.put(K, b'{"a":1}')
     [hit] = await cache.lookup([K], lease_ttl=LEASE)
