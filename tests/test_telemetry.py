@@ -5,8 +5,10 @@ reaches an attribute, on every backend."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
+import warnings
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +18,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 
+from backends.base import Entry
+from backends.memory.cache import MemoryCache
 from backends.telemetry import DURATION
+from backends.telemetry.instruments import Instruments
+from backends.telemetry.wrappers import TracedCache
 from kvstore import ConflictError, DatabaseType, StateRecord, create_database
 from kvstore.clock import ManualClock
+from kvstore.keys import Key
 from tests import postgres
 from tests.telemetry_audit import Telemetry, findings
 
@@ -245,6 +252,27 @@ async def test_concurrent_traced_reads_keep_their_own_lookup_spans(
     assert 0 < len(gets) < 3 * len(users)  # some sampled, some not
     assert sorted(s.parent.span_id for s in lookups if s.parent) == sorted(gets)
     assert all(s.parent is not None for s in lookups)
+
+
+async def test_a_traced_call_cancelled_before_it_runs_leaves_no_coroutine_behind() -> None:
+    """A traced cache call run as a task (the repair's writes are gathered) and cancelled
+    before its first step: the inner cache's coroutine was never made, so nothing is left
+    that "was never awaited" (the GC would report it from whatever runs next)."""
+    telemetry = Telemetry()
+    now = datetime.now(UTC)
+    cache = TracedCache(MemoryCache(), Instruments(**telemetry.options()))
+    key = Key("state", ("u1", "s1"))
+    calls = [cache.tombstones([(key, 1)]), cache.write(key, Entry(b"{}", 1, now, now, revision=1))]
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    for task in tasks:
+        task.cancel()  # before the loop ran it
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(result, asyncio.CancelledError) for result in results)
+    del calls, tasks, results
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
 
 
 def test_the_audit_finds_anything_outside_the_vocabulary() -> None:

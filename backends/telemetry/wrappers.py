@@ -8,7 +8,7 @@ and measurement.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from backends.base import Backend
 from backends.cache_base import VersionedCache
@@ -25,17 +25,22 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 async def _traced(
     instruments: Instruments,
     where: tuple[str, str, str, str | None],
-    call: Coroutine[Any, Any, T],
+    function: Callable[P, Coroutine[Any, Any, T]],
+    /,
+    *args: P.args,
+    **kwargs: P.kwargs,
 ) -> T:
-    """``call`` inside the span and measurement of operation ``where`` (system, tier,
-    operation, namespace)."""
+    """``function(*args, **kwargs)`` inside the span and measurement of operation ``where``
+    (system, tier, operation, namespace). The inner coroutine is made here, once this one
+    runs: a task cancelled before its first step leaves no coroutine that never ran."""
     with instruments.operation(*where):
-        return await call
+        return await function(*args, **kwargs)
 
 
 def _namespace(keys: Sequence[Key]) -> str | None:
@@ -63,12 +68,25 @@ class TracedBackend(Backend):
         return f"TracedBackend({self.inner!r})"
 
     def _run(
-        self, name: str, namespace: str | None, call: Coroutine[Any, Any, T]
+        self,
+        name: str,
+        namespace: str | None,
+        function: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> Coroutine[Any, Any, T]:
-        """``call`` itself while nothing records, else inside its span and measurement."""
+        """``function(*args, **kwargs)`` itself while nothing records, else inside operation
+        ``name``'s span and measurement."""
         if self._instruments.idle():
-            return call
-        return _traced(self._instruments, (self._system, self._tier, name, namespace), call)
+            return function(*args, **kwargs)
+        return _traced(
+            self._instruments,
+            (self._system, self._tier, name, namespace),
+            function,
+            *args,
+            **kwargs,
+        )
 
     async def initialize(self) -> None:
         await self.inner.initialize()
@@ -77,10 +95,10 @@ class TracedBackend(Backend):
         await self.inner.close()
 
     def get(self, key: Key) -> Coroutine[Any, Any, Entry | None]:
-        return self._run("get", key.namespace, self.inner.get(key))
+        return self._run("get", key.namespace, self.inner.get, key)
 
     def get_many(self, keys: Sequence[Key]) -> Coroutine[Any, Any, list[Entry | None]]:
-        return self._run("get_many", _namespace(keys), self.inner.get_many(keys))
+        return self._run("get_many", _namespace(keys), self.inner.get_many, keys)
 
     def put(
         self,
@@ -91,26 +109,41 @@ class TracedBackend(Backend):
         ttl: float | None = None,
         fence: Fence | None = None,
     ) -> Coroutine[Any, Any, Entry]:
-        call = self.inner.put(key, value, expected_version=expected_version, ttl=ttl, fence=fence)
-        return self._run("put", key.namespace, call)
+        return self._run(
+            "put",
+            key.namespace,
+            self.inner.put,
+            key,
+            value,
+            expected_version=expected_version,
+            ttl=ttl,
+            fence=fence,
+        )
 
     def delete(
         self, key: Key, *, expected_version: int | None = None, fence: Fence | None = None
     ) -> Coroutine[Any, Any, int]:
-        call = self.inner.delete(key, expected_version=expected_version, fence=fence)
-        return self._run("delete", key.namespace, call)
+        return self._run(
+            "delete",
+            key.namespace,
+            self.inner.delete,
+            key,
+            expected_version=expected_version,
+            fence=fence,
+        )
 
     def lock_ticket(self, owner: str, name: str, *, hold: float) -> Coroutine[Any, Any, int]:
-        return self._run("lock_ticket", None, self.inner.lock_ticket(owner, name, hold=hold))
+        return self._run("lock_ticket", None, self.inner.lock_ticket, owner, name, hold=hold)
 
     def lock_turn(
         self, owner: str, name: str, ticket: int, *, hold: float, lease: float
     ) -> Coroutine[Any, Any, bool | None]:
-        call = self.inner.lock_turn(owner, name, ticket, hold=hold, lease=lease)
-        return self._run("lock_turn", None, call)
+        return self._run(
+            "lock_turn", None, self.inner.lock_turn, owner, name, ticket, hold=hold, lease=lease
+        )
 
     def lock_release(self, owner: str, name: str, ticket: int) -> Coroutine[Any, Any, None]:
-        return self._run("lock_release", None, self.inner.lock_release(owner, name, ticket))
+        return self._run("lock_release", None, self.inner.lock_release, owner, name, ticket)
 
     def list(
         self,
@@ -120,11 +153,12 @@ class TracedBackend(Backend):
         after: tuple[str, ...] | None = None,
         limit: int = 100,
     ) -> Coroutine[Any, Any, builtins.list[tuple[Key, Entry]]]:
-        call = self.inner.list(namespace, prefix, after=after, limit=limit)
-        return self._run("list", namespace, call)
+        return self._run(
+            "list", namespace, self.inner.list, namespace, prefix, after=after, limit=limit
+        )
 
     def delete_owner(self, owner: str) -> Coroutine[Any, Any, int]:
-        return self._run("delete_owner", None, self.inner.delete_owner(owner))
+        return self._run("delete_owner", None, self.inner.delete_owner, owner)
 
     # -- the rest: delegated untraced (bulk, upkeep and the change feed) ------------------
 
@@ -201,12 +235,21 @@ class TracedCache(VersionedCache):
         return f"TracedCache({self.inner!r})"
 
     def _run(
-        self, name: str, namespace: str | None, call: Coroutine[Any, Any, T]
+        self,
+        name: str,
+        namespace: str | None,
+        function: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> Coroutine[Any, Any, T]:
-        """``call`` itself while nothing records, else inside its span and measurement."""
+        """``function(*args, **kwargs)`` itself while nothing records, else inside operation
+        ``name``'s span and measurement."""
         if self._instruments.idle():
-            return call
-        return _traced(self._instruments, (self.system, "cache", name, namespace), call)
+            return function(*args, **kwargs)
+        return _traced(
+            self._instruments, (self.system, "cache", name, namespace), function, *args, **kwargs
+        )
 
     async def close(self) -> None:
         await self.inner.close()
@@ -217,37 +260,37 @@ class TracedCache(VersionedCache):
     def lookup(
         self, keys: Sequence[Key], *, lease_ttl: float
     ) -> Coroutine[Any, Any, list[CacheLookup]]:
-        return self._run("lookup", _namespace(keys), self.inner.lookup(keys, lease_ttl=lease_ttl))
+        return self._run("lookup", _namespace(keys), self.inner.lookup, keys, lease_ttl=lease_ttl)
 
     def fill(
         self, items: Sequence[tuple[Key, Entry, str]], *, ttl: float | None = None
     ) -> Coroutine[Any, Any, int]:
-        call = self.inner.fill(items, ttl=ttl)
         if self._instruments.idle():
-            return call
-        return self._run("fill", _namespace([key for key, _, _ in items]), call)
+            return self.inner.fill(items, ttl=ttl)
+        namespace = _namespace([key for key, _, _ in items])
+        return self._run("fill", namespace, self.inner.fill, items, ttl=ttl)
 
     def write(
         self, key: Key, entry: Entry, *, ttl: float | None = None
     ) -> Coroutine[Any, Any, bool]:
-        return self._run("write", key.namespace, self.inner.write(key, entry, ttl=ttl))
+        return self._run("write", key.namespace, self.inner.write, key, entry, ttl=ttl)
 
     def tombstones(
         self, items: Sequence[tuple[Key, int]], *, ttl: float | None = None
     ) -> Coroutine[Any, Any, None]:
-        call = self.inner.tombstones(items, ttl=ttl)
         if self._instruments.idle():
-            return call
-        return self._run("tombstones", _namespace([key for key, _ in items]), call)
+            return self.inner.tombstones(items, ttl=ttl)
+        namespace = _namespace([key for key, _ in items])
+        return self._run("tombstones", namespace, self.inner.tombstones, items, ttl=ttl)
 
     def invalidate(self, keys: Sequence[Key]) -> Coroutine[Any, Any, None]:
-        return self._run("invalidate", _namespace(keys), self.inner.invalidate(keys))
+        return self._run("invalidate", _namespace(keys), self.inner.invalidate, keys)
 
     def invalidate_owner(self, owner: str) -> Coroutine[Any, Any, None]:
-        return self._run("invalidate_owner", None, self.inner.invalidate_owner(owner))
+        return self._run("invalidate_owner", None, self.inner.invalidate_owner, owner)
 
     def ping(self) -> Coroutine[Any, Any, None]:
-        return self._run("ping", None, self.inner.ping())
+        return self._run("ping", None, self.inner.ping)
 
     async def incarnation(self) -> str:
         return await self.inner.incarnation()
