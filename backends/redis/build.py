@@ -64,11 +64,6 @@ class RedisBackend(RedisStore, RedisCache):
         RedisStore.__init__(self, redis)
         RedisCache.__init__(self, redis, cache_ttl=cache_ttl)
 
-    async def close(self) -> None:
-        """Wait for the cache role's coalesced writes, then close the client (the store
-        role's ``close`` alone would leave a round of writes holding a connection)."""
-        await RedisCache.close(self)
-
     def __repr__(self) -> str:
         return f"RedisBackend({self.description})"
 

@@ -25,7 +25,6 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from backends.cache_base import CacheLookup, VersionedCache
-from backends.coalesce import Coalesced
 from backends.redis import lua
 from backends.redis.client import DRIVER_ERRORS, MAX_LEASE_TTL, NewIncarnationError
 from backends.redis.format import member, pack, pack_tombstone, unpack
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from redis.typing import EncodableT
 
     from backends.base import Entry
+    from backends.coalesce import Coalesced
     from backends.redis.client import RedisClient
     from kvstore.keys import Key
 
@@ -67,7 +67,7 @@ class RedisCache(VersionedCache):
         self.clock = redis.clock
         self.description = redis.description
         self._cache_ttl = cache_ttl
-        self.writes: Coalesced[Call, Any] = Coalesced(partial(self._scripts, "write"))
+        self.writes: Coalesced[Call, Any] = redis.coalesced(partial(self._scripts, "write"))
         """The ``WRITE`` script calls of concurrent calls of :meth:`write`, sent together:
         one pipeline, one deadline and one retry wrapper for a group commit's round of
         writes (its ``sent`` and ``items`` count the pipelines and the writes)."""
@@ -76,7 +76,6 @@ class RedisCache(VersionedCache):
         return f"RedisCache({self.description})"
 
     async def close(self) -> None:
-        await self.writes.aclose()
         await self.redis.close()
 
     async def ping(self) -> None:

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from kvstore.keys import Key
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 DRIVER_ERRORS: Final = (RedisError, RedisClusterException, OSError)
 """What redis-py raises (a Cluster client's start-up failures are not RedisErrors); OSError
@@ -109,8 +111,11 @@ class RedisClient:
         """On a Cluster: the ``run_id`` each node gave on its newest connection (or when
         :meth:`RedisCache.incarnation <backends.redis.cache.RedisCache.incarnation>` asked)."""
         self._pipe: AutoPipeline | None = None
+        self._coalescers: list[Coalesced[Any, Any]] = []
+        """Every :meth:`coalesced` call of this client: closing waits for their calls."""
         self._coalesced: dict[bool, Coalesced[Key, bytes | None]] = {
-            marked: Coalesced(partial(self._read_values, marked=marked)) for marked in (False, True)
+            marked: self.coalesced(partial(self._read_values, marked=marked))
+            for marked in (False, True)
         }
         """Coalesced single-key reads, without and with the generation marker."""
         self._closers: list[Closer] = []
@@ -121,6 +126,13 @@ class RedisClient:
         return f"RedisClient({self.description})"
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    def coalesced(self, send: Callable[[Sequence[K]], Awaitable[Sequence[V]]]) -> Coalesced[K, V]:
+        """Concurrent single-item calls merged into calls of ``send`` on this client
+        (:mod:`backends.coalesce`); :meth:`close` sends what is queued and waits for them."""
+        coalesced = Coalesced(send)
+        self._coalescers.append(coalesced)
+        return coalesced
 
     def ready(self) -> AutoPipeline:
         """The autopipeline, building the client on first use (no I/O until a command)."""
@@ -138,13 +150,13 @@ class RedisClient:
         return self._pipe
 
     async def close(self) -> None:
-        """Wait for pipelines already sent; close the client if this object made it.
-        Idempotent."""
+        """Send the coalesced calls queued, wait for those and the pipelines already sent;
+        close the client if this object made it. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        for reads in self._coalesced.values():
-            await reads.aclose()
+        for coalesced in self._coalescers:
+            await coalesced.aclose()
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             await pipe.aclose()
