@@ -169,3 +169,21 @@ async def test_the_telemetry_benchmark_compares_every_contender(
     assert all(rows == contenders for rows in list(found.values())[:5])
     assert re.search(r"^- default exemplar filter: [\d.]+ µs$", out, re.MULTILINE)
     assert re.search(r"^- exemplars off: [\d.]+ µs$", out, re.MULTILINE)
+
+
+async def test_the_feed_cost_benchmark_measures_the_follower_and_both_ways(
+    private_redis: RedisServer,
+) -> None:
+    if not await postgres.server_available():
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
+    out = await asyncio.to_thread(
+        output,
+        "benchmarks.feed_cost",
+        *("--rounds", "1", "--seconds", "0.3", "--postgres", postgres.ADMIN_URL),
+        *("--redis", private_redis.url),
+    )
+    number = r"-?[\d,.]+ \(-?[\d,.]+--?[\d,.]+\)"
+    assert re.search(rf"^writer: {number} saves/s, {number} µs CPU a save$", out, re.M), out
+    assert re.search(rf"^a follower's CPU per change made elsewhere: {number} µs$", out, re.M)
+    for way in ("TOMBSTONES, a call per 64", "WRITE, a call each"):
+        assert re.search(rf"^{way} +{number} +{number}$", out, re.M), out

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from backends.base import Entry, utcnow
 from backends.redis import build_redis_backend
 from backends.redis.format import LEASE_SUFFIX, Layout
+from kvstore.errors import CacheLostError
 from kvstore.keys import Key, decode_redis_key, redis_key
 from tests.conftest import flushed_redis
 
@@ -174,6 +175,53 @@ async def test_a_feed_tombstone_lets_the_fill_of_its_own_revision_land(
     [miss] = await cache.lookup([K], lease_ttl=LEASE)
     assert miss.lease is not None
     assert await cache.fill([(K, entry(2), miss.lease)]) == 1
+
+
+async def test_a_batch_of_tombstones_lands_each_by_its_own_revision(cache: RedisBackend) -> None:
+    """The feed's tombstones go many to a script call (more than one call here; on a
+    Cluster, a call per owner): each lands by its own revision, in order, revokes its own
+    key's lease and is indexed with its owner, as the tombstone of a single key is."""
+    owners = [f"user-{n}" for n in range(5)]
+    keys = [Key("state", (owner, f"s{n}")) for owner in owners for n in range(30)]
+    newer, leased = keys[::7], keys[1::7]
+    for key in newer:
+        assert await cache.write(key, entry(1, revision=100))
+    leases = await cache.lookup(leased, lease_ttl=LEASE)
+    await cache.tombstones([(key, 50) for key in keys] + [(keys[2], 40), (keys[3], 60)])
+
+    answers = await cache.lookup(keys, lease_ttl=LEASE)
+    assert [a.entry is not None for a in answers] == [key in newer for key in keys]
+    for key, revoked in zip(leased, leases, strict=True):
+        assert revoked.lease is not None
+        assert await cache.fill([(key, entry(1, revision=99), revoked.lease)]) == 0
+    by_key = dict(zip(keys, answers, strict=True))
+    # keys[3]: 50 then 60 landed; keys[2]: 40 after 50 did not
+    assert await cache.fill([(keys[3], entry(1, revision=59), by_key[keys[3]].lease or "")]) == 0
+    assert await cache.fill([(keys[2], entry(1, revision=50), by_key[keys[2]].lease or "")]) == 1
+    # indexed: erasing the owner's cache entries takes its tombstones
+    await cache.invalidate_owner(owners[4])
+    gone = keys[-1]
+    [miss] = await cache.lookup([gone], lease_ttl=LEASE)
+    assert await cache.fill([(gone, entry(1, revision=1), miss.lease or "")]) == 1
+
+
+async def test_tombstones_in_a_lost_generation_fail_as_lost(cache: RedisBackend) -> None:
+    """A batch of tombstones checks the generation marker once for all: gone (flushed,
+    evicted), the call fails with ``CacheLostError`` and lands nothing. A Cluster keeps no
+    marker, so there they land."""
+    cache.use_generation(await cache.incarnation(), 1)
+    await cache.claim_generation()
+    keys = [Key("state", ("u1", f"s{n}")) for n in range(3)]
+    names = [cache.redis.layout.record(key) for key in keys]
+    client = cache.redis.ready().client
+    if cache.redis.cluster:
+        await cache.tombstones([(key, 5) for key in keys])
+        assert [await client.exists(name) for name in names] == [1, 1, 1]
+    else:
+        await client.delete(cache.redis.layout.marker)
+        with pytest.raises(CacheLostError):
+            await cache.tombstones([(key, 5) for key in keys])
+        assert await client.exists(*names) == 0
 
 
 async def test_invalidate_owner_drops_entries_tombstones_and_leases(cache: RedisBackend) -> None:

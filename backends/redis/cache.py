@@ -3,9 +3,10 @@ over a shared :class:`~backends.redis.client.RedisClient`.
 
 A lookup is one MGET (of the record keys, plus the generation marker once a generation is
 in use on a standalone server); a miss takes a lease with the ``LEASE`` script. Fills,
-writes and tombstones are the ``FILL`` and ``WRITE`` scripts (:mod:`.lua`), atomic per key,
-which store only what lands by revision (:func:`backends.cache_base.lands`). A cache entry lives
-for the cache TTL, never past the record's own expiry.
+writes and tombstones are the ``FILL``, ``WRITE`` and ``TOMBSTONES`` scripts (:mod:`.lua`),
+atomic per key (tombstones go many to a call), which store only what lands by revision
+(:func:`backends.cache_base.lands`). A cache entry lives for the cache TTL, never past the
+record's own expiry.
 
 Generations (see :class:`~backends.cache_base.VersionedCache`): :meth:`RedisCache.incarnation`
 asks the server for its ``run_id``; from :meth:`RedisCache.use_generation` on, keys live
@@ -38,7 +39,7 @@ from kvstore.keys import check_component
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from datetime import datetime
 
     from redis.typing import EncodableT
@@ -53,6 +54,8 @@ Lookups = list[CacheLookup]
 
 DEFAULT_TOMBSTONE_TTL: Final = 3600.0
 """Seconds a tombstone lives when neither the call nor the cache gives a cache TTL."""
+TOMBSTONES_PER_CALL: Final = 64
+"""Tombstones one script call carries at most (Redis runs nothing else meanwhile)."""
 
 
 class RedisCache(VersionedCache):
@@ -151,11 +154,32 @@ class RedisCache(VersionedCache):
         if not items:
             return
         px = self._px(ttl, None, DEFAULT_TOMBSTONE_TTL)
+        if self.redis.cluster:  # a script's keys live on one node: one owner's a call
+            by_owner: dict[str, list[tuple[Key, int]]] = {}
+            for item in items:
+                by_owner.setdefault(item[0].owner, []).append(item)
+            groups: Iterable[Sequence[tuple[Key, int]]] = by_owner.values()
+        else:
+            groups = (items,)
         calls = [
-            self._call(lua.WRITE, key, "", pack_tombstone(revision), px, revision)
-            for key, revision in items
+            self._tombstones_call(group[start : start + TOMBSTONES_PER_CALL], px)
+            for group in groups
+            for start in range(0, len(group), TOMBSTONES_PER_CALL)
         ]
         await self._scripts("tombstones", calls)
+
+    def _tombstones_call(self, items: Sequence[tuple[Key, int]], px: int) -> Call:
+        """One ``TOMBSTONES`` call: four keys and four arguments a tombstone."""
+        layout = self.redis.layout
+        keys: list[str] = []
+        args: list[EncodableT] = [px]
+        for key, revision in items:
+            name = layout.record(key)
+            keys += (name, layout.lease(name), *layout.owner_keys(key.owner, key.namespace))
+            args += (pack_tombstone(revision), revision, member(key.rest), key.namespace)
+        if self._marked:
+            keys.append(layout.marker)
+        return lua.TOMBSTONES, tuple(keys), tuple(args)
 
     def _px(self, ttl: float | None, expires_at: datetime | None, fallback: float | None) -> int:
         """Milliseconds a cache entry may live (0: forever): the cache TTL, capped by the

@@ -1,4 +1,5 @@
-"""The Lua scripts of the Redis backend: every write is one atomic script per key.
+"""The Lua scripts of the Redis backend: every write is one atomic script per key (the
+feed's tombstones: one script for many keys, each handled as the single-key write would).
 
 Scripts run by EVALSHA; a server that lost them (restart, ``SCRIPT FLUSH``) answers
 NOSCRIPT and the caller re-sends the same call as EVAL, which caches the script again.
@@ -171,6 +172,31 @@ WRITE = Script(
 if lost(6) then return -1 end
 redis.call('DEL', KEYS[2])
 return land(string.sub(ARGV[2], 1, 1) == 't')
+"""
+)
+
+TOMBSTONES = Script(
+    _COMMON
+    + """
+-- WRITE's tombstones for many keys in one call (the change feed's, a repair's).
+-- KEYS: per tombstone its record, lease, index and namespaces (4 each)[, generation
+-- marker]; ARGV: px, then per tombstone its packed tombstone, revision, member and
+-- namespace (4 each). Each revokes its key's lease and lands by revision, in order.
+-- Returns how many landed, -1 if the generation marker is gone.
+local n = (#ARGV - 1) / 4
+if #KEYS > 4 * n and redis.call('EXISTS', KEYS[#KEYS]) == 0 then return -1 end
+local landed = 0
+for i = 0, n - 1 do
+  local k, a = 4 * i, 1 + 4 * i
+  local record = KEYS[k + 1]
+  redis.call('DEL', KEYS[k + 2])
+  local cur = redis.call('GET', record)
+  if lands(cur, tonumber(ARGV[a + 2]), true) then
+    store(record, ARGV[a + 1], ARGV[1], KEYS[k + 3], ARGV[a + 3], KEYS[k + 4], ARGV[a + 4], cur)
+    landed = landed + 1
+  end
+end
+return landed
 """
 )
 
