@@ -35,6 +35,16 @@ def output(*args: str) -> str:
     return done.stdout
 
 
+async def on_services(module: str, redis: RedisServer, *args: str) -> str:
+    """What ``python -m <module> <args>`` printed, run on the shared PostgreSQL (it makes
+    a throwaway database) and on ``redis``."""
+    if not await postgres.server_available():
+        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
+    return await asyncio.to_thread(
+        output, module, *args, "--postgres", postgres.ADMIN_URL, "--redis", redis.url
+    )
+
+
 def parse_tables(output: str) -> dict[str, list[str]]:
     """The contenders of each table in a benchmark's ``output``, by title."""
     found: dict[str, list[str]] = {}
@@ -77,18 +87,7 @@ async def test_the_sql_benchmark_compares_every_contender() -> None:
 
 
 async def test_the_tiered_benchmark_compares_every_contender(private_redis: RedisServer) -> None:
-    if not await postgres.server_available():
-        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
-    found = await asyncio.to_thread(
-        tables,
-        "benchmarks.tiered",
-        "--seconds",
-        "0.1",
-        "--postgres",
-        postgres.ADMIN_URL,
-        "--redis",
-        private_redis.url,
-    )
+    found = parse_tables(await on_services("benchmarks.tiered", private_redis, "--seconds", "0.1"))
     assert len(found) == 4
     assert found["save_state, 32 task(s)"][:3] == [
         "raw asyncpg upsert + redis-py SET",
@@ -144,13 +143,7 @@ async def test_the_scale_benchmark_exports_and_imports_every_layout() -> None:
 async def test_the_telemetry_benchmark_compares_every_contender(
     private_redis: RedisServer,
 ) -> None:
-    if not await postgres.server_available():
-        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
-    out = await asyncio.to_thread(
-        output,
-        "benchmarks.telemetry",
-        *("--seconds", "0.1", "--postgres", postgres.ADMIN_URL, "--redis", private_redis.url),
-    )
+    out = await on_services("benchmarks.telemetry", private_redis, "--seconds", "0.1")
     found = parse_tables(out)
     contenders = [
         "no telemetry",
@@ -174,13 +167,8 @@ async def test_the_telemetry_benchmark_compares_every_contender(
 async def test_the_feed_cost_benchmark_measures_the_follower_and_both_ways(
     private_redis: RedisServer,
 ) -> None:
-    if not await postgres.server_available():
-        unavailable(f"no PostgreSQL at {postgres.ADMIN_URL}")
-    out = await asyncio.to_thread(
-        output,
-        "benchmarks.feed_cost",
-        *("--rounds", "1", "--seconds", "0.3", "--postgres", postgres.ADMIN_URL),
-        *("--redis", private_redis.url),
+    out = await on_services(
+        "benchmarks.feed_cost", private_redis, "--rounds", "1", "--seconds", "0.3"
     )
     number = r"-?[\d,.]+ \(-?[\d,.]+--?[\d,.]+\)"
     assert re.search(rf"^writer: {number} saves/s, {number} µs CPU a save$", out, re.M), out
