@@ -69,10 +69,12 @@ async def write(url: str, redis_url: str, prefix: str, seconds: float) -> None:
         async def loop(task: int) -> None:
             nonlocal saves
             turn = task
-            while time.monotonic() < deadline:
+            while True:  # at least one save a task, however late the loop starts
                 await db.save_state(records[turn % KEYS])
                 turn += TASKS
                 saves += 1
+                if time.monotonic() >= deadline:
+                    return
 
         await asyncio.gather(*(loop(task) for task in range(TASKS)))
         cpu = time.process_time() - started
