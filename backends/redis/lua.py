@@ -4,7 +4,9 @@ feed's tombstones: one script for many keys, each handled as the single-key writ
 Scripts run by EVALSHA; a server that lost them (restart, ``SCRIPT FLUSH``) answers
 NOSCRIPT and the caller re-sends the same call as EVAL, which caches the script again.
 Each script touches only keys of one owner (one hash tag), all declared in ``KEYS``, so
-each runs on one Redis Cluster node. Values are laid out as in :mod:`backends.redis.format`.
+each runs on one Redis Cluster node; ``TOMBSTONES`` takes many owners' keys on a standalone
+server and one owner's a call on a Cluster. Values are laid out as in
+:mod:`backends.redis.format`.
 """
 
 from __future__ import annotations
