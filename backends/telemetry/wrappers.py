@@ -51,21 +51,12 @@ def _namespace(keys: Sequence[Key]) -> str | None:
     return first if all(key.namespace == first for key in keys) else None
 
 
-class TracedBackend(Backend):
-    """``inner`` with a span and a duration measurement around each operation."""
+class _Traced:
+    """What both traced tiers share: an operation's call, traced or handed back."""
 
-    kind: ClassVar[str] = "traced"
-
-    def __init__(self, inner: Backend, instruments: Instruments, *, tier: str = "store") -> None:
-        self.inner = inner
-        self.capabilities = inner.capabilities
-        self.clock = inner.clock
-        self._instruments = instruments
-        self._tier = tier
-        self._system = inner.system
-
-    def __repr__(self) -> str:
-        return f"TracedBackend({self.inner!r})"
+    _instruments: Instruments
+    _system: str
+    _tier: str
 
     def _run(
         self,
@@ -87,6 +78,23 @@ class TracedBackend(Backend):
             *args,
             **kwargs,
         )
+
+
+class TracedBackend(_Traced, Backend):
+    """``inner`` with a span and a duration measurement around each operation."""
+
+    kind: ClassVar[str] = "traced"
+
+    def __init__(self, inner: Backend, instruments: Instruments, *, tier: str = "store") -> None:
+        self.inner = inner
+        self.capabilities = inner.capabilities
+        self.clock = inner.clock
+        self._instruments = instruments
+        self._tier = tier
+        self._system = inner.system
+
+    def __repr__(self) -> str:
+        return f"TracedBackend({self.inner!r})"
 
     async def initialize(self) -> None:
         await self.inner.initialize()
@@ -222,34 +230,18 @@ class TracedBackend(Backend):
         return await self.inner.advance_generation(cache, incarnation, current=current, to=to)
 
 
-class TracedCache(VersionedCache):
+class TracedCache(_Traced, VersionedCache):
     """A cache tier with a span and a duration measurement around each request-path call."""
 
     def __init__(self, inner: VersionedCache, instruments: Instruments) -> None:
         self.inner = inner
-        self.system = inner.system
+        self.system = self._system = inner.system
         self.lists_keys = inner.lists_keys
         self._instruments = instruments
+        self._tier = "cache"
 
     def __repr__(self) -> str:
         return f"TracedCache({self.inner!r})"
-
-    def _run(
-        self,
-        name: str,
-        namespace: str | None,
-        function: Callable[P, Coroutine[Any, Any, T]],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> Coroutine[Any, Any, T]:
-        """``function(*args, **kwargs)`` itself while nothing records, else inside operation
-        ``name``'s span and measurement."""
-        if self._instruments.idle():
-            return function(*args, **kwargs)
-        return _traced(
-            self._instruments, (self.system, "cache", name, namespace), function, *args, **kwargs
-        )
 
     async def close(self) -> None:
         await self.inner.close()
