@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 
 from backends.base import Entry, utcnow
 from backends.redis import build_redis_backend, lua
+from backends.redis.cache import DEFAULT_TOMBSTONE_TTL
 from backends.redis.format import pack_tombstone
 from benchmarks.common import delete_prefix, session_record, throwaway_database
 from kvstore import DatabaseType, create_database
@@ -139,7 +140,7 @@ async def end_to_end(
 
 async def one_call_a_tombstone(cache: RedisBackend, items: Sequence[tuple[Key, int]]) -> None:
     """The tombstones as they went before ``TOMBSTONES``: a ``WRITE`` call each."""
-    px = 3600 * 1000
+    px = round(DEFAULT_TOMBSTONE_TTL * 1000)  # what tombstones() sends without a TTL
     calls = [
         cache._call(lua.WRITE, key, "", pack_tombstone(revision), px, revision)
         for key, revision in items
